@@ -1,0 +1,219 @@
+"""Typed configuration: a dataclass schema, YAML experiment files and ``key=value`` overrides.
+
+The schema's defaults *are* the laptop default run; an experiment YAML overrides only what differs
+and may ``inherit`` other YAML files (paths relative to itself), merged first, in order. OmegaConf's
+struct mode rejects unknown keys; :func:`load_config` turns that into a one-line error naming the key
+and the nearest valid ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # synthetic | folder | imagenet
+    root: Optional[str] = None  # folder / imagenet: dataset root (see README "Bring your own data")
+    boxes_file: Optional[str] = None  # folder: CSV of validation boxes; default ROOT/val_boxes.csv
+    image_size: int = 64  # network input side (the crop for folder / imagenet)
+    resize: Optional[int] = None  # evaluation resize before the centre crop; default image_size*256/224
+    num_train: int = 6000  # synthetic only: images per split
+    num_val: int = 1000
+    seed: int = 0  # synthetic only: the dataset's own seed
+    include_classes: Optional[list[str]] = None  # class names (or synthetic class ids) to keep
+    exclude_classes: Optional[list[str]] = None  # class names to drop (unseen-class experiments)
+    batch_size: int = 64
+    num_workers: int = 2
+    pin_memory: bool = True
+    skip_corrupt: bool = False  # skip unreadable images (counted in the log) instead of failing
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
+    width: int = 64  # base width; 64 = torchvision's ResNets, smaller for tiny runs
+    pretrained: Optional[str] = None  # torchvision or casm weights file for the classifier
+
+
+@dataclass
+class MaskerConfig:
+    head: str = "casme"  # casme | deconv (more heads register in casm.models.heads.HEADS)
+    encoder: str = "shared"  # shared (the classifier's trunk, detached) | separate
+    hidden: int = 64  # decoder width
+    encoder_pretrained: Optional[str] = None  # separate encoder: weights file
+
+
+@dataclass
+class CasmConfig:
+    thinning: str = "L100"  # F | L | FL | L100 | L1000 (SPEC 1.3)
+    p_pool: Optional[float] = None  # null: the strategy's value
+    snapshot_every: Optional[int] = None  # null: the strategy's value (steps)
+    pool_size: Optional[int] = None  # null: the strategy's value
+    score: str = "E"  # E (entropy) | C (classification)
+    lambda_mode: str = "paper"  # paper (fixed lambda_r) | target_area (lambda_r adapted online)
+    lambda_r: Optional[float] = None  # null: the paper's value for the strategy and score
+    target_area: float = 0.5  # target_area mode: desired mean mask
+    lambda_lr: float = 0.05  # target_area mode: step of the dual update on lambda_r
+    warmup_epochs: int = 0  # epochs that train the classifier alone before the masker starts
+    masker_grad_clip: float = 10.0
+    max_nonfinite_steps: int = 20  # consecutive non-finite steps before the run stops
+
+
+@dataclass
+class OptimConfig:
+    classifier_lr: float = 1e-3
+    classifier_momentum: float = 0.9
+    classifier_weight_decay: float = 1e-4
+    masker_lr: float = 1e-3
+    masker_weight_decay: float = 1e-4
+    lr_step_epochs: int = 20  # both learning rates x lr_gamma every lr_step_epochs epochs
+    lr_gamma: float = 0.1
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 10
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    precision: str = "32-true"  # or bf16-mixed on GPUs
+    limit_train_batches: Any = 1.0  # the paper uses 20 % of ImageNet per epoch: 0.2
+    limit_val_batches: Any = 1.0
+    log_every_n_steps: int = 10
+    checkpoint_every_n_steps: Optional[int] = None  # also checkpoint mid-epoch
+
+
+@dataclass
+class LoggingConfig:
+    out_dir: str = "runs"
+    name: str = "default"
+    version: Optional[str] = None  # null: version_N, the next free one
+    image_every_n_steps: int = 100  # mask image grids in TensorBoard
+    progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    masker: MaskerConfig = field(default_factory=MaskerConfig)
+    casm: CasmConfig = field(default_factory=CasmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    seed: int = 0
+    resume: Optional[str] = None  # a checkpoint to continue from
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys += _all_keys(node._get_node(k), f"{full}.")
+    return keys
+
+
+def _suggest(bad_key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(bad_key, valid, n=3, cutoff=0.5)
+    if not close:  # compare the last component too: "casm.tinning" -> "casm.thinning"
+        leaf = bad_key.rsplit(".", 1)[-1]
+        close = [k for k in valid if k.rsplit(".", 1)[-1] in difflib.get_close_matches(
+            leaf, [v.rsplit(".", 1)[-1] for v in valid], n=3, cutoff=0.6)][:3]
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def _check_keys(candidate: DictConfig, schema: DictConfig, source: str) -> None:
+    valid = _all_keys(schema)
+    for key in _all_keys(candidate):
+        if key not in valid and not any(key.startswith(f"{v}.") for v in valid if _is_leaf(schema, v)):
+            raise ConfigError(f"{source}: unknown config key '{key}'{_suggest(key, valid)}")
+
+
+def _is_leaf(schema: DictConfig, key: str) -> bool:
+    return not isinstance(OmegaConf.select(schema, key), (DictConfig, ListConfig))
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[DictConfig, str]]:
+    """The file's own settings, preceded by those it inherits (depth first)."""
+    path = path.resolve()
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path in seen:
+        raise ConfigError(f"{path}: inherits itself (cycle {' -> '.join(map(str, seen))})")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    parents = node.pop("inherit", None) or []
+    layers: list[tuple[DictConfig, str]] = []
+    for parent in [parents] if isinstance(parents, str) else parents:
+        layers += _read_yaml(path.parent / parent, seen + (path,))
+    return layers + [(node, str(path))]
+
+
+def load_config(config_file: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Schema defaults <- YAML file(s) <- ``key=value`` overrides, type-checked, unknown keys rejected."""
+    schema = OmegaConf.structured(Config)
+    cfg = schema.copy()
+    layers = _read_yaml(Path(config_file)) if config_file else []
+    for bad in [o for o in overrides or [] if "=" not in o]:
+        raise ConfigError(f"override {bad!r} is not of the form key=value")
+    if overrides:
+        layers.append((OmegaConf.from_dotlist(overrides), "command line"))
+    for layer, source in layers:
+        _check_keys(layer, schema, source)
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{source}: {err.msg if hasattr(err, 'msg') else err}".splitlines()[0]) from err
+    OmegaConf.set_struct(cfg, True)
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "data.name": ("synthetic", "folder", "imagenet"),
+    "model.arch": ("resnet18", "resnet34", "resnet50"),
+    "masker.encoder": ("shared", "separate"),
+    "casm.thinning": ("F", "L", "FL", "L100", "L1000"),
+    "casm.score": ("E", "C"),
+    "casm.lambda_mode": ("paper", "target_area"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check values the schema's types cannot: enumerations and ranges."""
+    from casm.models.heads import HEADS  # heads register themselves; import late
+
+    choices = dict(_CHOICES, **{"masker.head": tuple(HEADS)})
+    for key, allowed in choices.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    if cfg.casm.p_pool is not None and not 0 <= cfg.casm.p_pool <= 1:
+        raise ConfigError(f"casm.p_pool={cfg.casm.p_pool} must be in [0, 1]")
+    if not 0 < cfg.casm.target_area < 1:
+        raise ConfigError(f"casm.target_area={cfg.casm.target_area} must be in (0, 1)")
+    if cfg.data.name != "synthetic" and not cfg.data.root:
+        raise ConfigError(f"data.name={cfg.data.name} needs data.root=PATH (the dataset's folder)")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,144 @@
+"""The Lightning DataModule: datasets, transforms, sampling and batching for every data source."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import v2
+
+from casm.data.datasets import SyntheticShapes, folder_split, imagenet_split
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize() -> list:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """Normalized (B, 3, H, W) -> [0, 1], for pictures."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images * std + mean).clamp(0, 1)
+
+
+def train_transform(image_size: int) -> v2.Compose:
+    """The paper's training augmentation for photographs: RandomResizedCrop + horizontal flip."""
+    return v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(), *normalize()])
+
+
+def eval_transform(image_size: int, resize: int | None = None) -> v2.Compose:
+    """Resize(256) + CenterCrop(224) at ImageNet scale; boxes follow the same geometry."""
+    resize = resize or round(image_size * 256 / 224)
+    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(image_size), *normalize()])
+
+
+def collate_with_boxes(samples: list[dict | None]) -> dict:
+    """Stack images and labels; pad boxes to (B, N, 4) with a (B, N) validity mask.
+
+    ``None`` samples (unreadable files with ``data.skip_corrupt``) are dropped and counted in
+    ``batch["skipped"]``. Degenerate boxes (cropped away entirely) are marked invalid.
+    """
+    kept = [s for s in samples if s is not None]
+    skipped = len(samples) - len(kept)
+    if not kept:
+        return {"image": torch.empty(0), "label": torch.empty(0, dtype=torch.long), "boxes": torch.empty(0, 0, 4),
+                "box_valid": torch.empty(0, 0, dtype=torch.bool), "skipped": skipped}
+    n = max(1, max(len(s["boxes"]) for s in kept))
+    boxes = torch.zeros(len(kept), n, 4)
+    valid = torch.zeros(len(kept), n, dtype=torch.bool)
+    for i, s in enumerate(kept):
+        b = s["boxes"].reshape(-1, 4).float()
+        boxes[i, : len(b)] = b
+        valid[i, : len(b)] = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    return {
+        "image": torch.stack([s["image"].as_subclass(torch.Tensor) for s in kept]),
+        "label": torch.tensor([s["label"] for s in kept]),
+        "boxes": boxes,
+        "box_valid": valid,
+        "skipped": skipped,
+    }
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order that depends only on (seed, epoch): a resumed run sees the same batches as an
+    uninterrupted one. Lightning calls ``set_epoch`` each epoch (and wraps it for DDP)."""
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=g).tolist())
+
+
+class LocalizationDataModule(pl.LightningDataModule):
+    """Train split (labels) and validation split (labels + boxes) for ``data.name``."""
+
+    def __init__(self, data: DictConfig, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg, self.seed = data, seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        self._build()
+        return self.train_set.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def _build(self) -> None:
+        if self.train_set is not None:
+            return
+        c = self.cfg
+        common = dict(include=c.include_classes, exclude=c.exclude_classes)
+        if c.name == "synthetic":
+            # generated at the final size and never flipped: a flip would turn a "left" part into a "right" one
+            tf = v2.Compose(normalize())
+            self.train_set = SyntheticShapes("train", c.num_train, c.image_size, c.seed, transform=tf, **common)
+            self.val_set = SyntheticShapes("val", c.num_val, c.image_size, c.seed, transform=tf, **common)
+            return
+        split_fn = folder_split if c.name == "folder" else imagenet_split
+        disk = dict(common, skip_corrupt=c.skip_corrupt)
+        self.train_set = split_fn(c.root, "train", transform=train_transform(c.image_size), **disk)
+        self.val_set = split_fn(c.root, "val", boxes_file=c.boxes_file,
+                                transform=eval_transform(c.image_size, c.resize), **disk)
+        if self.val_set.classes != self.train_set.classes:
+            raise ValueError(f"{c.root}: train and val have different classes "
+                             f"({len(self.train_set.classes)} vs {len(self.val_set.classes)})")
+
+    def setup(self, stage: str | None = None) -> None:
+        self._build()
+
+    def _loader(self, dataset: Dataset, sampler: Sampler | None) -> DataLoader:
+        workers = 0 if self.cfg.name == "synthetic" else self.cfg.num_workers  # in memory: workers only cost
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            collate_fn=collate_with_boxes,
+            drop_last=sampler is not None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, EpochShuffleSampler(len(self.train_set), self.seed))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, None)

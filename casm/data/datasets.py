@@ -1,0 +1,224 @@
+"""Datasets that yield ``{"image", "label", "boxes"}`` samples: the built-in synthetic set, any
+ImageFolder tree with a box file, and ImageNet (ILSVRC2012) with its official boxes.
+
+Boxes are ``[x0, y0, x1, y1]`` pixels with exclusive ends, in the coordinates of the *transformed*
+image: torchvision's ``transforms.v2`` moves them with every resize, crop and flip.
+"""
+
+from __future__ import annotations
+
+import csv
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from casm.data import synthetic
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class CorruptImageError(RuntimeError):
+    """An image file that cannot be decoded; the message names the file."""
+
+
+def select_classes(all_classes: Sequence[str], include: Sequence[str] | None = None,
+                   exclude: Sequence[str] | None = None) -> list[str]:
+    """The classes kept, in their original order. Unknown names are an error, not silently ignored."""
+    known = set(all_classes)
+    for option, names in (("include_classes", include), ("exclude_classes", exclude)):
+        unknown = [n for n in names or [] if n not in known]
+        if unknown:
+            raise ValueError(f"data.{option}: unknown classes {unknown[:5]}; known: {list(all_classes)[:10]}...")
+    kept = [c for c in all_classes if (include is None or c in include) and c not in (exclude or [])]
+    if not kept:
+        raise ValueError("data.include_classes/exclude_classes leave no class to train on")
+    return kept
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open any image as RGB (greyscale, palette and RGBA are converted); name the file on failure."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise CorruptImageError(f"cannot read image {path}: {err}") from err
+
+
+def _box_tensor(boxes: Sequence[Sequence[float]], height: int, width: int) -> tv_tensors.BoundingBoxes:
+    data = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
+    return tv_tensors.BoundingBoxes(data, format="XYXY", canvas_size=(height, width))
+
+
+class SyntheticShapes(Dataset):
+    """The built-in offline dataset (see :mod:`casm.data.synthetic`), rendered once into memory.
+
+    Class names are the synthetic class names; ``include``/``exclude`` also accept class ids as
+    strings ("0".."9"). Labels are re-indexed 0..k-1 over the kept classes.
+    """
+
+    def __init__(self, split: str, num_samples: int, image_size: int = 64, seed: int = 0,
+                 include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
+                 transform: Callable | None = None) -> None:
+        names = list(synthetic.CLASS_NAMES)
+        by_id = {str(i): n for i, n in enumerate(names)}
+        include = [by_id.get(str(c), c) for c in include] if include is not None else None
+        exclude = [by_id.get(str(c), c) for c in exclude] if exclude is not None else None
+        self.classes = select_classes(names, include, exclude)
+        class_ids = [names.index(c) for c in self.classes]
+        self.transform = transform
+        self.samples = []
+        for index in range(num_samples):
+            rng = synthetic.sample_rng(seed, split, index)
+            label = int(rng.integers(len(class_ids)))
+            self.samples.append((synthetic.render_sample(class_ids[label], rng, image_size), label))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample, label = self.samples[index]
+        image = tv_tensors.Image(torch.from_numpy(sample.image).permute(2, 0, 1))
+        boxes = _box_tensor([sample.box], *sample.image.shape[:2])
+        if self.transform is not None:
+            image, boxes = self.transform(image, boxes)
+        return {"image": image, "label": label, "boxes": boxes.as_subclass(torch.Tensor)}
+
+
+class BoxedImageDataset(Dataset):
+    """Records of ``(path, label, boxes)`` read from disk, with optional skipping of bad files."""
+
+    def __init__(self, records: list[tuple[Path, int, list[list[float]]]], classes: list[str],
+                 transform: Callable | None = None, skip_corrupt: bool = False) -> None:
+        self.records, self.classes = records, classes
+        self.transform, self.skip_corrupt = transform, skip_corrupt
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict | None:
+        path, label, boxes = self.records[index]
+        try:
+            pil = load_rgb(path)
+        except CorruptImageError:
+            if self.skip_corrupt:
+                return None  # dropped and counted by the collate function
+            raise
+        image = tv_tensors.Image(torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1))
+        box_tensor = _box_tensor(boxes, pil.height, pil.width)
+        if self.transform is not None:
+            image, box_tensor = self.transform(image, box_tensor)
+        return {"image": image, "label": label, "boxes": box_tensor.as_subclass(torch.Tensor)}
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} not found: {path} (set data.root to the dataset folder)")
+    return path
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    return sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def read_box_csv(path: Path) -> dict[str, list[list[float]]]:
+    """``image,x0,y0,x1,y1`` rows (a header row is optional; several rows per image for several boxes)."""
+    boxes: dict[str, list[list[float]]] = defaultdict(list)
+    with open(path, newline="") as f:
+        for line_no, row in enumerate(csv.reader(f), start=1):
+            if not row or (line_no == 1 and row[0].strip().lower() in ("image", "path", "file")):
+                continue
+            try:
+                name, coords = row[0].strip(), [float(v) for v in row[1:5]]
+            except ValueError as err:
+                raise ValueError(f"{path}:{line_no}: expected image,x0,y0,x1,y1 ({err})") from err
+            if len(coords) != 4:
+                raise ValueError(f"{path}:{line_no}: expected image,x0,y0,x1,y1, got {row}")
+            boxes[name].append(coords)
+    return dict(boxes)
+
+
+def folder_split(root: Path, split: str, include=None, exclude=None, boxes_file: Path | None = None,
+                 transform=None, skip_corrupt: bool = False) -> BoxedImageDataset:
+    """``ROOT/SPLIT/<class>/<image>``; boxes for the validation split from ``ROOT/val_boxes.csv``
+    (or ``data.boxes_file``), keyed by the image path relative to ``ROOT/val``."""
+    root = _require_dir(Path(root), "dataset root")
+    split_dir = _require_dir(root / split, f"{split} split folder")
+    classes = select_classes(_class_folders(split_dir), include, exclude)
+    boxes: dict[str, list[list[float]]] = {}
+    if split != "train":
+        boxes_file = Path(boxes_file) if boxes_file else root / f"{split}_boxes.csv"
+        if boxes_file.is_file():
+            boxes = read_box_csv(boxes_file)
+    records = [
+        (p, label, boxes.get(p.relative_to(split_dir).as_posix(), []))
+        for label, c in enumerate(classes) for p in _images_in(split_dir / c)
+    ]
+    return BoxedImageDataset(records, classes, transform, skip_corrupt)
+
+
+def read_imagenet_xml(path: Path) -> tuple[str, list[list[float]]]:
+    """One official ILSVRC per-image XML file -> (synset of the first object, boxes).
+    Its coordinates are inclusive pixel indices, so ``x1 = xmax + 1``."""
+    root = ET.parse(path).getroot()
+    objects = root.findall("object")
+    boxes = [[float(o.find("bndbox/xmin").text), float(o.find("bndbox/ymin").text),
+              float(o.find("bndbox/xmax").text) + 1, float(o.find("bndbox/ymax").text) + 1] for o in objects]
+    return (objects[0].find("name").text if objects else ""), boxes
+
+
+def read_imagenet_csv(path: Path) -> dict[str, tuple[str, list[list[float]]]]:
+    """``LOC_val_solution.csv``: ``ImageId,PredictionString`` with "synset x0 y0 x1 y1 ..." groups."""
+    out = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            parts = row["PredictionString"].split()
+            groups = [parts[i:i + 5] for i in range(0, len(parts), 5)]
+            boxes = [[float(g[1]), float(g[2]), float(g[3]) + 1, float(g[4]) + 1] for g in groups]
+            out[row["ImageId"]] = (groups[0][0] if groups else "", boxes)
+    return out
+
+
+def imagenet_split(root: Path, split: str, include=None, exclude=None, boxes_file: Path | None = None,
+                   transform=None, skip_corrupt: bool = False) -> BoxedImageDataset:
+    """ILSVRC2012: ``ROOT/train/<synset>/*.JPEG``; ``ROOT/val/*.JPEG`` (flat) with boxes and labels from
+    per-image XML files (``ROOT/val_xml/`` or ``ROOT/Annotations/CLS-LOC/val/``) or the challenge CSV
+    (``ROOT/LOC_val_solution.csv``); or a ``data.boxes_file`` naming either."""
+    root = _require_dir(Path(root), "ImageNet root")
+    train_dir = root / "train"
+    if split == "train":
+        classes = select_classes(_class_folders(_require_dir(train_dir, "ImageNet train folder")), include, exclude)
+        records = [(p, i, []) for i, c in enumerate(classes) for p in _images_in(train_dir / c)]
+        return BoxedImageDataset(records, classes, transform, skip_corrupt)
+
+    val_dir = _require_dir(root / split, "ImageNet val folder")
+    candidates = [Path(boxes_file)] if boxes_file else [
+        root / "LOC_val_solution.csv", root / "val_xml", root / "Annotations" / "CLS-LOC" / "val"]
+    source = next((c for c in candidates if c.exists()), None)
+    if source is None:
+        raise FileNotFoundError(
+            f"no ImageNet validation boxes found (looked for {', '.join(map(str, candidates))}); "
+            f"set data.boxes_file to the XML folder or LOC_val_solution.csv")
+    if source.is_dir():
+        annotations = {p.stem: read_imagenet_xml(p) for p in sorted(source.glob("*.xml"))}
+    else:
+        annotations = read_imagenet_csv(source)
+    all_synsets = _class_folders(train_dir) if train_dir.is_dir() else sorted({s for s, _ in annotations.values()})
+    classes = select_classes(all_synsets, include, exclude)
+    index = {c: i for i, c in enumerate(classes)}
+    records = []
+    for path in _images_in(val_dir):
+        synset, boxes = annotations.get(path.stem, ("", []))
+        if synset in index:
+            records.append((path, index[synset], boxes))
+    return BoxedImageDataset(records, classes, transform, skip_corrupt)

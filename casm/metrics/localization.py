@@ -1,0 +1,110 @@
+"""Box localization from saliency maps: LE and OM (SPEC 4.1).
+
+Boxes are ``[x0, y0, x1, y1]`` in pixels with exclusive ends; ground truth comes padded as
+(B, N, 4) with a (B, N) validity mask, since images have different numbers of boxes.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+CENTRED_BOX_FRACTION = 158 / 224  # the reference's centred toy box
+
+
+def binarize(maps: Tensor, rule: str = "quantile", alpha: float = 1.0) -> Tensor:
+    """(B, H, W) maps in [0, 1] -> (B, H, W) bool.
+
+    ``quantile``: keep pixels at or above the (1 - mean(m)) quantile, so the binary area is about the
+    mean mask value (the reference code). ``alpha_mean``: keep ``m >= alpha * mean(m)`` (the paper text).
+    """
+    flat = maps.flatten(1).float()
+    mean = flat.mean(dim=1, keepdim=True)
+    if rule == "quantile":
+        q = torch.stack([torch.quantile(row, 1 - float(mu)) for row, mu in zip(flat, mean)]).unsqueeze(1)
+        return (flat >= q).view_as(maps)
+    if rule == "alpha_mean":
+        return (flat >= alpha * mean).view_as(maps)
+    raise ValueError(f"binarization rule must be 'quantile' or 'alpha_mean', got {rule!r}")
+
+
+def largest_component_box(binary: np.ndarray) -> np.ndarray:
+    """Tight box of the largest 4-connected component of a (H, W) binary map; all zeros if empty."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=4)
+    if count <= 1:
+        return np.zeros(4, np.float32)
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h = (stats[best, k] for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
+    return np.array([x, y, x + w, y + h], np.float32)
+
+
+def predicted_boxes(maps: Tensor, rule: str = "quantile", alpha: float = 1.0) -> Tensor:
+    """(B, H, W) maps -> (B, 4) boxes: binarize, keep the largest 4-connected component."""
+    binary = binarize(maps, rule, alpha).cpu().numpy()
+    return torch.from_numpy(np.stack([largest_component_box(b) for b in binary])).to(maps.device)
+
+
+def box_iou(boxes: Tensor, gt: Tensor) -> Tensor:
+    """IoU of one box per image (B, 4) with each of its ground-truth boxes (B, N, 4) -> (B, N)."""
+    b = boxes.unsqueeze(1)
+    iw = (torch.minimum(b[..., 2], gt[..., 2]) - torch.maximum(b[..., 0], gt[..., 0])).clamp(min=0)
+    ih = (torch.minimum(b[..., 3], gt[..., 3]) - torch.maximum(b[..., 1], gt[..., 1])).clamp(min=0)
+    inter = iw * ih
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    area_g = (gt[..., 2] - gt[..., 0]) * (gt[..., 3] - gt[..., 1])
+    return inter / (area_b + area_g - inter).clamp(min=1e-9)
+
+
+def reference_boxes(kind: str, batch: int, height: int, width: int, device: torch.device | None = None) -> Tensor:
+    """The toy references: the full image, or the reference's centred box (158/224 of each side)."""
+    if kind == "full":
+        box = [0.0, 0.0, float(width), float(height)]
+    elif kind == "centre":
+        bw, bh = width * CENTRED_BOX_FRACTION, height * CENTRED_BOX_FRACTION
+        box = [(width - bw) / 2, (height - bh) / 2, (width + bw) / 2, (height + bh) / 2]
+    else:
+        raise ValueError(f"reference box must be 'full' or 'centre', got {kind!r}")
+    return torch.tensor(box, device=device).expand(batch, 4)
+
+
+def localization_hits(boxes: Tensor, gt_boxes: Tensor, gt_valid: Tensor, iou_threshold: float = 0.5) -> Tensor:
+    """(B,) bool: the predicted box overlaps some ground-truth box with IoU above the threshold."""
+    iou = box_iou(boxes.float(), gt_boxes.float()).masked_fill(~gt_valid, 0.0)
+    return iou.max(dim=1).values > iou_threshold
+
+
+class LocalizationError(Metric):
+    """LE = 1 - [max IoU > 0.5] and OM (also wrong when the top-1 class is wrong), averaged over images.
+
+    ``update(maps=..., ...)`` binarizes the maps; ``update(boxes=..., ...)`` takes boxes directly
+    (the toy references). Sums are reduced across DDP ranks by torchmetrics.
+    """
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, rule: str = "quantile", alpha: float = 1.0, iou_threshold: float = 0.5, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.rule, self.alpha, self.iou_threshold = rule, alpha, iou_threshold
+        self.add_state("le_errors", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("om_errors", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, gt_boxes: Tensor, gt_valid: Tensor, maps: Tensor | None = None, boxes: Tensor | None = None,
+               correct: Tensor | None = None) -> None:
+        if boxes is None:
+            if maps is None:
+                raise ValueError("give either maps or boxes")
+            boxes = predicted_boxes(maps.squeeze(1) if maps.dim() == 4 else maps, self.rule, self.alpha)
+        hit = localization_hits(boxes, gt_boxes, gt_valid, self.iou_threshold)
+        right = hit if correct is None else hit & correct.bool()
+        self.le_errors += (~hit).sum()
+        self.om_errors += (~right).sum()
+        self.total += hit.numel()
+
+    def compute(self) -> dict[str, Tensor]:
+        total = self.total.clamp(min=1)
+        return {"le": self.le_errors / total, "om": self.om_errors / total}

@@ -1,0 +1,8 @@
+"""Networks: ResNet classifiers with multi-scale features, mask heads and the masker."""
+
+from casm.models.heads import HEADS, CasmeDecoder, DeconvDecoder, MaskHead, build_head
+from casm.models.masker import Masker
+from casm.models.resnet import FEATURE_NAMES, ResNetClassifier, ResNetTrunk, load_state_dict_file
+
+__all__ = ["HEADS", "CasmeDecoder", "DeconvDecoder", "MaskHead", "build_head", "Masker", "FEATURE_NAMES",
+           "ResNetClassifier", "ResNetTrunk", "load_state_dict_file"]

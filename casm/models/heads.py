@@ -1,0 +1,106 @@
+"""Mask heads: modules that turn encoder features into a saliency mask in [0, 1].
+
+Every head has the same interface, so CASM training, evaluation and export never need to know which
+one they hold: ``head(features, image) -> mask`` with ``features`` the dict a
+:class:`~casm.models.resnet.ResNetTrunk` returns and ``mask`` of shape (B, 1, H, W) at the image's
+resolution. New heads (e.g. LFI-CAM-style attention) register themselves in :data:`HEADS`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MaskHead(nn.Module):
+    """Base class; subclasses implement :meth:`forward`."""
+
+    def forward(self, features: dict[str, Tensor], image: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+    )
+
+
+class CasmeDecoder(MaskHead):
+    """The published CASME decoder layout (SPEC 1.1).
+
+    layer1..4 -> 1x1 conv to ``hidden`` + BN + ReLU, bilinearly upsampled to the layer1 grid (H/4),
+    concatenated with the stem features (4*hidden + stem channels; 320 for ResNet at width 64),
+    a 3x3 conv to one channel, sigmoid, and nearest-neighbour upsampling x4 to the input size.
+    """
+
+    def __init__(self, channels: dict[str, int], hidden: int = 64) -> None:
+        super().__init__()
+        self.reduce = nn.ModuleDict({f"layer{i}": _conv_bn_relu(channels[f"layer{i}"], hidden) for i in range(1, 5)})
+        self.out = nn.Conv2d(4 * hidden + channels["stem"], 1, kernel_size=3, padding=1)
+
+    def forward(self, features: dict[str, Tensor], image: Tensor) -> Tensor:
+        grid = features["layer1"].shape[-2:]  # H/4, W/4
+        reduced = [
+            F.interpolate(self.reduce[name](features[name]), size=grid, mode="bilinear", align_corners=False)
+            if features[name].shape[-2:] != grid else self.reduce[name](features[name])
+            for name in ("layer1", "layer2", "layer3", "layer4")
+        ]
+        x = torch.cat([features["stem"], *reduced], dim=1)  # (B, 4*hidden + C_stem, H/4, W/4)
+        mask = torch.sigmoid(self.out(x))  # (B, 1, H/4, W/4)
+        return F.interpolate(mask, size=image.shape[-2:], mode="nearest")
+
+
+class UpBlock(nn.Module):
+    """Transposed-conv x2 upsampling, then fuse a skip feature (U-Net style)."""
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1, bias=False)
+        self.fuse = _conv_bn_relu(out_ch + skip_ch, out_ch, kernel=3)
+
+    def forward(self, x: Tensor, skip: Tensor | None) -> Tensor:
+        x = self.up(x)
+        if skip is None:
+            return self.fuse(x)
+        if x.shape[-2:] != skip.shape[-2:]:  # inputs not divisible by 32
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fuse(torch.cat([x, skip], dim=1))
+
+
+class DeconvDecoder(MaskHead):
+    """The paper's "deconvolutional network": learned x2 upsampling from layer4 (H/32) to full
+    resolution, fusing layer3, layer2 and layer1+stem on the way, sigmoid output."""
+
+    def __init__(self, channels: dict[str, int], hidden: int = 64) -> None:
+        super().__init__()
+        h = hidden
+        self.up3 = UpBlock(channels["layer4"], channels["layer3"], 4 * h)  # -> H/16
+        self.up2 = UpBlock(4 * h, channels["layer2"], 2 * h)  # -> H/8
+        self.up1 = UpBlock(2 * h, channels["layer1"] + channels["stem"], h)  # -> H/4
+        self.up0 = UpBlock(h, 0, h // 2)  # -> H/2
+        self.final = nn.ConvTranspose2d(h // 2, 1, kernel_size=4, stride=2, padding=1)  # -> H
+
+    def forward(self, features: dict[str, Tensor], image: Tensor) -> Tensor:
+        x = self.up3(features["layer4"], features["layer3"])
+        x = self.up2(x, features["layer2"])
+        x = self.up1(x, torch.cat([features["layer1"], features["stem"]], dim=1))
+        x = self.up0(x, None)
+        logits = self.final(x)
+        if logits.shape[-2:] != image.shape[-2:]:
+            logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.sigmoid(logits)  # (B, 1, H, W)
+
+
+HeadBuilder = Callable[..., MaskHead]
+HEADS: dict[str, HeadBuilder] = {"casme": CasmeDecoder, "deconv": DeconvDecoder}
+
+
+def build_head(name: str, channels: dict[str, int], hidden: int = 64) -> MaskHead:
+    if name not in HEADS:
+        raise ValueError(f"masker.head={name!r} is not a known head; choose one of {sorted(HEADS)}")
+    return HEADS[name](channels, hidden=hidden)

@@ -1,0 +1,308 @@
+"""The CASM LightningModule: a classifier and a masker trained together (SPEC 1.2).
+
+One step, for a batch (x, y):
+
+1. ``logits_clean, feats = f(x)``; the masker reads ``feats`` detached (shared encoder) or its own.
+2. ``mask = masker(x)``, ``x_out = (1 - mask) * x``.
+3. The evaluator is a pool snapshot with probability ``p_pool`` (eval mode, frozen), otherwise the
+   current classifier (train mode).
+4. Masker loss on ``evaluator(x_out)`` (entropy or classification score, adaptive lambda_R L1).
+5. Classifier loss: ``CE(clean)``, averaged with ``CE(evaluator(x_out))`` when the evaluator is the
+   current classifier (the paper's eq. 8), one SGD step per batch.
+
+All gradients are taken with ``torch.autograd.grad`` *before* any optimizer steps, so every backward
+pass sees the parameters its forward pass used (the published code back-propagates through a graph
+whose weights an SGD step already changed in place, which modern PyTorch rejects), and the masker's
+gradients never land in the classifier's ``.grad``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_info
+from torch import Tensor
+from torch.func import functional_call
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+from torchvision.utils import make_grid
+
+from casm.data.datamodule import denormalize
+from casm.metrics.localization import LocalizationError, reference_boxes
+from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
+from casm.models.modes import evaluation_mode
+from casm.training.distributed import all_reduce_mean
+from casm.training.losses import masker_loss, remove_masked
+from casm.training.pool import ClassifierPool, resolve_strategy
+from casm.training.regularization import LambdaController
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss stays NaN/inf for too many consecutive steps."""
+
+
+def build_models(cfg: DictConfig, num_classes: int) -> tuple[ResNetClassifier, Masker]:
+    classifier = ResNetClassifier(cfg.model.arch, num_classes, cfg.model.width)
+    if cfg.model.pretrained:
+        classifier.load_weights(cfg.model.pretrained)
+    encoder = None
+    if cfg.masker.encoder == "separate":
+        encoder = ResNetTrunk(cfg.model.arch, cfg.model.width)
+        if cfg.masker.encoder_pretrained:
+            donor = ResNetClassifier(cfg.model.arch, num_classes, cfg.model.width)
+            donor.load_weights(cfg.masker.encoder_pretrained)
+            encoder.load_state_dict(donor.trunk.state_dict())
+    masker = Masker(build_head(cfg.masker.head, classifier.trunk.channels, cfg.masker.hidden), encoder)
+    return classifier, masker
+
+
+class CASMModule(pl.LightningModule):
+    def __init__(self, config: dict[str, Any], num_classes: int, class_names: list[str] | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = OmegaConf.create(config)
+        c = self.cfg.casm
+        self.classifier, self.masker = build_models(self.cfg, num_classes)
+        self.strategy = resolve_strategy(c.thinning, c.p_pool, c.snapshot_every, c.pool_size)
+        self.pool = ClassifierPool(self.strategy, seed=self.cfg.seed)
+        paper_lambda = self.strategy.lambda_r_entropy if c.score == "E" else self.strategy.lambda_r_classification
+        self.lambda_r = LambdaController(
+            c.lambda_r if c.lambda_r is not None else paper_lambda,
+            target_area=c.target_area if c.lambda_mode == "target_area" else None,
+            lr=c.lambda_lr,
+        )
+        self.automatic_optimization = False
+        self.casm_step = 0  # masker steps taken; drives the snapshot schedule
+        self.nonfinite_streak = 0
+        self.nonfinite_total = 0
+        self.skipped_images = 0
+        self._warned_no_boxes = False
+
+        self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.val_masked_out_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.val_mask_mean = MeanMetric()
+        self.val_localization = LocalizationError()
+        self.val_full_box = LocalizationError()
+        self.val_centre_box = LocalizationError()
+
+    # ---------------------------------------------------------------- set-up
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        opt_c = torch.optim.SGD(self.classifier.parameters(), lr=o.classifier_lr, momentum=o.classifier_momentum,
+                                weight_decay=o.classifier_weight_decay)
+        opt_m = torch.optim.Adam(self.masker.parameters(), lr=o.masker_lr, weight_decay=o.masker_weight_decay)
+        schedulers = [torch.optim.lr_scheduler.StepLR(opt, o.lr_step_epochs, o.lr_gamma) for opt in (opt_c, opt_m)]
+        return [opt_c, opt_m], schedulers
+
+    @property
+    def in_warmup(self) -> bool:
+        return self.current_epoch < self.cfg.casm.warmup_epochs
+
+    @property
+    def classifier_trains(self) -> bool:
+        return self.in_warmup or self.strategy.train_classifier
+
+    def on_train_start(self) -> None:
+        self.pool.to(self.device)
+
+    def on_train_epoch_start(self) -> None:
+        # F: after the warm-up the classifier is frozen: eval mode, no gradients.
+        self.classifier.requires_grad_(self.classifier_trains)
+        self.classifier.train(self.classifier_trains)
+
+    def on_train_epoch_end(self) -> None:
+        with warnings.catch_warnings():  # in the warm-up the masker's optimizer has not stepped yet
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            for scheduler in self.lr_schedulers():
+                scheduler.step()
+        if self.skipped_images:
+            self.log("train/skipped_images", float(self.skipped_images))
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        self.skipped_images += int(batch["skipped"])
+        x, y = batch["image"], batch["label"]
+        if x.numel() == 0:
+            return
+        if self.in_warmup:
+            self._warmup_step(x, y)
+        else:
+            self._casm_step(x, y)
+
+    def _warmup_step(self, x: Tensor, y: Tensor) -> None:
+        logits, _ = self.classifier(x)
+        loss = F.cross_entropy(logits, y)
+        params = [p for p in self.classifier.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params)
+        if self._apply_gradients({0: (params, grads)}, [loss.detach()]):
+            self.log_dict({"train/classifier_loss": loss.detach(),
+                           "train/clean_acc": (logits.argmax(1) == y).float().mean()})
+
+    def _casm_step(self, x: Tensor, y: Tensor) -> None:
+        if self.pool.wants_snapshot(self.casm_step):
+            self.pool.add(self.classifier, self.casm_step)
+        train_classifier = self.strategy.train_classifier
+
+        logits_clean, feats = self.classifier(x)  # (B, K), features at 5 scales
+        clean_correct = logits_clean.argmax(dim=1) == y
+        mask = self.masker(x, feats)  # (B, 1, H, W)
+        x_out = remove_masked(x, mask)
+
+        pool_index = self.pool.draw_evaluator()
+        if pool_index is None:
+            logits_out, _ = self.classifier(x_out)
+        else:
+            with evaluation_mode(self.classifier):
+                logits_out, _ = functional_call(self.classifier, self.pool.snapshots[pool_index], (x_out,))
+
+        m_loss = masker_loss(logits_out, y, clean_correct, mask, self.lambda_r.value, self.cfg.casm.score)
+        masker_params = [p for p in self.masker.parameters() if p.requires_grad]
+        current_evaluates = pool_index is None
+        grads_m = torch.autograd.grad(m_loss.total, masker_params, retain_graph=train_classifier and current_evaluates)
+        groups = {1: (masker_params, grads_m)}
+        losses = [m_loss.total.detach()]
+        c_loss = torch.zeros((), device=x.device)
+        if train_classifier:
+            c_loss = F.cross_entropy(logits_clean, y)
+            if current_evaluates:  # the current classifier also learns from masked-out images (eq. 8)
+                c_loss = (c_loss + F.cross_entropy(logits_out, y)) / 2
+            classifier_params = [p for p in self.classifier.parameters() if p.requires_grad]
+            groups[0] = (classifier_params, torch.autograd.grad(c_loss, classifier_params))
+            losses.append(c_loss.detach())
+
+        mean_mask = mask.detach().mean()
+        if not self._apply_gradients(groups, losses, clip={1: self.cfg.casm.masker_grad_clip}):
+            return
+        self.lambda_r.update(float(all_reduce_mean([mean_mask])[0]))
+        self.casm_step += 1
+
+        out_correct = logits_out.detach().argmax(dim=1) == y
+        self.log_dict({
+            "train/masker_loss": m_loss.total.detach(),
+            "train/classifier_loss": c_loss.detach(),
+            "train/score": m_loss.score,
+            "train/lambda_r": self.lambda_r.value,
+            "train/mask_area": mean_mask,
+            "train/confused": m_loss.confused.float().mean(),
+            "train/clean_acc": clean_correct.float().mean(),
+            "train/masked_out_acc": out_correct.float().mean(),
+            "train/pool_size": float(len(self.pool)),
+            "train/used_pool": float(pool_index is not None),
+        })
+        self.log_dict({"mask": mean_mask, "lambda": self.lambda_r.value}, prog_bar=True, logger=False)
+        every = self.cfg.logging.image_every_n_steps
+        if every and self.casm_step % every == 1:
+            self._log_images("train/masks", x, mask)
+
+    def _apply_gradients(self, groups: dict[int, tuple[list[Tensor], tuple[Tensor, ...]]], losses: list[Tensor],
+                         clip: dict[int, float] | None = None) -> bool:
+        """Average gradients across ranks, skip the step if any is non-finite, else clip and step.
+
+        ``groups`` maps an optimizer index to its parameters and their gradients. The losses travel in
+        the same all-reduce, so every rank reaches the same skip decision."""
+        order = sorted(groups)
+        flat = [g for i in order for g in groups[i][1]] + [loss.reshape(1) for loss in losses]
+        reduced = all_reduce_mean(flat)
+        if not all(bool(torch.isfinite(t).all()) for t in reduced):
+            self._skip_nonfinite(losses)
+            return False
+        self.nonfinite_streak = 0
+        optimizers = self.optimizers()
+        it = iter(reduced)
+        for i in order:
+            for p in groups[i][0]:
+                p.grad = next(it)
+            if clip and i in clip:
+                self.clip_gradients(optimizers[i], gradient_clip_val=clip[i], gradient_clip_algorithm="norm")
+            optimizers[i].step()
+            optimizers[i].zero_grad(set_to_none=True)
+        return True
+
+    def _skip_nonfinite(self, losses: list[Tensor]) -> None:
+        self.nonfinite_streak += 1
+        self.nonfinite_total += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_total))
+        limit = self.cfg.casm.max_nonfinite_steps
+        rank_zero_info(f"casm: non-finite loss or gradient at step {self.global_step} "
+                       f"(losses {[float(v) for v in losses]}); step skipped ({self.nonfinite_streak} in a row)")
+        if self.nonfinite_streak >= limit:
+            raise NonFiniteLossError(
+                f"the loss was NaN/inf for {limit} consecutive steps (last losses {[float(v) for v in losses]}); "
+                f"training stopped with the weights of the last good step. Lower optim.classifier_lr / "
+                f"optim.masker_lr, or check the data; resume from the last checkpoint with resume=PATH.")
+
+    # ---------------------------------------------------------------- validation
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        x, y, gt, valid = batch["image"], batch["label"], batch["boxes"], batch["box_valid"]
+        if x.numel() == 0:
+            return
+        logits, feats = self.classifier(x)
+        mask = self.masker(x, feats)
+        logits_out, _ = self.classifier(remove_masked(x, mask))
+        self.val_accuracy.update(logits, y)
+        self.val_masked_out_accuracy.update(logits_out, y)
+        self.val_mask_mean.update(mask.mean(dim=(1, 2, 3)))
+        has_box = valid.any(dim=1)
+        if has_box.any():
+            gt, valid, correct = gt[has_box], valid[has_box], (logits.argmax(1) == y)[has_box]
+            h, w = x.shape[-2:]
+            self.val_localization.update(gt, valid, maps=mask[has_box], correct=correct)
+            self.val_full_box.update(gt, valid, boxes=reference_boxes("full", len(gt), h, w, x.device), correct=correct)
+            self.val_centre_box.update(gt, valid, boxes=reference_boxes("centre", len(gt), h, w, x.device),
+                                       correct=correct)
+        if batch_idx == 0:
+            self._log_images("val/masks", x, mask)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict({
+            "val/accuracy": self.val_accuracy.compute(),
+            "val/masked_out_accuracy": self.val_masked_out_accuracy.compute(),
+            "val/mask_mean": self.val_mask_mean.compute(),
+        }, prog_bar=True)
+        for metric in (self.val_accuracy, self.val_masked_out_accuracy, self.val_mask_mean):
+            metric.reset()
+        if self.val_localization.total == 0 and not self._warned_no_boxes:
+            rank_zero_info("casm: the validation set has no boxes; localization error is not computed")
+            self._warned_no_boxes = True
+        for name, metric in (("", self.val_localization), ("_full_box", self.val_full_box),
+                             ("_centre_box", self.val_centre_box)):
+            result = metric.compute()
+            if metric.total > 0:
+                self.log(f"val/le{name}", result["le"], prog_bar=not name)
+                self.log(f"val/om{name}", result["om"])
+            metric.reset()
+
+    # ---------------------------------------------------------------- logging & checkpoints
+    def _log_images(self, tag: str, x: Tensor, mask: Tensor, count: int = 8) -> None:
+        """Rows of (image, mask, masked-in, masked-out) to TensorBoard."""
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_image") or self.global_rank != 0:
+            return
+        images = denormalize(x[:count].detach())
+        m = mask[:count].detach().expand_as(images)
+        tiles = torch.stack([images, m, images * m, images * (1 - m)], dim=1).flatten(0, 1)
+        experiment.add_image(tag, make_grid(tiles.float().cpu(), nrow=4, padding=1), self.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["casm_state"] = {
+            "pool": self.pool.state_dict(),
+            "lambda_r": self.lambda_r.state_dict(),
+            "casm_step": self.casm_step,
+            "nonfinite_total": self.nonfinite_total,
+            "skipped_images": self.skipped_images,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("casm_state")
+        if state is None:
+            raise ValueError("checkpoint has no CASM training state (pool, lambda_R); was it written by casm?")
+        self.pool.load_state_dict(state["pool"])
+        self.lambda_r.load_state_dict(state["lambda_r"])
+        self.casm_step = int(state["casm_step"])
+        self.nonfinite_total = int(state["nonfinite_total"])
+        self.skipped_images = int(state["skipped_images"])

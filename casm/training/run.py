@@ -1,0 +1,107 @@
+"""Build data, model, logger and trainer from a config, and fit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from casm.config import ConfigError, to_yaml
+from casm.data.datamodule import LocalizationDataModule
+from casm.training.module import CASMModule
+
+ARCHITECTURE_KEYS = ("model.arch", "model.width", "masker.head", "masker.encoder", "masker.hidden")
+_VERSION_ENV = "CASM_RUN_VERSION"  # shared by DDP ranks, which Lightning starts as new processes
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a Lightning checkpoint safely (``weights_only=True``), with a one-line error on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable casm checkpoint ({type(err).__name__}: {str(err)[:200]})") from err
+
+
+def check_resume_compatible(cfg: DictConfig, checkpoint: dict, path: str) -> None:
+    """Refuse, with the fix, to resume a checkpoint into a model of another architecture."""
+    saved = OmegaConf.create(checkpoint.get("hyper_parameters", {}).get("config", {}))
+    if not saved:
+        raise ValueError(f"{path}: not a casm training checkpoint (no saved config)")
+    for key in ARCHITECTURE_KEYS:
+        old, new = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
+        if old != new:
+            raise ConfigError(f"{path} was trained with {key}={old}, this run has {key}={new}; "
+                              f"drop the override or add {key}={old}")
+
+
+def _run_dir(cfg: DictConfig) -> tuple[str, str]:
+    """(save_dir, version). A resumed run keeps logging next to its checkpoint."""
+    if cfg.resume:
+        run = Path(cfg.resume).resolve().parent.parent  # RUN/checkpoints/x.ckpt
+        return str(run.parent.parent), run.name
+    version = cfg.logging.version or os.environ.get(_VERSION_ENV)
+    if version is None:
+        base = Path(cfg.logging.out_dir) / cfg.logging.name
+        taken = [int(p.name.split("_")[1]) for p in base.glob("version_*") if p.name.split("_")[1].isdigit()]
+        version = f"version_{max(taken, default=-1) + 1}"
+        os.environ[_VERSION_ENV] = version
+    return cfg.logging.out_dir, version
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bool) -> pl.Trainer:
+    t = cfg.trainer
+    ckpt_dir = run_dir / "checkpoints"
+    callbacks = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                        save_last=True, save_top_k=-1, every_n_epochs=1),
+        OnExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
+        LearningRateMonitor(logging_interval="epoch"),
+    ]
+    if t.checkpoint_every_n_steps:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", auto_insert_metric_name=False,
+                                         every_n_train_steps=t.checkpoint_every_n_steps, save_top_k=-1))
+    if cfg.logging.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    return pl.Trainer(
+        default_root_dir=str(run_dir),
+        max_epochs=t.max_epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=t.precision,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=cfg.logging.progress_bar,
+        deterministic=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train CASM with ``cfg``; returns the run directory (config.yaml, TensorBoard logs, checkpoints)."""
+    if cfg.resume:
+        check_resume_compatible(cfg, read_checkpoint(cfg.resume), cfg.resume)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = LocalizationDataModule(cfg.data, cfg.seed)
+    module = CASMModule(OmegaConf.to_container(cfg, resolve=True), datamodule.num_classes, datamodule.classes)
+    save_dir, version = _run_dir(cfg)
+    logger = TensorBoardLogger(save_dir, name="" if cfg.resume else cfg.logging.name, version=version,
+                               default_hp_metric=False)
+    run_dir = Path(logger.log_dir)
+    trainer = build_trainer(cfg, run_dir, logger)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    trainer.fit(module, datamodule=datamodule, **({"ckpt_path": cfg.resume} if cfg.resume else {}))
+    return run_dir
