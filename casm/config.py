@@ -70,6 +70,7 @@ class CasmConfig:
 
 @dataclass
 class OptimConfig:
+    classifier_optimizer: str = "sgd"  # sgd (the paper) | adam (learns faster from scratch on small data)
     classifier_lr: float = 1e-3
     classifier_momentum: float = 0.9
     classifier_weight_decay: float = 1e-4
@@ -182,7 +183,9 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as err:
-            raise ConfigError(f"{source}: {err.msg if hasattr(err, 'msg') else err}".splitlines()[0]) from err
+            key = getattr(err, "full_key", None) or "?"
+            message = str(getattr(err, "msg", err)).splitlines()[0]
+            raise ConfigError(f"{source}: bad value for {key}: {message}") from err
     OmegaConf.set_struct(cfg, True)
     validate(cfg)
     return cfg
@@ -195,6 +198,7 @@ _CHOICES = {
     "casm.thinning": ("F", "L", "FL", "L100", "L1000"),
     "casm.score": ("E", "C"),
     "casm.lambda_mode": ("paper", "target_area"),
+    "optim.classifier_optimizer": ("sgd", "adam"),
 }
 
 

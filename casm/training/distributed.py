@@ -29,3 +29,16 @@ def all_reduce_mean(tensors: list[Tensor]) -> list[Tensor]:
         out.append(flat[offset: offset + t.numel()].view_as(t).to(t.dtype))
         offset += t.numel()
     return out
+
+
+def assert_same_on_all_ranks(value: Tensor, what: str) -> None:
+    """Fail loudly if ranks disagree on ``value`` (e.g. weights or the pool's RNG state): a DDP run
+    whose ranks drifted apart would otherwise train silently wrong."""
+    if world_size() == 1:
+        return
+    v = value.detach().double().reshape(1)
+    low, high = v.clone(), v.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if low.item() != high.item():
+        raise RuntimeError(f"DDP ranks disagree on {what} ({low.item()} vs {high.item()})")

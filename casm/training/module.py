@@ -36,7 +36,7 @@ from casm.data.datamodule import denormalize
 from casm.metrics.localization import LocalizationError, reference_boxes
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
 from casm.models.modes import evaluation_mode
-from casm.training.distributed import all_reduce_mean
+from casm.training.distributed import all_reduce_mean, assert_same_on_all_ranks
 from casm.training.losses import masker_loss, remove_masked
 from casm.training.pool import ClassifierPool, resolve_strategy
 from casm.training.regularization import LambdaController
@@ -93,8 +93,12 @@ class CASMModule(pl.LightningModule):
     # ---------------------------------------------------------------- set-up
     def configure_optimizers(self):
         o = self.cfg.optim
-        opt_c = torch.optim.SGD(self.classifier.parameters(), lr=o.classifier_lr, momentum=o.classifier_momentum,
-                                weight_decay=o.classifier_weight_decay)
+        if o.classifier_optimizer == "adam":
+            opt_c = torch.optim.Adam(self.classifier.parameters(), lr=o.classifier_lr,
+                                     weight_decay=o.classifier_weight_decay)
+        else:
+            opt_c = torch.optim.SGD(self.classifier.parameters(), lr=o.classifier_lr,
+                                    momentum=o.classifier_momentum, weight_decay=o.classifier_weight_decay)
         opt_m = torch.optim.Adam(self.masker.parameters(), lr=o.masker_lr, weight_decay=o.masker_weight_decay)
         schedulers = [torch.optim.lr_scheduler.StepLR(opt, o.lr_step_epochs, o.lr_gamma) for opt in (opt_c, opt_m)]
         return [opt_c, opt_m], schedulers
@@ -122,6 +126,17 @@ class CASMModule(pl.LightningModule):
                 scheduler.step()
         if self.skipped_images:
             self.log("train/skipped_images", float(self.skipped_images))
+        self._check_ranks_agree()
+
+    def _check_ranks_agree(self) -> None:
+        """Under DDP, every rank must hold the same weights, pool and lambda_R (cheap checksums)."""
+        weights = sum(p.detach().double().sum() for p in self.classifier.parameters())
+        weights = weights + sum(p.detach().double().sum() for p in self.masker.parameters())
+        assert_same_on_all_ranks(weights, "model weights")
+        pool_rng = self.pool.generator.get_state().double().sum().to(self.device)
+        assert_same_on_all_ranks(pool_rng, "the pool's random state")
+        assert_same_on_all_ranks(torch.tensor(float(len(self.pool)), device=self.device), "the pool size")
+        assert_same_on_all_ranks(torch.tensor(self.lambda_r.value, device=self.device), "lambda_R")
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> None:

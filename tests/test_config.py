@@ -1,0 +1,63 @@
+"""Configs: composition, overrides and one-line errors for typos."""
+
+import pytest
+
+from casm.config import CONFIG_DIR, ConfigError, load_config
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["casm.thinning=F", "trainer.max_epochs=3"])
+    assert cfg.casm.thinning == "F" and cfg.trainer.max_epochs == 3 and cfg.model.arch == "resnet18"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.rglob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads(path):
+    overrides = ["data.root=/data/imagenet"] if "imagenet" in path.read_text() else []
+    load_config(path, overrides)
+
+
+def test_experiment_inherits_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("casm:\n  thinning: FL\ntrainer:\n  max_epochs: 4\n")
+    (tmp_path / "exp.yaml").write_text("inherit: base.yaml\ntrainer:\n  max_epochs: 7\n")
+    cfg = load_config(tmp_path / "exp.yaml")
+    assert cfg.casm.thinning == "FL" and cfg.trainer.max_epochs == 7
+
+
+@pytest.mark.parametrize("override, suggestion", [
+    ("casm.tinning=F", "casm.thinning"),
+    ("trainer.max_epoch=3", "trainer.max_epochs"),
+    ("lerning_rate=1", None),
+])
+def test_unknown_key_names_key_and_nearest(override, suggestion):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    message = str(err.value)
+    assert override.split("=")[0] in message and "\n" not in message
+    if suggestion:
+        assert f"did you mean {suggestion}" in message
+
+
+def test_typo_in_a_yaml_file_names_the_file(tmp_path):
+    (tmp_path / "bad.yaml").write_text("masker:\n  haed: deconv\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key 'masker.haed'; did you mean masker.head"):
+        load_config(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("override, match", [
+    ("casm.thinning=L10", "casm.thinning='L10' is not one of"),
+    ("masker.head=unet", "masker.head='unet'"),
+    ("trainer.max_epochs=many", "max_epochs"),
+    ("casm.p_pool=1.5", "p_pool"),
+    ("data.name=imagenet", "data.root"),
+])
+def test_bad_values(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def test_cli_reports_config_errors_in_one_line(capsys):
+    from casm.cli import train_main
+
+    assert train_main(["casm.tinning=F"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "casm.thinning" in err and "\n" not in err

@@ -1,0 +1,169 @@
+"""CASM training invariants: no masker gradient in the classifier, frozen F, exact resume,
+non-finite steps, architecture checks and DDP on two CPU processes."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+import casm.training.module as module_lib
+from casm.config import ConfigError, load_config
+from casm.data.datamodule import LocalizationDataModule
+from casm.training.module import CASMModule, NonFiniteLossError
+from casm.training.run import check_resume_compatible, read_checkpoint, train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def fit(cfg, steps: int = 1) -> CASMModule:
+    """Build the module with a fixed seed and run ``steps`` training batches."""
+    pl.seed_everything(0, verbose=False)
+    dm = LocalizationDataModule(cfg.data, cfg.seed)
+    module = CASMModule(dict(cfg), dm.num_classes)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=steps, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu")
+    trainer.fit(module, datamodule=dm)
+    return module
+
+
+def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_masker_loss_does_not_move_the_classifier(tiny_cfg):
+    """Same batch, same evaluator, very different masker objectives: the classifier must take the
+    identical step (its loss alone drives it), while the masker steps differently."""
+    a = fit(tiny_cfg("casm.thinning=L", "casm.lambda_r=0", "casm.score=E"))
+    b = fit(tiny_cfg("casm.thinning=L", "casm.lambda_r=1000", "casm.score=C"))
+    ca, cb = params(a.classifier), params(b.classifier)
+    assert all(torch.equal(ca[k], cb[k]) for k in ca)
+    ma, mb = params(a.masker), params(b.masker)
+    assert any(not torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_masker_gradient_leak_would_be_caught(tiny_cfg, monkeypatch):
+    """Counter-check of the test above: a masker whose features are *not* detached changes the
+    classifier's step, so the invariant test can fail."""
+    from casm.models.masker import Masker
+
+    def leaky_forward(self, x, features=None):
+        return self.head(features, x)
+
+    a = fit(tiny_cfg("casm.thinning=L", "casm.lambda_r=0", "casm.score=E"))
+    monkeypatch.setattr(Masker, "forward", leaky_forward)
+    monkeypatch.setattr(module_lib.CASMModule, "_casm_step", _leaky_step)
+    b = fit(tiny_cfg("casm.thinning=L", "casm.lambda_r=1000", "casm.score=C"))
+    ca, cb = params(a.classifier), params(b.classifier)
+    assert any(not torch.equal(ca[k], cb[k]) for k in ca if k.endswith("weight"))
+
+
+def _leaky_step(self, x, y):
+    """A wrong CASM step: one backward of the summed losses into every parameter."""
+    logits, feats = self.classifier(x)
+    mask = self.masker(x, feats)
+    logits_out, _ = self.classifier(module_lib.remove_masked(x, mask))
+    loss = module_lib.masker_loss(logits_out, y, logits.argmax(1) == y, mask, self.lambda_r.value,
+                                  self.cfg.casm.score).total
+    loss = loss + torch.nn.functional.cross_entropy(logits, y)
+    for opt in self.optimizers():
+        opt.zero_grad()
+    self.manual_backward(loss)
+    for opt in self.optimizers():
+        opt.step()
+
+
+def test_fixed_classifier_strategy_never_changes_the_classifier(tiny_cfg):
+    cfg = tiny_cfg("casm.thinning=F")
+    pl.seed_everything(0, verbose=False)
+    before = params(CASMModule(dict(cfg), 10).classifier)
+    after = fit(cfg, steps=3)
+    assert all(torch.equal(before[k], v) for k, v in params(after.classifier).items())  # BN stats too
+
+
+def test_pool_fills_during_training(tiny_cfg):
+    module = fit(tiny_cfg("casm.thinning=L100", "casm.snapshot_every=2", "casm.pool_size=2"), steps=4)
+    assert module.pool.snapshot_steps == [0, 2]  # pool updated before steps 0..3
+    assert module.casm_step == 4
+
+
+def _final_state(run_dir: Path) -> dict:
+    return read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+
+
+def test_resume_continues_exactly(tiny_cfg, tmp_path):
+    """2 epochs straight == 1 epoch, killed, resumed for a 2nd: weights, optimizers, pool, lambda_R."""
+    common = ["casm.thinning=L100", "casm.snapshot_every=3", "casm.pool_size=2", "casm.lambda_mode=target_area",
+              "casm.warmup_epochs=1", "trainer.max_epochs=3"]
+    straight = train(tiny_cfg(*common, "logging.name=straight"))
+    first = train(tiny_cfg(*common, "logging.name=resumed", "trainer.max_epochs=2"))
+    resumed = train(tiny_cfg(*common, "trainer.max_epochs=3", f"resume={first / 'checkpoints' / 'last.ckpt'}"))
+    assert resumed == first
+    a, b = _final_state(straight), _final_state(resumed)
+    assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"]
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    pa, pb = a["casm_state"]["pool"], b["casm_state"]["pool"]
+    assert pa["snapshot_steps"] == pb["snapshot_steps"] and len(pa["snapshot_steps"]) == 2
+    assert torch.equal(pa["generator"], pb["generator"])
+    for sa, sb in zip(pa["snapshots"], pb["snapshots"]):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a["casm_state"]["lambda_r"] == b["casm_state"]["lambda_r"]
+    assert a["optimizer_states"][1]["state"][0]["exp_avg"].equal(b["optimizer_states"][1]["state"][0]["exp_avg"])
+    assert (first / "config.yaml").is_file()
+
+
+def test_resume_into_another_architecture_is_refused(tiny_cfg):
+    run = train(tiny_cfg("trainer.max_epochs=1"))
+    ckpt = run / "checkpoints" / "last.ckpt"
+    cfg = tiny_cfg("model.arch=resnet34", f"resume={ckpt}")
+    with pytest.raises(ConfigError, match="model.arch=resnet18"):
+        check_resume_compatible(cfg, read_checkpoint(ckpt), str(ckpt))
+    (run / "broken.ckpt").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="broken.ckpt"):
+        read_checkpoint(run / "broken.ckpt")
+
+
+def test_a_nonfinite_step_is_skipped_and_counted(tiny_cfg, monkeypatch):
+    calls = {"n": 0}
+    original = module_lib.remove_masked
+
+    def nan_once(x, mask):
+        calls["n"] += 1
+        return original(x, mask) * (float("nan") if calls["n"] == 1 else 1.0)
+
+    monkeypatch.setattr(module_lib, "remove_masked", nan_once)
+    module = fit(tiny_cfg("casm.thinning=L"), steps=3)
+    assert module.nonfinite_total == 1 and module.casm_step == 2
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_repeated_nonfinite_steps_stop_the_run_and_keep_the_weights(tiny_cfg, monkeypatch):
+    monkeypatch.setattr(module_lib, "remove_masked", lambda x, mask: x * float("nan"))
+    cfg = tiny_cfg("casm.thinning=L", "casm.max_nonfinite_steps=2")
+    pl.seed_everything(0, verbose=False)
+    before = params(CASMModule(dict(cfg), 10))
+    with pytest.raises(NonFiniteLossError, match="2 consecutive steps"):
+        train(cfg)
+    saved = read_checkpoint(next(Path(cfg.logging.out_dir).rglob("interrupted.ckpt")))
+    assert all(torch.equal(saved["state_dict"][k], v) for k, v in before.items() if k in saved["state_dict"])
+
+
+def test_ddp_on_two_cpu_processes(tmp_path, tiny_overrides):
+    """Two ranks train, agree on weights/pool/lambda_R every epoch (checked in the module), checkpoint."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("CASM_RUN_VERSION", None)
+    cmd = [sys.executable, str(REPO / "train.py"), *tiny_overrides, "trainer.devices=2", "trainer.strategy=ddp",
+           "casm.thinning=L100", "casm.snapshot_every=1", "casm.pool_size=3", "casm.lambda_mode=target_area"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpts = list((tmp_path / "runs").rglob("last.ckpt"))
+    assert len(ckpts) == 1
+    state = read_checkpoint(ckpts[0])
+    assert state["epoch"] == 1 and len(state["casm_state"]["pool"]["snapshots"]) == 3
+    # each rank sees half of the 64 training images: 2 batches of 16 per epoch and rank
+    assert state["casm_state"]["casm_step"] == 4
