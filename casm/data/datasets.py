@@ -8,6 +8,7 @@ image: torchvision's ``transforms.v2`` moves them with every resize, crop and fl
 from __future__ import annotations
 
 import csv
+import logging
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +21,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from casm.data import synthetic
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -106,8 +109,9 @@ class BoxedImageDataset(Dataset):
         path, label, boxes = self.records[index]
         try:
             pil = load_rgb(path)
-        except CorruptImageError:
+        except CorruptImageError as err:
             if self.skip_corrupt:
+                log.warning("skipped: %s", err)
                 return None  # dropped and counted by the collate function
             raise
         image = tv_tensors.Image(torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1))

@@ -60,8 +60,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bo
     t = cfg.trainer
     ckpt_dir = run_dir / "checkpoints"
     callbacks = [
+        # the newest epoch only (a checkpoint holds the whole classifier pool, tens of MB per snapshot);
+        # last.ckpt links to it
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-                        save_last=True, save_top_k=-1, every_n_epochs=1),
+                        save_last="link", save_top_k=1, every_n_epochs=1),
         OnExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
         LearningRateMonitor(logging_interval="epoch"),
     ]
