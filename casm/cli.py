@@ -40,3 +40,66 @@ def train_main(argv: list[str] | None = None) -> int:
         return 2
     print(f"run saved in {run_dir}")
     return 0
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="casm export", description="Export a trained masker as a standalone folder "
+                                     "(masker.safetensors + masker.json, optionally masker.onnx).")
+    parser.add_argument("checkpoint", help="a casm training checkpoint (e.g. runs/default/version_0/checkpoints/last.ckpt)")
+    parser.add_argument("out_dir", help="folder to write")
+    parser.add_argument("--onnx", action="store_true", help="also write masker.onnx, validated against PyTorch")
+    args = parser.parse_args(argv)
+    from casm.export import export_masker
+
+    try:
+        out = export_masker(args.checkpoint, args.out_dir, onnx=args.onnx)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"masker exported to {out}")
+    return 0
+
+
+def explain_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="casm explain", description="Saliency masks, overlays and boxes for "
+                                     "images, with an exported masker (one forward pass per batch).")
+    parser.add_argument("export_dir", help="a folder written by 'casm export'")
+    parser.add_argument("images", nargs="+", help="image files or folders of images")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--format", choices=["png", "png16", "npy"], default="png", help="mask file format")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    from casm.export import load_masker, write_explanations
+
+    try:
+        masker = load_masker(args.export_dir, device=args.device)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    written, errors = write_explanations(masker, args.images, args.out, args.format, args.batch_size, args.amp,
+                                         progress=not args.no_progress)
+    for message in errors:
+        print(message, file=sys.stderr)
+    print(f"{written} image(s) explained in {args.out}" + (f", {len(errors)} skipped" if errors else ""))
+    return 1 if errors else 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+COMMANDS = {"train": train_main, "export": export_main, "explain": explain_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m casm {train,export,explain} ...``"""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m casm {{{','.join(COMMANDS)}}} ...  (each with --help)", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]](argv[1:])

@@ -26,7 +26,7 @@ class DataConfig:
     boxes_file: Optional[str] = None  # folder: CSV of validation boxes; default ROOT/val_boxes.csv
     image_size: int = 64  # network input side (the crop for folder / imagenet)
     resize: Optional[int] = None  # evaluation resize before the centre crop; default image_size*256/224
-    num_train: int = 6000  # synthetic only: images per split
+    num_train: int = 5000  # synthetic only: images per split
     num_val: int = 1000
     seed: int = 0  # synthetic only: the dataset's own seed
     include_classes: Optional[list[str]] = None  # class names (or synthetic class ids) to keep
@@ -60,7 +60,7 @@ class CasmConfig:
     pool_size: Optional[int] = None  # null: the strategy's value
     score: str = "E"  # E (entropy) | C (classification)
     lambda_mode: str = "paper"  # paper (fixed lambda_r) | target_area (lambda_r adapted online)
-    lambda_r: Optional[float] = None  # null: the paper's value for the strategy and score
+    lambda_r: Optional[float] = None  # fixed value (paper) or start (target_area); null: the paper's value
     target_area: float = 0.5  # target_area mode: desired mean mask
     lambda_lr: float = 0.05  # target_area mode: step of the dual update on lambda_r
     warmup_epochs: int = 0  # epochs that train the classifier alone before the masker starts

@@ -18,6 +18,7 @@ gradients never land in the classifier's ``.grad``.
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any
 
@@ -121,7 +122,7 @@ class CASMModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         with warnings.catch_warnings():  # in the warm-up the masker's optimizer has not stepped yet
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             for scheduler in self.lr_schedulers():
                 scheduler.step()
         if self.skipped_images:

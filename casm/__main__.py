@@ -1,0 +1,5 @@
+import sys
+
+from casm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,149 @@
+"""Standalone maskers: export a trained masker from a training checkpoint, and load it back.
+
+An export is a folder with two files:
+
+* ``masker.safetensors``: the masker's weights, encoder included (a copy of the classifier's trunk
+  when the encoder was shared), so it keeps working whatever later happens to the classifier.
+  safetensors holds tensors only: loading a file cannot run code.
+* ``masker.json``: everything needed to rebuild and feed it (architecture, head, input size,
+  normalization, class names, casm version) and the weights' SHA-256, so a tampered or truncated
+  weights file fails cleanly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+import casm
+from casm.data.datamodule import IMAGENET_MEAN, IMAGENET_STD
+from casm.models import Masker, ResNetTrunk, build_head
+from casm.training.module import build_models
+from casm.training.run import read_checkpoint
+
+WEIGHTS_FILE = "masker.safetensors"
+MANIFEST_FILE = "masker.json"
+FORMAT = "casm-masker"
+FORMAT_VERSION = 1
+
+
+class ExportError(ValueError):
+    """A folder that is not a valid masker export, or a checkpoint that cannot be exported."""
+
+
+@dataclass
+class MaskerManifest:
+    arch: str
+    width: int
+    head: str
+    hidden: int
+    image_size: int
+    resize: int
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    classes: list[str] = field(default_factory=list)
+    casm_version: str = casm.__version__
+    source_checkpoint: str = ""
+    weights_sha256: str = ""
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+
+class StandaloneMasker(nn.Module):
+    """``masker(images) -> masks``: normalized (B, 3, H, W) -> (B, 1, H, W) in [0, 1]. No classifier,
+    no gradients: one forward pass. ``manifest`` says how images must be prepared."""
+
+    def __init__(self, manifest: MaskerManifest) -> None:
+        super().__init__()
+        self.manifest = manifest
+        trunk = ResNetTrunk(manifest.arch, manifest.width)
+        self.masker = Masker(build_head(manifest.head, trunk.channels, manifest.hidden), trunk)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.masker(images)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def masker_from_checkpoint(checkpoint_path: str | Path) -> StandaloneMasker:
+    """Rebuild the trained masker of a casm training checkpoint as a standalone module (eval mode)."""
+    ckpt = read_checkpoint(checkpoint_path)
+    hparams = ckpt.get("hyper_parameters", {})
+    if "config" not in hparams or not any(k.startswith("masker.") for k in ckpt.get("state_dict", {})):
+        raise ExportError(f"{checkpoint_path}: not a casm training checkpoint with a masker")
+    cfg = OmegaConf.create(hparams["config"])
+    cfg.model.pretrained = None  # the checkpoint holds the weights; do not look for the original file
+    cfg.masker.encoder_pretrained = None
+    classifier, masker = build_models(cfg, hparams["num_classes"])
+    state = ckpt["state_dict"]
+    classifier.load_state_dict({k[len("classifier."):]: v for k, v in state.items() if k.startswith("classifier.")})
+    masker.load_state_dict({k[len("masker."):]: v for k, v in state.items() if k.startswith("masker.")})
+    image_size = cfg.data.image_size
+    manifest = MaskerManifest(
+        arch=cfg.model.arch, width=cfg.model.width, head=cfg.masker.head, hidden=cfg.masker.hidden,
+        image_size=image_size, resize=cfg.data.resize or round(image_size * 256 / 224),
+        classes=list(hparams.get("class_names") or []), source_checkpoint=str(checkpoint_path),
+    )
+    standalone = StandaloneMasker(manifest)
+    standalone.masker.load_state_dict(masker.standalone(classifier.trunk).state_dict())
+    return standalone.eval()
+
+
+def export_masker(checkpoint_path: str | Path, out_dir: str | Path, onnx: bool = False) -> Path:
+    """Write ``masker.safetensors`` + ``masker.json`` (and ``masker.onnx`` on request) to ``out_dir``."""
+    model = masker_from_checkpoint(checkpoint_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / WEIGHTS_FILE
+    save_file({k: v.contiguous() for k, v in model.masker.state_dict().items()}, str(weights),
+              metadata={"format": FORMAT})
+    model.manifest.weights_sha256 = _sha256(weights)
+    (out / MANIFEST_FILE).write_text(json.dumps(asdict(model.manifest), indent=2))
+    if onnx:
+        from casm.export.onnx import export_onnx
+
+        export_onnx(model, out / "masker.onnx")
+    return out
+
+
+def load_masker(export_dir: str | Path, device: str | torch.device = "cpu") -> StandaloneMasker:
+    """Load an export folder as an ``nn.Module`` in eval mode, verifying the weights' checksum."""
+    folder = Path(export_dir)
+    manifest_path, weights = folder / MANIFEST_FILE, folder / WEIGHTS_FILE
+    if not manifest_path.is_file() or not weights.is_file():
+        raise ExportError(f"{folder}: not a casm masker export (expected {MANIFEST_FILE} and {WEIGHTS_FILE}); "
+                          f"create one with: python -m casm export CHECKPOINT {folder}")
+    try:
+        raw = json.loads(manifest_path.read_text())
+        if raw.get("format") != FORMAT:
+            raise ValueError(f"format is {raw.get('format')!r}")
+        manifest = MaskerManifest(**raw)
+    except (ValueError, TypeError) as err:
+        raise ExportError(f"{manifest_path}: not a valid masker manifest ({err})") from err
+    if manifest.weights_sha256 and _sha256(weights) != manifest.weights_sha256:
+        raise ExportError(f"{weights}: contents do not match the SHA-256 in {MANIFEST_FILE} "
+                          f"(file modified or truncated); export it again")
+    try:
+        state = load_file(str(weights))
+    except Exception as err:
+        raise ExportError(f"{weights}: cannot be read ({err})") from err
+    model = StandaloneMasker(manifest)
+    try:
+        model.masker.load_state_dict(state)
+    except RuntimeError as err:
+        raise ExportError(f"{weights}: does not fit {manifest.arch}/{manifest.head} "
+                          f"({str(err).splitlines()[0]})") from err
+    return model.eval().to(device)

@@ -1,0 +1,107 @@
+"""Export -> load -> identical masks; explain new images; bad exports and images fail cleanly."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import casm
+from casm.cli import main as cli_main
+from casm.export import ExportError, explain, export_masker, load_masker, masker_from_checkpoint
+from casm.training.module import CASMModule
+from casm.training.run import read_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    from casm.config import load_config
+    from tests.conftest import TINY
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_config(None, TINY + [f"logging.out_dir={out}", "trainer.max_epochs=1", "masker.head=deconv"])
+    return train(cfg) / "checkpoints" / "last.ckpt"
+
+
+def _training_masks(ckpt, x):
+    state = read_checkpoint(ckpt)
+    module = CASMModule(state["hyper_parameters"]["config"], state["hyper_parameters"]["num_classes"])
+    module.load_state_dict(state["state_dict"])
+    module.eval()
+    with torch.no_grad():
+        return module.masker(x, module.classifier(x)[1])
+
+
+def test_round_trip_is_exact(trained_checkpoint, tmp_path):
+    out = export_masker(trained_checkpoint, tmp_path / "export")
+    masker = casm.load_masker(out)
+    manifest = json.loads((out / "masker.json").read_text())
+    assert manifest["head"] == "deconv" and manifest["image_size"] == 32 and len(manifest["classes"]) == 10
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(masker(x), _training_masks(trained_checkpoint, x))
+
+
+def test_onnx_export_matches_pytorch(trained_checkpoint, tmp_path):
+    import onnxruntime as ort
+
+    out = export_masker(trained_checkpoint, tmp_path / "export", onnx=True)
+    session = ort.InferenceSession(str(out / "masker.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 32, 32)  # another batch size than the one exported with
+    got = session.run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(got - load_masker(out)(x).numpy()).max() < 1e-4
+
+
+def test_explain_takes_paths_pil_and_arrays_of_any_mode(trained_checkpoint, tmp_path):
+    masker = masker_from_checkpoint(trained_checkpoint)
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    inputs = [tmp_path / "a.png", Image.fromarray(rgb).convert("L"), np.dstack([rgb, rgb[..., :1]]), rgb[..., 0]]
+    results = explain(masker, inputs, batch_size=3)
+    assert [r.mask.shape for r in results] == [(40, 50)] * 4
+    assert all(0 <= r.mask.min() and r.mask.max() <= 1 for r in results)
+    x0, y0, x1, y1 = results[0].box
+    assert 0 <= x0 < x1 <= 50 and 0 <= y0 < y1 <= 40
+
+
+def test_cli_export_and_explain(trained_checkpoint, tmp_path, capsys):
+    assert cli_main(["export", str(trained_checkpoint), str(tmp_path / "m")]) == 0
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(images / "ok.png")
+    Image.fromarray(np.zeros((20, 24, 4), np.uint8)).save(images / "rgba.png")
+    (images / "broken.jpg").write_bytes(b"nope")
+    code = cli_main(["explain", str(tmp_path / "m"), str(images), "--out", str(tmp_path / "o"), "--format", "png16",
+                     "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "broken.jpg" in err  # reported and skipped, the others written
+    mask = np.asarray(Image.open(tmp_path / "o" / "ok_mask.png"))
+    assert mask.dtype == np.uint16 and mask.shape == (30, 30)
+    assert (tmp_path / "o" / "rgba_overlay.png").is_file()
+    assert json.loads((tmp_path / "o" / "rgba_box.json").read_text())["width"] == 24
+
+
+def test_not_an_export_and_tampered_weights(trained_checkpoint, tmp_path):
+    with pytest.raises(ExportError, match="not a casm masker export"):
+        load_masker(tmp_path)
+    out = export_masker(trained_checkpoint, tmp_path / "export")
+    weights = out / "masker.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match="SHA-256"):
+        load_masker(out)
+    weights.write_bytes(bytes(data[: len(data) // 2]))
+    manifest = json.loads((out / "masker.json").read_text())
+    manifest["weights_sha256"] = ""  # no checksum to hide behind: the truncated file itself must fail
+    (out / "masker.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="cannot be read"):
+        load_masker(out)
+
+
+def test_export_refuses_a_checkpoint_without_masker(tmp_path):
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / "plain.ckpt")
+    with pytest.raises(ExportError, match="plain.ckpt"):
+        export_masker(tmp_path / "plain.ckpt", tmp_path / "out")
