@@ -1,0 +1,66 @@
+"""Gradient-free CAMs: CAM and Score-CAM (SPEC 2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from casm.baselines.base import CAMMethod, logits_of
+
+
+def _final_linear(model: nn.Module) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("CAM needs a global-average-pooling + linear head; the model has no nn.Linear")
+    return linears[-1]
+
+
+class CAM(CAMMethod):
+    """CAM (Zhou et al., 2016, arXiv:1512.04150): ``M = sum_k w^c_k A^k`` with ``w^c`` the linear
+    head's weights; only for GAP + linear heads, with the target layer feeding the pooling."""
+
+    name = "cam"
+
+    def channel_weights(self, activation, logits, targets, images):
+        fc = _final_linear(self.model)
+        if fc.in_features != activation.shape[1]:
+            raise ValueError(f"CAM: layer {self.target_layer!r} has {activation.shape[1]} channels but the head "
+                             f"takes {fc.in_features}; use the layer that feeds the global pooling")
+        return fc.weight[targets].detach()
+
+
+class ScoreCAM(CAMMethod):
+    """Score-CAM (Wang et al., 2020, arXiv:1910.01279): each channel, upsampled and min-max normalized,
+    masks the image; its weight is the softmax over channels of the target logit on that masked image.
+
+    K extra forward passes per image; here all (image, channel) pairs of a batch run in chunks of
+    ``chunk_size``, and each chunk upsamples only its own channels (memory stays bounded)."""
+
+    name = "scorecam"
+
+    def __init__(self, model: nn.Module, target_layer: str | None = None, chunk_size: int = 256) -> None:
+        super().__init__(model, target_layer)
+        self.chunk_size = chunk_size
+
+    def channel_weights(self, activation: Tensor, logits: Tensor, targets: Tensor, images: Tensor) -> Tensor:
+        batch, channels = activation.shape[:2]
+        size = images.shape[-2:]
+        flat = activation.detach().flatten(0, 1)[:, None]  # (B*K, 1, h, w)
+        scores = torch.empty(batch * channels, device=images.device)
+        hook, self._handle = self._handle, None  # the masked passes must not overwrite the stored activation
+        hook.remove()
+        try:
+            for start in range(0, batch * channels, self.chunk_size):
+                idx = torch.arange(start, min(start + self.chunk_size, batch * channels), device=images.device)
+                # the reference uses align_corners=True here (UpsamplingBilinear2d)
+                up = F.interpolate(flat[idx], size=size, mode="bilinear", align_corners=True)  # (n, 1, H, W)
+                low = up.flatten(1).min(dim=1).values[:, None, None, None]
+                high = up.flatten(1).max(dim=1).values[:, None, None, None]
+                masks = (up - low) / (high - low + 1e-8)
+                image_idx = idx // channels
+                out = logits_of(self.model(images[image_idx] * masks))
+                scores[idx] = out.gather(1, targets[image_idx][:, None])[:, 0].float()
+        finally:
+            self._handle = self.layer.register_forward_hook(self._store)
+        return torch.softmax(scores.view(batch, channels), dim=1)

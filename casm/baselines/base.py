@@ -1,0 +1,117 @@
+"""The shared machinery of the CAM family: a hooked target layer, target classes, normalization.
+
+A method is a context manager: entering registers a forward hook on the target layer, leaving
+removes it, also after an exception. Calling it on a batch returns one map per image::
+
+    with GradCAM(classifier) as method:
+        maps = method(images)            # (B, H, W) in [0, 1], the predicted class
+        maps = method(images, class_idx=3)
+
+Subclasses only supply the channel weights (:meth:`CAMMethod.channel_weights`). Gradients are taken
+with ``torch.autograd.grad`` on the stored activation, so the model's own ``.grad`` is never touched.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from casm.models.modes import evaluation_mode
+
+
+def logits_of(output: Tensor | tuple) -> Tensor:
+    """casm classifiers return ``(logits, features)``; plain ones return logits."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def default_target_layer(model: nn.Module) -> str:
+    """The last stage: ``trunk.layer4`` (casm), ``layer4`` (torchvision ResNets), else the last conv."""
+    names = dict(model.named_modules())
+    for candidate in ("trunk.layer4", "layer4", "features"):
+        if candidate in names:
+            return candidate
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("the model has no convolution to explain; give target_layer")
+    return convs[-1]
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if name not in modules:
+        stages = [n for n in modules if n and n.count(".") <= 1]
+        close = difflib.get_close_matches(name, list(modules), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ValueError(f"target layer {name!r} does not exist; {hint}valid layers include: {', '.join(stages[:30])}")
+    return modules[name]
+
+
+def min_max(maps: Tensor) -> Tensor:
+    """Per-image min-max of (B, h, w) maps to [0, 1]; a constant map becomes 0."""
+    flat = maps.flatten(1)
+    low = flat.min(dim=1, keepdim=True).values
+    high = flat.max(dim=1, keepdim=True).values
+    return ((flat - low) / (high - low + 1e-7)).view_as(maps)
+
+
+def upsample_and_normalize(cam: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, h, w) -> (B, H, W) in [0, 1]: min-max, bilinear upsampling, min-max again.
+
+    The first min-max makes a constant map exactly 0 before interpolation rounding could turn it
+    into noise; the second restores the full range that bilinear upsampling can shave off."""
+    up = F.interpolate(min_max(cam.float())[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return min_max(up)
+
+
+class CAMMethod:
+    """Base class: hook handling, target classes and the final map; see the module docstring."""
+
+    name = "base"
+    needs_gradients = False
+
+    def __init__(self, model: nn.Module, target_layer: str | None = None) -> None:
+        self.model = model
+        self.target_layer = target_layer or default_target_layer(model)
+        self.layer = resolve_layer(model, self.target_layer)
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+        self._activation: Tensor | None = None
+
+    def __enter__(self) -> "CAMMethod":
+        self._handle = self.layer.register_forward_hook(self._store)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle, self._activation = None, None
+
+    def _store(self, module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        self._activation = output
+
+    def __call__(self, images: Tensor, class_idx: int | Tensor | None = None) -> Tensor:
+        """(B, 3, H, W) normalized images -> (B, H, W) maps in [0, 1]."""
+        if self._handle is None:
+            raise RuntimeError(f"use {type(self).__name__} as a context manager: with {type(self).__name__}(model) as m")
+        with evaluation_mode(self.model), torch.enable_grad() if self.needs_gradients else torch.no_grad():
+            x = images.detach().requires_grad_(self.needs_gradients)
+            logits = logits_of(self.model(x))  # (B, num_classes)
+            activation = self._activation  # (B, K, h, w)
+            targets = self._targets(logits, class_idx)
+            weights = self.channel_weights(activation, logits, targets, images)  # (B, K)
+        cam = F.relu((weights[:, :, None, None] * activation.detach()).sum(dim=1))  # (B, h, w)
+        self._activation = None
+        return upsample_and_normalize(cam, images.shape[-2:])
+
+    @staticmethod
+    def _targets(logits: Tensor, class_idx: int | Tensor | None) -> Tensor:
+        if class_idx is None:
+            return logits.argmax(dim=1)
+        if isinstance(class_idx, int):
+            return torch.full((len(logits),), class_idx, device=logits.device, dtype=torch.long)
+        return class_idx.to(logits.device).long()
+
+    def channel_weights(self, activation: Tensor, logits: Tensor, targets: Tensor, images: Tensor) -> Tensor:
+        raise NotImplementedError
