@@ -108,3 +108,82 @@ class LocalizationError(Metric):
     def compute(self) -> dict[str, Tensor]:
         total = self.total.clamp(min=1)
         return {"le": self.le_errors / total, "om": self.om_errors / total}
+
+
+def box_masks(gt_boxes: Tensor, gt_valid: Tensor, height: int, width: int) -> Tensor:
+    """(B, N, 4) boxes -> (B, N, H, W) bool pixel masks (invalid boxes are empty)."""
+    ys = torch.arange(height, device=gt_boxes.device).view(1, 1, height, 1) + 0.5
+    xs = torch.arange(width, device=gt_boxes.device).view(1, 1, 1, width) + 0.5
+    b = gt_boxes[..., None, None]
+    inside = (xs >= b[:, :, 0]) & (xs < b[:, :, 2]) & (ys >= b[:, :, 1]) & (ys < b[:, :, 3])
+    return inside & gt_valid[..., None, None]
+
+
+def continuous_f1(maps: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Per image, for each box B: ``P = sum_B m / sum m``, ``R = sum_B m / |B|``, F1 = 2PR/(P+R).
+    Returns (max over boxes, mean over boxes), each (B,)."""
+    inside = box_masks(gt_boxes, gt_valid, *maps.shape[-2:]).float()  # (B, N, H, W)
+    m = maps[:, None].float()
+    mass_in = (m * inside).sum(dim=(2, 3))
+    precision = mass_in / m.sum(dim=(2, 3)).clamp(min=1e-9)
+    recall = mass_in / inside.sum(dim=(2, 3)).clamp(min=1e-9)
+    f1 = (2 * precision * recall / (precision + recall).clamp(min=1e-9)).masked_fill(~gt_valid, 0.0)
+    best = f1.max(dim=1).values
+    mean = f1.sum(dim=1) / gt_valid.sum(dim=1).clamp(min=1)
+    return best, mean
+
+
+class ContinuousF1(Metric):
+    """Mean over images of the continuous F1 (best box) and F1a (mean over boxes), SPEC 4.1."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("f1", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("f1a", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, maps: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> None:
+        best, mean = continuous_f1(maps.squeeze(1) if maps.dim() == 4 else maps, gt_boxes, gt_valid)
+        self.f1 += best.sum()
+        self.f1a += mean.sum()
+        self.total += best.numel()
+
+    def compute(self) -> dict[str, Tensor]:
+        total = self.total.clamp(min=1)
+        return {"f1": self.f1 / total, "f1a": self.f1a / total}
+
+
+class BoxAccuracySweep(Metric):
+    """Box accuracy (IoU > 0.5) at each of ``thresholds`` (``m >= t``, largest 4-connected component).
+
+    So that no method is penalized for one binarization rule (cf. MaxBoxAcc, Choe et al. 2020): pick
+    the best threshold on one split with :meth:`best_threshold`, then read the accuracy at that
+    threshold on another split with :meth:`accuracy_at`."""
+
+    full_state_update = False
+
+    def __init__(self, num_thresholds: int = 21, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.thresholds = torch.linspace(0, 1, num_thresholds + 2)[1:-1]  # open interval: 0 and 1 are degenerate
+        self.add_state("hits", torch.zeros(num_thresholds), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, maps: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> None:
+        maps = (maps.squeeze(1) if maps.dim() == 4 else maps).detach().float().cpu().numpy()
+        for i, t in enumerate(self.thresholds.tolist()):
+            boxes = torch.from_numpy(np.stack([largest_component_box(m >= t) for m in maps])).to(gt_boxes.device)
+            self.hits[i] += localization_hits(boxes, gt_boxes, gt_valid).sum()
+        self.total += len(maps)
+
+    def compute(self) -> Tensor:
+        return self.hits / self.total.clamp(min=1)
+
+    def best_threshold(self) -> float:
+        return float(self.thresholds[int(self.compute().argmax())])
+
+    def accuracy_at(self, threshold: float) -> float:
+        index = int((self.thresholds - threshold).abs().argmin())
+        return float(self.compute()[index])
