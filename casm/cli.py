@@ -87,17 +87,52 @@ def explain_main(argv: list[str] | None = None) -> int:
     return 1 if errors else 0
 
 
+def evaluate_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="casm evaluate",
+        description="Evaluate a trained masker against CAM, Grad-CAM, Grad-CAM++ and Score-CAM on the same images.",
+        epilog="Overrides are key=value over casm.config.EvalConfig, e.g. methods=[casm,gradcam] max_images=200 "
+               "scorecam_chunk=512 classifiers=[runs/r34/version_0/checkpoints/last.ckpt]. The data config "
+               "defaults to the checkpoint's own (data.* keys override it).")
+    parser.add_argument("--checkpoint", required=True, help="a casm training checkpoint")
+    parser.add_argument("--config", help="YAML over the evaluation schema")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = parser.parse_args(argv)
+    from casm.config import EvalConfig
+
+    try:
+        from casm.training.run import read_checkpoint
+
+        saved = read_checkpoint(args.checkpoint).get("hyper_parameters", {}).get("config")
+        if saved is None:
+            raise ValueError(f"{args.checkpoint}: not a casm training checkpoint (no saved config)")
+        cfg = load_config(args.config, args.overrides + [f"checkpoint={args.checkpoint}"], schema_class=EvalConfig,
+                          base={"data": saved["data"]})
+        from casm.evaluation import evaluate
+
+        results, _, out = evaluate(cfg, progress=not args.no_progress)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from casm.evaluation.report import markdown_table
+
+    print(markdown_table(results))
+    print(f"report written to {out} (metrics.json, metrics.md, figure.png, tensorboard/)")
+    return 0
+
+
 def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
-COMMANDS = {"train": train_main, "export": export_main, "explain": explain_main}
+COMMANDS = {"train": train_main, "evaluate": evaluate_main, "export": export_main, "explain": explain_main}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m casm {train,export,explain} ...``"""
+    """``python -m casm {train,evaluate,export,explain} ...``"""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: python -m casm {{{','.join(COMMANDS)}}} ...  (each with --help)", file=sys.stderr)

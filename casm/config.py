@@ -65,6 +65,7 @@ class CasmConfig:
     lambda_lr: float = 0.05  # target_area mode: step of the dual update on lambda_r
     warmup_epochs: int = 0  # epochs that train the classifier alone before the masker starts
     masker_grad_clip: float = 10.0
+    masker_warmup_steps: int = 0  # masker lr ramps linearly from 0 over these steps (0: off)
     max_nonfinite_steps: int = 20  # consecutive non-finite steps before the run stops
 
 
@@ -169,10 +170,12 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[DictConfig
     return layers + [(node, str(path))]
 
 
-def load_config(config_file: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
-    """Schema defaults <- YAML file(s) <- ``key=value`` overrides, type-checked, unknown keys rejected."""
-    schema = OmegaConf.structured(Config)
-    cfg = schema.copy()
+def load_config(config_file: str | Path | None = None, overrides: list[str] | None = None,
+                schema_class: type = None, base: DictConfig | dict | None = None) -> DictConfig:
+    """Schema defaults <- ``base`` <- YAML file(s) <- ``key=value`` overrides, type-checked, unknown
+    keys rejected. ``schema_class`` defaults to the training :class:`Config`."""
+    schema = OmegaConf.structured(schema_class or Config)
+    cfg = OmegaConf.merge(schema, base) if base is not None else schema.copy()
     layers = _read_yaml(Path(config_file)) if config_file else []
     for bad in [o for o in overrides or [] if "=" not in o]:
         raise ConfigError(f"override {bad!r} is not of the form key=value")
@@ -187,7 +190,8 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
             message = str(getattr(err, "msg", err)).splitlines()[0]
             raise ConfigError(f"{source}: bad value for {key}: {message}") from err
     OmegaConf.set_struct(cfg, True)
-    validate(cfg)
+    if schema_class in (None, Config):
+        validate(cfg)
     return cfg
 
 
@@ -200,6 +204,30 @@ _CHOICES = {
     "casm.lambda_mode": ("paper", "target_area"),
     "optim.classifier_optimizer": ("sgd", "adam"),
 }
+
+
+@dataclass
+class EvalConfig:
+    """``evaluate.py``: which methods, on which data, with which metric settings (SPEC 2 and 4)."""
+
+    checkpoint: Optional[str] = None  # a casm training checkpoint (set by --checkpoint)
+    data: DataConfig = field(default_factory=DataConfig)  # default: the checkpoint's own data config
+    methods: list[str] = field(default_factory=lambda: ["casm", "cam", "gradcam", "gradcampp", "scorecam"])
+    target_layer: Optional[str] = None  # for the CAM baselines; null: the last stage
+    scorecam_chunk: int = 256  # (image, channel) pairs per Score-CAM forward pass
+    max_images: Optional[int] = None  # cap on evaluated images (null: the whole validation split)
+    max_images_slow: int = 200  # cap for Score-CAM and the faithfulness curves
+    binarization: str = "quantile"  # quantile | alpha_mean (SPEC 4.1)
+    alpha: float = 1.0
+    sweep_thresholds: int = 21
+    faithfulness_steps: int = 32  # deletion / insertion steps
+    pointing_tolerance: int = 15
+    classifiers: list[str] = field(default_factory=list)  # more classifier checkpoints for SPEC 4.4
+    baseline_classifiers: list[str] = field(default_factory=list)  # also run the baselines on these
+    figure_images: int = 8
+    out_dir: Optional[str] = None  # null: RUN/eval next to the checkpoint
+    device: str = "auto"
+    seed: int = 0
 
 
 def validate(cfg: DictConfig) -> None:

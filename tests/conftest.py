@@ -30,3 +30,13 @@ def tiny_cfg(tiny_overrides):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory):
+    """One tiny CASM run (1 epoch, deconv head) shared by the export and evaluation tests."""
+    from casm.training.run import train
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_config(None, TINY + [f"logging.out_dir={out}", "trainer.max_epochs=1", "masker.head=deconv"])
+    return train(cfg) / "checkpoints" / "last.ckpt"

@@ -11,17 +11,7 @@ import casm
 from casm.cli import main as cli_main
 from casm.export import ExportError, explain, export_masker, load_masker, masker_from_checkpoint
 from casm.training.module import CASMModule
-from casm.training.run import read_checkpoint, train
-
-
-@pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory):
-    from casm.config import load_config
-    from tests.conftest import TINY
-
-    out = tmp_path_factory.mktemp("runs")
-    cfg = load_config(None, TINY + [f"logging.out_dir={out}", "trainer.max_epochs=1", "masker.head=deconv"])
-    return train(cfg) / "checkpoints" / "last.ckpt"
+from casm.training.run import read_checkpoint
 
 
 def _training_masks(ckpt, x):

@@ -192,7 +192,9 @@ class CASMModule(pl.LightningModule):
             losses.append(c_loss.detach())
 
         mean_mask = mask.detach().mean()
-        if not self._apply_gradients(groups, losses, clip={1: self.cfg.casm.masker_grad_clip}):
+        warmup = self.cfg.casm.masker_warmup_steps
+        lr_scale = {1: min(1.0, (self.casm_step + 1) / warmup)} if warmup else None
+        if not self._apply_gradients(groups, losses, clip={1: self.cfg.casm.masker_grad_clip}, lr_scale=lr_scale):
             return
         self.lambda_r.update(float(all_reduce_mean([mean_mask])[0]))
         self.casm_step += 1
@@ -216,7 +218,7 @@ class CASMModule(pl.LightningModule):
             self._log_images("train/masks", x, mask)
 
     def _apply_gradients(self, groups: dict[int, tuple[list[Tensor], tuple[Tensor, ...]]], losses: list[Tensor],
-                         clip: dict[int, float] | None = None) -> bool:
+                         clip: dict[int, float] | None = None, lr_scale: dict[int, float] | None = None) -> bool:
         """Average gradients across ranks, skip the step if any is non-finite, else clip and step.
 
         ``groups`` maps an optimizer index to its parameters and their gradients. The losses travel in
@@ -235,7 +237,13 @@ class CASMModule(pl.LightningModule):
                 p.grad = next(it)
             if clip and i in clip:
                 self.clip_gradients(optimizers[i], gradient_clip_val=clip[i], gradient_clip_algorithm="norm")
+            scale = (lr_scale or {}).get(i, 1.0)
+            groups_lr = [g["lr"] for g in optimizers[i].param_groups]
+            for g in optimizers[i].param_groups:  # a warm-up on top of the epoch schedule, undone after the step
+                g["lr"] *= scale
             optimizers[i].step()
+            for g, lr in zip(optimizers[i].param_groups, groups_lr):
+                g["lr"] = lr
             optimizers[i].zero_grad(set_to_none=True)
         return True
 

@@ -1,0 +1,5 @@
+"""The evaluation harness behind evaluate.py (SPEC 4)."""
+
+from casm.evaluation.harness import Evaluator, evaluate, load_classifier, load_trained
+
+__all__ = ["Evaluator", "evaluate", "load_classifier", "load_trained"]

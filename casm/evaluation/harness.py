@@ -1,0 +1,282 @@
+"""The evaluation harness: every method's maps on the same images, every metric (SPEC 4), one report.
+
+Methods are the trained masker ("casm"), the CAM baselines on the masker's own classifier (and on
+any ``baseline_classifiers``), and two toy references ("full image", "centre box"). Each produces a
+(B, H, W) map in [0, 1] per batch; every metric then sees exactly the same images.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from casm.baselines import BASELINES, CAMMethod
+from casm.data.datamodule import LocalizationDataModule
+from casm.metrics.faithfulness import (average_drop_increase, deletion_insertion, energy_pointing_game,
+                                       masked_classification, pointing_game)
+from casm.metrics.localization import (BoxAccuracySweep, ContinuousF1, LocalizationError, binarize, box_masks,
+                                       reference_boxes)
+from casm.metrics.mask_statistics import MaskStatistics
+from casm.models import ResNetClassifier
+from casm.training.module import CASMModule
+from casm.training.run import read_checkpoint
+
+SLOW_METHODS = ("scorecam",)
+REFERENCES = {"full_image": "full", "centre_box": "centre"}  # method name -> reference box kind
+MapFn = Callable[[Tensor, dict, Tensor], Tensor]  # (images, features, logits) -> (B, H, W)
+
+
+def load_trained(checkpoint: str | Path) -> tuple[CASMModule, dict]:
+    """The CASM module of a training checkpoint (eval mode) and the checkpoint's saved config."""
+    ckpt = read_checkpoint(checkpoint)
+    hp = ckpt.get("hyper_parameters", {})
+    if "config" not in hp or not any(k.startswith("masker.") for k in ckpt.get("state_dict", {})):
+        raise ValueError(f"{checkpoint}: not a casm training checkpoint with a masker; evaluate.py needs the "
+                         f"checkpoint a casm training run wrote (RUN/checkpoints/last.ckpt)")
+    config = dict(hp["config"])
+    config["model"] = dict(config["model"], pretrained=None)
+    config["masker"] = dict(config["masker"], encoder_pretrained=None)
+    module = CASMModule(config, hp["num_classes"], hp.get("class_names"))
+    module.load_state_dict(ckpt["state_dict"])
+    return module.eval(), config
+
+
+def load_classifier(checkpoint: str | Path, num_classes: int) -> ResNetClassifier:
+    """A classifier from a casm training checkpoint (its own architecture) for SPEC 4.4 / baselines."""
+    ckpt = read_checkpoint(checkpoint)
+    model_cfg = ckpt.get("hyper_parameters", {}).get("config", {}).get("model")
+    if model_cfg is None:
+        raise ValueError(f"{checkpoint}: not a casm checkpoint; train a classifier with train.py (see README)")
+    classifier = ResNetClassifier(model_cfg["arch"], num_classes, model_cfg["width"])
+    classifier.load_weights(checkpoint)
+    return classifier.eval()
+
+
+@dataclass
+class MethodScores:
+    """Every metric of one method, accumulated over batches (torchmetrics: DDP-ready)."""
+
+    rule: str
+    alpha: float
+    thresholds: int
+    localization: LocalizationError = None
+    localization_other_rule: LocalizationError = None
+    f1: ContinuousF1 = field(default_factory=ContinuousF1)
+    sweep_select: BoxAccuracySweep = None
+    sweep_test: BoxAccuracySweep = None
+    stats: MaskStatistics = field(default_factory=MaskStatistics)
+    means: dict[str, MeanMetric] = field(default_factory=dict)
+    images: int = 0
+    nan_maps: int = 0
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        other = "alpha_mean" if self.rule == "quantile" else "quantile"
+        self.localization = LocalizationError(self.rule, self.alpha)
+        self.localization_other_rule = LocalizationError(other, self.alpha)
+        self.sweep_select = BoxAccuracySweep(self.thresholds)
+        self.sweep_test = BoxAccuracySweep(self.thresholds)
+
+    def mean(self, name: str, values: Tensor) -> None:
+        self.means.setdefault(name, MeanMetric()).update(values.detach().float().cpu())
+
+    def result(self) -> dict[str, float]:
+        out: dict[str, float] = {"images": self.images, "nan_maps": self.nan_maps,
+                                 "ms_per_image": 1000 * self.seconds / max(self.images, 1)}
+        out.update({k: float(v) for k, v in self.stats.compute().items()})
+        if self.localization.total > 0:
+            loc = self.localization.compute()
+            other = self.localization_other_rule.compute()
+            out.update(le=float(loc["le"]), om=float(loc["om"]), le_other_rule=float(other["le"]))
+            out.update({k: float(v) for k, v in self.f1.compute().items()})
+        if self.sweep_select.total > 0 and self.sweep_test.total > 0:
+            best = self.sweep_select.best_threshold()
+            out.update(sweep_threshold=best, sweep_box_accuracy=self.sweep_test.accuracy_at(best))
+        out.update({k: float(m.compute()) for k, m in self.means.items() if m.update_count > 0})
+        return out
+
+
+def reference_map(name: str, batch: int, height: int, width: int, device: torch.device) -> Tensor:
+    """A toy reference's map: 1 inside its box, 0 outside, (B, H, W)."""
+    boxes = reference_boxes(REFERENCES[name], batch, height, width, device)
+    return box_masks(boxes[:, None], torch.ones(batch, 1, dtype=torch.bool, device=device), height, width)[:, 0].float()
+
+
+class Evaluator:
+    """Builds the methods, runs them over the validation split, accumulates :class:`MethodScores`."""
+
+    def __init__(self, cfg: DictConfig, module: CASMModule, device: torch.device) -> None:
+        self.cfg, self.module, self.device = cfg, module.to(device), device
+        self.classifier = module.classifier
+        num_classes = module.classifier.num_classes
+        self.judges: dict[str, nn.Module] = {"own": self.classifier}
+        for path in cfg.classifiers:
+            self.judges[Path(path).stem] = load_classifier(path, num_classes).to(device)
+        self.baseline_models: dict[str, nn.Module] = {"": self.classifier}
+        for path in cfg.baseline_classifiers:
+            self.baseline_models[f"@{Path(path).stem}"] = load_classifier(path, num_classes).to(device)
+        unknown = [m for m in cfg.methods if m != "casm" and m not in BASELINES]
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown}; choose from casm, {', '.join(BASELINES)}")
+        self.scores: dict[str, MethodScores] = {}
+        self.figure_maps: dict[str, Tensor] = {}
+        self.figure_images: Tensor | None = None
+        self.figure_boxes: tuple[Tensor, Tensor] | None = None
+
+    def _scores(self, name: str) -> MethodScores:
+        if name not in self.scores:
+            self.scores[name] = MethodScores(self.cfg.binarization, self.cfg.alpha, self.cfg.sweep_thresholds)
+        return self.scores[name]
+
+    def run(self, loader, progress: bool = True) -> dict[str, dict[str, float]]:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        with ExitStack() as stack:
+            baselines: dict[str, CAMMethod] = {}
+            for suffix, model in self.baseline_models.items():
+                for name in cfg.methods:
+                    if name == "casm":
+                        continue
+                    kwargs = {"chunk_size": cfg.scorecam_chunk} if name == "scorecam" else {}
+                    method = BASELINES[name](model, cfg.target_layer, **kwargs)
+                    baselines[name + suffix] = stack.enter_context(method)
+            seen = 0
+            total = len(loader.dataset) if cfg.max_images is None else min(cfg.max_images, len(loader.dataset))
+            bar = tqdm(total=total, unit="img", disable=not progress, desc="evaluating")
+            for batch in loader:
+                if seen >= total:
+                    break
+                take = min(len(batch["image"]), total - seen)
+                self._batch({k: (v[:take].to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()},
+                            seen, baselines)
+                seen += take
+                bar.update(take)
+            bar.close()
+        return {name: s.result() for name, s in self.scores.items()}
+
+    @torch.no_grad()
+    def _classify(self, x: Tensor) -> tuple[Tensor, dict]:
+        logits, feats = self.classifier(x)
+        return logits, feats
+
+    def _batch(self, batch: dict, offset: int, baselines: dict[str, CAMMethod]) -> None:
+        cfg = self.cfg
+        x, y, gt, valid = batch["image"], batch["label"], batch["boxes"], batch["box_valid"]
+        logits, feats = self._classify(x)
+        preds = logits.argmax(1)
+        correct = preds == y
+        index = torch.arange(offset, offset + len(x), device=x.device)
+        slow_ok = index < cfg.max_images_slow
+        h, w = x.shape[-2:]
+
+        producers: dict[str, MapFn] = {}
+        if "casm" in cfg.methods:
+            producers["casm"] = lambda x_, f_, l_: self.module.masker(x_, f_)[:, 0]
+        for name, method in baselines.items():
+            producers[name] = (lambda m: (lambda x_, f_, l_: m(x_)))(method)
+        for ref in REFERENCES:
+            producers[ref] = (lambda kind: (lambda x_, f_, l_: reference_map(kind, len(x_), h, w, x_.device)))(ref)
+
+        for name, produce in producers.items():
+            rows = slow_ok if name.split("@")[0] in SLOW_METHODS else torch.ones_like(slow_ok)
+            if not rows.any():
+                continue
+            xs = x[rows]
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            with torch.no_grad() if name in ("casm", *REFERENCES) else torch.enable_grad():
+                maps = produce(xs, {k: v[rows] for k, v in feats.items()}, logits[rows]).detach().float()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            s = self._scores(name)
+            s.seconds += time.perf_counter() - start
+            s.images += int(rows.sum())
+            finite = torch.isfinite(maps).flatten(1).all(dim=1)
+            s.nan_maps += int((~finite).sum())
+            sel = rows.nonzero()[:, 0][finite]  # batch rows with a usable map
+            maps = maps[finite]
+            if len(sel) == 0:
+                continue
+            self._update(name, s, maps, sel, x, y, gt, valid, preds, correct, index, slow_ok)
+            if offset == 0 and name != "full_image":
+                n = cfg.figure_images
+                self.figure_maps[name] = maps[:n].cpu()
+                if self.figure_images is None:
+                    self.figure_images, self.figure_boxes = x[:n].cpu(), (gt[:n].cpu(), valid[:n].cpu())
+
+    def _update(self, name, s, maps, sel, x, y, gt, valid, preds, correct, index, slow_ok) -> None:
+        cfg = self.cfg
+        s.stats.update(maps)
+        has_box = valid[sel].any(dim=1)
+        if has_box.any():
+            b_maps, b_sel = maps[has_box], sel[has_box]
+            g, v = gt[b_sel], valid[b_sel]
+            if name in REFERENCES:
+                boxes = reference_boxes(REFERENCES[name], len(b_sel), *x.shape[-2:], x.device)
+                s.localization.update(g, v, boxes=boxes, correct=correct[b_sel])
+                s.localization_other_rule.update(g, v, boxes=boxes, correct=correct[b_sel])
+            else:
+                s.localization.update(g, v, maps=b_maps, correct=correct[b_sel])
+                s.localization_other_rule.update(g, v, maps=b_maps, correct=correct[b_sel])
+                even = index[b_sel] % 2 == 0  # threshold chosen on even images, applied to odd ones
+                if even.any():
+                    s.sweep_select.update(b_maps[even], g[even], v[even])
+                if (~even).any():
+                    s.sweep_test.update(b_maps[~even], g[~even], v[~even])
+            s.f1.update(b_maps, g, v)
+            s.mean("pointing_game", pointing_game(b_maps, g, v, cfg.pointing_tolerance))
+            s.mean("energy_pointing_game", energy_pointing_game(b_maps, g, v))
+        binary = binarize(maps, cfg.binarization, cfg.alpha)
+        for judge_name, judge in self.judges.items():
+            for variant, hit in masked_classification(judge, x[sel], binary, y[sel]).items():
+                s.mean(f"acc_{variant}" + ("" if judge_name == "own" else f"@{judge_name}"), hit * 100)
+        slow = slow_ok[sel]
+        if slow.any():
+            xs, ms, ts = x[sel][slow], maps[slow], preds[sel][slow]
+            for mode in ("deletion", "insertion"):
+                _, auc = deletion_insertion(self.classifier, xs, ms, ts, mode, cfg.faithfulness_steps)
+                s.mean(mode, auc)
+            drop, increase = average_drop_increase(self.classifier, xs, ms, ts)
+            s.mean("average_drop", drop)
+            s.mean("increase_in_confidence", increase)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def evaluate(cfg: DictConfig, progress: bool = True) -> tuple[dict, "Evaluator", Path]:
+    """Run the whole evaluation; returns (results, evaluator, output folder)."""
+    from casm.evaluation.report import write_reports
+
+    module, train_config = load_trained(cfg.checkpoint)
+    torch.manual_seed(cfg.seed)
+    datamodule = LocalizationDataModule(cfg.data, cfg.seed)
+    datamodule.setup()
+    if datamodule.num_classes != module.classifier.num_classes:
+        raise ValueError(f"the data has {datamodule.num_classes} classes, the checkpoint's classifier "
+                         f"{module.classifier.num_classes}; evaluate on the classes it was trained on")
+    evaluator = Evaluator(cfg, module, resolve_device(cfg.device))
+    loader = datamodule.val_dataloader()
+    results = evaluator.run(loader, progress)
+    notes = []
+    if not any("le" in r for r in results.values()):
+        notes.append("the validation data has no boxes: localization metrics (LE, OM, F1, sweep, pointing) skipped")
+    for name, r in results.items():
+        if r["nan_maps"]:
+            notes.append(f"{name}: {r['nan_maps']} map(s) contained NaN/inf and were left out of every metric")
+    out = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.checkpoint).resolve().parent.parent / "eval"
+    write_reports(out, results, evaluator, OmegaConf.to_container(cfg, resolve=True), train_config, notes)
+    return results, evaluator, out

@@ -1,0 +1,103 @@
+"""Write an evaluation's results: metrics.json, metrics.md, figure.png and TensorBoard scalars/images."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from casm.data.datamodule import denormalize
+from casm.metrics.localization import predicted_boxes
+
+# (key in the results, column title, format); a column appears when some method has the key
+COLUMNS = [
+    ("le", "LE ↓", "{:.3f}"), ("om", "OM ↓", "{:.3f}"), ("le_other_rule", "LE (other rule) ↓", "{:.3f}"),
+    ("f1", "F1 ↑", "{:.3f}"), ("f1a", "F1a ↑", "{:.3f}"), ("sweep_box_accuracy", "BoxAcc@best t ↑", "{:.3f}"),
+    ("mask_mean", "mask mean", "{:.3f}"), ("mask_std", "mask std", "{:.3f}"), ("mask_entropy", "entropy", "{:.3f}"),
+    ("mask_tv", "TV", "{:.4f}"), ("deletion", "deletion ↓", "{:.3f}"), ("insertion", "insertion ↑", "{:.3f}"),
+    ("average_drop", "avg drop ↓", "{:.1f}"), ("increase_in_confidence", "increase ↑", "{:.1f}"),
+    ("pointing_game", "pointing ↑", "{:.3f}"), ("energy_pointing_game", "energy PG ↑", "{:.3f}"),
+    ("acc_masked_in", "acc in ↑", "{:.1f}"), ("acc_masked_out", "acc out ↓", "{:.1f}"),
+    ("acc_inpainted", "acc inpainted ↓", "{:.1f}"), ("ms_per_image", "ms/img", "{:.2f}"), ("images", "images", "{:d}"),
+]
+
+
+def versions() -> dict[str, str]:
+    import pytorch_lightning
+    import torchmetrics
+    import torchvision
+
+    import casm
+
+    return {"casm": casm.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "pytorch_lightning": pytorch_lightning.__version__,
+            "torchmetrics": torchmetrics.__version__, "opencv": cv2.__version__}
+
+
+def markdown_table(results: dict[str, dict[str, float]]) -> str:
+    extra = sorted({k for r in results.values() for k in r if k.startswith("acc_") and "@" in k})
+    columns = [c for c in COLUMNS if any(c[0] in r for r in results.values())]
+    columns += [(k, k.replace("acc_", "acc ").replace("_", " "), "{:.1f}") for k in extra]
+    lines = ["| method | " + " | ".join(title for _, title, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for name, r in results.items():
+        cells = [fmt.format(int(r[k]) if fmt == "{:d}" else r[k]) if k in r else "—" for k, _, fmt in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(evaluator, scale: int = 3) -> np.ndarray | None:
+    """Rows: images. Columns: the image with its ground-truth boxes (green), then each method's map
+    as a heat map over the image with its predicted box (red)."""
+    if evaluator.figure_images is None:
+        return None
+    images = (denormalize(evaluator.figure_images).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+    gt, valid = evaluator.figure_boxes
+    rows = []
+    for i, img in enumerate(images):
+        tiles = [img.copy()]
+        for box, ok in zip(gt[i].tolist(), valid[i].tolist()):
+            if ok:
+                cv2.rectangle(tiles[0], (int(box[0]), int(box[1])), (int(box[2]) - 1, int(box[3]) - 1), (0, 255, 0), 1)
+        for name, maps in evaluator.figure_maps.items():
+            if i >= len(maps):
+                tiles.append(np.zeros_like(img))
+                continue
+            heat = cv2.applyColorMap((maps[i].numpy() * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+            tile = (img * 0.4 + heat * 0.6).astype(np.uint8)
+            x0, y0, x1, y1 = (int(v) for v in predicted_boxes(maps[i: i + 1], evaluator.cfg.binarization)[0].tolist())
+            cv2.rectangle(tile, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), (255, 0, 0), 1)
+            tiles.append(tile)
+        rows.append(np.concatenate(tiles, axis=1))
+    grid = np.concatenate(rows, axis=0)
+    grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    header = np.full((24, grid.shape[1], 3), 255, np.uint8)
+    tile_w = images.shape[2] * scale
+    for j, title in enumerate(["image + boxes", *evaluator.figure_maps]):
+        cv2.putText(header, title[:18], (j * tile_w + 3, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    return np.concatenate([header, grid], axis=0)
+
+
+def write_reports(out: Path, results: dict, evaluator, eval_config: dict, train_config: dict,
+                  notes: list[str]) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"results": results, "notes": notes, "eval_config": eval_config, "training_config": train_config,
+               "versions": versions()}
+    (out / "metrics.json").write_text(json.dumps(payload, indent=2))
+    table = markdown_table(results)
+    (out / "metrics.md").write_text(table + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else ""))
+    grid = figure(evaluator)
+    writer = SummaryWriter(str(out / "tensorboard"))
+    for method, r in results.items():
+        for key, value in r.items():
+            writer.add_scalar(f"{method}/{key}", value)
+    if grid is not None:
+        cv2.imwrite(str(out / "figure.png"), grid[..., ::-1])
+        writer.add_image("eval/figure", grid, dataformats="HWC")
+    writer.close()

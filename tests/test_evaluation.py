@@ -1,0 +1,93 @@
+"""evaluate.py end to end on a tiny trained run: every method, every report file, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from casm.cli import evaluate_main
+from casm.data.datasets import SyntheticShapes
+
+FAST = ["max_images=16", "max_images_slow=4", "scorecam_chunk=64", "faithfulness_steps=4", "figure_images=4",
+        "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def report(trained_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    assert evaluate_main(["--checkpoint", str(trained_checkpoint), f"out_dir={out}", *FAST]) == 0
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+def test_every_method_and_report_file(report):
+    out, payload = report
+    results = payload["results"]
+    assert set(results) == {"casm", "cam", "gradcam", "gradcampp", "scorecam", "full_image", "centre_box"}
+    for name in ("casm", "gradcam"):
+        for key in ("le", "om", "f1", "f1a", "mask_mean", "mask_tv", "deletion", "insertion", "average_drop",
+                    "increase_in_confidence", "pointing_game", "energy_pointing_game", "acc_masked_in",
+                    "acc_masked_out", "acc_inpainted", "sweep_box_accuracy", "ms_per_image"):
+            assert np.isfinite(results[name][key]), (name, key)
+    assert results["casm"]["images"] == 16 and results["scorecam"]["images"] == 4
+    assert payload["versions"]["torch"] == torch.__version__
+    assert "| casm |" in (out / "metrics.md").read_text()
+    assert (out / "figure.png").is_file() and any((out / "tensorboard").iterdir())
+
+
+def test_reference_le_matches_the_boxes_by_hand(report, trained_checkpoint):
+    """The full-image box hits when the object's box covers more than half of the image."""
+    _, payload = report
+    data = payload["eval_config"]["data"]
+    ds = SyntheticShapes("val", 16, data["image_size"], data["seed"])
+    area = np.array([(s.box[2] - s.box[0]) * (s.box[3] - s.box[1]) for s, _ in ds.samples]) / data["image_size"] ** 2
+    assert payload["results"]["full_image"]["le"] == pytest.approx(float(np.mean(area <= 0.5)))
+
+
+def test_checkpoint_without_masker(tmp_path, capsys):
+    torch.save({"state_dict": {"fc.weight": torch.zeros(1)}, "hyper_parameters": {"config": {}}}, tmp_path / "c.ckpt")
+    assert evaluate_main(["--checkpoint", str(tmp_path / "c.ckpt")]) == 2
+    assert "c.ckpt" in capsys.readouterr().err
+
+
+def test_unknown_target_layer_lists_valid_ones(trained_checkpoint, tmp_path, capsys):
+    code = evaluate_main(["--checkpoint", str(trained_checkpoint), "target_layer=trunk.layer9", f"out_dir={tmp_path}",
+                          *FAST])
+    err = capsys.readouterr().err
+    assert code == 2 and "trunk.layer9" in err and "trunk.layer4" in err
+
+
+def test_data_without_boxes_skips_localization_only(trained_checkpoint, tmp_path):
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        for c in range(10):  # the tiny checkpoint's classifier has 10 classes
+            (root / split / f"c{c}").mkdir(parents=True)
+            Image.fromarray(np.full((32, 32, 3), 25 * c, np.uint8)).save(root / split / f"c{c}" / "a.png")
+    out = tmp_path / "eval"
+    args = ["--checkpoint", str(trained_checkpoint), "data.name=folder", f"data.root={root}", "data.image_size=32",
+            "methods=[casm,gradcam]", f"out_dir={out}", *FAST]
+    assert evaluate_main(args) == 0
+    payload = json.loads((out / "metrics.json").read_text())
+    assert "le" not in payload["results"]["casm"] and "deletion" in payload["results"]["casm"]
+    assert any("no boxes" in n for n in payload["notes"])
+
+
+def test_nan_maps_are_reported_not_averaged(trained_checkpoint, tmp_path, monkeypatch):
+    from casm.baselines import GradCAM
+
+    original = GradCAM.__call__
+
+    def one_nan(self, images, class_idx=None):
+        maps = original(self, images, class_idx)
+        maps[0] = float("nan")
+        return maps
+
+    monkeypatch.setattr(GradCAM, "__call__", one_nan)
+    out = tmp_path / "eval"
+    assert evaluate_main(["--checkpoint", str(trained_checkpoint), "methods=[gradcam]", f"out_dir={out}", *FAST]) == 0
+    payload = json.loads((out / "metrics.json").read_text())
+    batches = -(-16 // payload["eval_config"]["data"]["batch_size"])  # one NaN map per batch
+    assert payload["results"]["gradcam"]["nan_maps"] == batches
+    assert np.isfinite(payload["results"]["gradcam"]["le"])
+    assert any("gradcam" in n and "NaN" in n for n in payload["notes"])
