@@ -91,7 +91,7 @@ class TrainerConfig:
     limit_train_batches: Any = 1.0  # the paper uses 20 % of ImageNet per epoch: 0.2
     limit_val_batches: Any = 1.0
     log_every_n_steps: int = 10
-    checkpoint_every_n_steps: Optional[int] = None  # also checkpoint mid-epoch
+    checkpoint_every_n_steps: Optional[int] = None  # also checkpoint mid-epoch (optimizer steps: 2 per CASM batch)
 
 
 @dataclass

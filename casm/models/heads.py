@@ -100,6 +100,15 @@ HeadBuilder = Callable[..., MaskHead]
 HEADS: dict[str, HeadBuilder] = {"casme": CasmeDecoder, "deconv": DeconvDecoder}
 
 
+def _register_attention_heads() -> None:
+    from casm.models.attention import ABNHead, LFIHead  # attention.py imports MaskHead from here
+
+    HEADS.update(lfi=LFIHead, abn=ABNHead)
+
+
+_register_attention_heads()
+
+
 def build_head(name: str, channels: dict[str, int], hidden: int = 64) -> MaskHead:
     if name not in HEADS:
         raise ValueError(f"masker.head={name!r} is not a known head; choose one of {sorted(HEADS)}")
