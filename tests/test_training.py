@@ -167,3 +167,31 @@ def test_ddp_on_two_cpu_processes(tmp_path, tiny_overrides):
     assert state["epoch"] == 1 and len(state["casm_state"]["pool"]["snapshots"]) == 3
     # each rank sees half of the 64 training images: 2 batches of 16 per epoch and rank
     assert state["casm_state"]["casm_step"] == 4
+    # the logged validation LE is the whole validation set's, reduced across the two ranks
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(ckpts[0].resolve().parent.parent))
+    events.Reload()
+    logged = events.Scalars("val/le")[-1].value
+    assert logged == pytest.approx(_single_process_le(ckpts[0]), abs=1e-6)
+
+
+def _single_process_le(ckpt: Path) -> float:
+    from casm.evaluation.harness import load_trained
+    from casm.metrics.localization import LocalizationError
+
+    module, config = load_trained(ckpt)
+    dm = LocalizationDataModule(load_config(None, [f"{k}={v}" for k, v in _flat("data", config["data"])]).data)
+    dm.setup()
+    metric = LocalizationError()
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            _, feats = module.classifier(batch["image"])
+            metric.update(batch["boxes"], batch["box_valid"], maps=module.masker(batch["image"], feats))
+    return float(metric.compute()["le"])
+
+
+def _flat(prefix: str, node: dict):
+    for key, value in node.items():
+        if value is not None and not isinstance(value, (dict, list)):
+            yield f"{prefix}.{key}", value

@@ -82,6 +82,7 @@ class CASMModule(pl.LightningModule):
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
         self.skipped_images = 0
+        self._saved_buffers: list[Tensor] = []
         self._warned_no_boxes = False
 
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
@@ -150,7 +151,12 @@ class CASMModule(pl.LightningModule):
         else:
             self._casm_step(x, y)
 
+    def _batchnorm_buffers(self) -> list[Tensor]:
+        """BatchNorm statistics: forward passes change them, so a skipped step must put them back."""
+        return [b for m in (self.classifier, self.masker) for b in m.buffers()]
+
     def _warmup_step(self, x: Tensor, y: Tensor) -> None:
+        self._saved_buffers = [b.clone() for b in self._batchnorm_buffers()]
         logits, _ = self.classifier(x)
         loss = F.cross_entropy(logits, y)
         params = [p for p in self.classifier.parameters() if p.requires_grad]
@@ -162,6 +168,7 @@ class CASMModule(pl.LightningModule):
     def _casm_step(self, x: Tensor, y: Tensor) -> None:
         if self.pool.wants_snapshot(self.casm_step):
             self.pool.add(self.classifier, self.casm_step)
+        self._saved_buffers = [b.clone() for b in self._batchnorm_buffers()]
         train_classifier = self.strategy.train_classifier
 
         logits_clean, feats = self.classifier(x)  # (B, K), features at 5 scales
@@ -248,6 +255,9 @@ class CASMModule(pl.LightningModule):
         return True
 
     def _skip_nonfinite(self, losses: list[Tensor]) -> None:
+        with torch.no_grad():
+            for buffer, saved in zip(self._batchnorm_buffers(), self._saved_buffers):
+                buffer.copy_(saved)
         self.nonfinite_streak += 1
         self.nonfinite_total += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_total))

@@ -42,18 +42,19 @@ def check_resume_compatible(cfg: DictConfig, checkpoint: dict, path: str) -> Non
                               f"drop the override or add {key}={old}")
 
 
-def _run_dir(cfg: DictConfig) -> tuple[str, str]:
-    """(save_dir, version). A resumed run keeps logging next to its checkpoint."""
+def _run_dir(cfg: DictConfig) -> tuple[str, str, str]:
+    """(save_dir, name, version): runs/NAME/VERSION. A resumed run keeps logging next to its checkpoint."""
     if cfg.resume:
-        run = Path(cfg.resume).resolve().parent.parent  # RUN/checkpoints/x.ckpt
-        return str(run.parent.parent), run.name
-    version = cfg.logging.version or os.environ.get(_VERSION_ENV)
+        run = Path(cfg.resume).resolve().parent.parent  # OUT/NAME/VERSION/checkpoints/x.ckpt
+        return str(run.parent.parent), run.parent.name, run.name
+    is_child_rank = os.environ.get("LOCAL_RANK", "0") != "0"  # Lightning starts ranks > 0 as new processes
+    version = cfg.logging.version or (os.environ.get(_VERSION_ENV) if is_child_rank else None)
     if version is None:
         base = Path(cfg.logging.out_dir) / cfg.logging.name
         taken = [int(p.name.split("_")[1]) for p in base.glob("version_*") if p.name.split("_")[1].isdigit()]
         version = f"version_{max(taken, default=-1) + 1}"
         os.environ[_VERSION_ENV] = version
-    return cfg.logging.out_dir, version
+    return cfg.logging.out_dir, cfg.logging.name, version
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bool) -> pl.Trainer:
@@ -97,9 +98,8 @@ def train(cfg: DictConfig) -> Path:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = LocalizationDataModule(cfg.data, cfg.seed)
     module = CASMModule(OmegaConf.to_container(cfg, resolve=True), datamodule.num_classes, datamodule.classes)
-    save_dir, version = _run_dir(cfg)
-    logger = TensorBoardLogger(save_dir, name="" if cfg.resume else cfg.logging.name, version=version,
-                               default_hp_metric=False)
+    save_dir, name, version = _run_dir(cfg)
+    logger = TensorBoardLogger(save_dir, name=name, version=version, default_hp_metric=False)
     run_dir = Path(logger.log_dir)
     trainer = build_trainer(cfg, run_dir, logger)
     if trainer.is_global_zero:
