@@ -104,9 +104,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     try:
         from casm.training.run import read_checkpoint
 
-        saved = read_checkpoint(args.checkpoint).get("hyper_parameters", {}).get("config")
-        if saved is None:
-            raise ValueError(f"{args.checkpoint}: not a casm training checkpoint (no saved config)")
+        saved = read_checkpoint(args.checkpoint).get("hyper_parameters", {}).get("config") or {}
+        if "data" not in saved:
+            raise ValueError(f"{args.checkpoint}: not a casm training checkpoint (no saved training config); "
+                             f"give the last.ckpt a casm training run wrote")
         cfg = load_config(args.config, args.overrides + [f"checkpoint={args.checkpoint}"], schema_class=EvalConfig,
                           base={"data": saved["data"]})
         from casm.evaluation import evaluate
