@@ -112,6 +112,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    mode: str = "casm"  # casm (classifier + masker) | lficam (LFI-CAM's own classifier, cross-entropy only)
     seed: int = 0
     resume: Optional[str] = None  # a checkpoint to continue from
 
@@ -203,6 +204,7 @@ _CHOICES = {
     "casm.score": ("E", "C"),
     "casm.lambda_mode": ("paper", "target_area"),
     "optim.classifier_optimizer": ("sgd", "adam"),
+    "mode": ("casm", "lficam"),
 }
 
 
@@ -213,6 +215,7 @@ class EvalConfig:
     checkpoint: Optional[str] = None  # a casm training checkpoint (set by --checkpoint)
     data: DataConfig = field(default_factory=DataConfig)  # default: the checkpoint's own data config
     methods: list[str] = field(default_factory=lambda: ["casm", "cam", "gradcam", "gradcampp", "scorecam"])
+    lficam_checkpoint: Optional[str] = None  # a mode=lficam checkpoint: adds its attention maps as "lficam"
     target_layer: Optional[str] = None  # for the CAM baselines; null: the last stage
     scorecam_chunk: int = 256  # (image, channel) pairs per Score-CAM forward pass
     max_images: Optional[int] = None  # cap on evaluated images (null: the whole validation split)

@@ -41,3 +41,13 @@ def test_heads_inside_a_masker(head):
     x = torch.randn(2, 3, 64, 64)
     mask = masker(x, classifier(x)[1])
     assert mask.shape == (2, 1, 64, 64) and mask.min() >= 0 and mask.max() <= 1
+
+
+def test_perception_branch_is_plain_gap_linear_when_attention_is_zero():
+    from casm.models.lficam import LFICAMClassifier
+
+    model = LFICAMClassifier("resnet18", 5, width=4, fin_width=4)
+    features = torch.relu(torch.randn(2, 32, 2, 2))
+    plain = model.fc(features.mean(dim=(2, 3)))
+    assert torch.allclose(model.perceive(features, torch.zeros(2, 1, 2, 2)), plain, atol=1e-6)
+    assert not torch.allclose(model.perceive(features, torch.ones(2, 1, 2, 2)), plain)

@@ -91,3 +91,20 @@ def test_nan_maps_are_reported_not_averaged(trained_checkpoint, tmp_path, monkey
     assert payload["results"]["gradcam"]["nan_maps"] == batches
     assert np.isfinite(payload["results"]["gradcam"]["le"])
     assert any("gradcam" in n and "NaN" in n for n in payload["notes"])
+
+
+def test_lficam_trains_and_is_evaluated_beside_the_baselines(trained_checkpoint, tmp_path):
+    from casm.config import load_config
+    from casm.training.run import train
+    from tests.conftest import TINY
+
+    run = train(load_config(None, TINY + [f"logging.out_dir={tmp_path}", "trainer.max_epochs=1", "mode=lficam",
+                                          "logging.name=lficam"]))
+    out = tmp_path / "eval"
+    args = ["--checkpoint", str(trained_checkpoint), f"lficam_checkpoint={run / 'checkpoints' / 'last.ckpt'}",
+            "methods=[casm,gradcam]", f"out_dir={out}", *FAST]
+    assert evaluate_main(args) == 0
+    results = json.loads((out / "metrics.json").read_text())["results"]
+    assert {"casm", "gradcam", "lficam"} <= set(results) and np.isfinite(results["lficam"]["le"])
+    assert evaluate_main(["--checkpoint", str(trained_checkpoint), f"lficam_checkpoint={trained_checkpoint}",
+                          f"out_dir={out}", *FAST]) == 2  # a CASM checkpoint is not an LFI-CAM one

@@ -95,3 +95,17 @@ def test_export_refuses_a_checkpoint_without_masker(tmp_path):
     torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / "plain.ckpt")
     with pytest.raises(ExportError, match="plain.ckpt"):
         export_masker(tmp_path / "plain.ckpt", tmp_path / "out")
+
+
+@pytest.mark.parametrize("head", ["casme", "lfi", "abn"])
+def test_every_head_exports_exactly(head, tmp_path):
+    from casm.config import load_config
+    from casm.training.run import train
+    from tests.conftest import TINY
+
+    run = train(load_config(None, TINY + [f"logging.out_dir={tmp_path}", "trainer.max_epochs=1", f"masker.head={head}"]))
+    ckpt = run / "checkpoints" / "last.ckpt"
+    masker = load_masker(export_masker(ckpt, tmp_path / "export"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(masker(x), _training_masks(ckpt, x))

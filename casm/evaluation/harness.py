@@ -49,6 +49,21 @@ def load_trained(checkpoint: str | Path) -> tuple[CASMModule, dict]:
     return module.eval(), config
 
 
+def load_lficam(checkpoint: str | Path) -> nn.Module:
+    """The LFI-CAM classifier of a ``mode=lficam`` training checkpoint (eval mode)."""
+    from casm.training.lficam_module import LFICAMModule
+
+    ckpt = read_checkpoint(checkpoint)
+    hp = ckpt.get("hyper_parameters", {})
+    if hp.get("config", {}).get("mode") != "lficam":
+        raise ValueError(f"lficam_checkpoint={checkpoint}: not a mode=lficam checkpoint; train one with "
+                         f"python train.py --config configs/lficam.yaml")
+    config = dict(hp["config"], model=dict(hp["config"]["model"], pretrained=None))
+    module = LFICAMModule(config, hp["num_classes"])
+    module.load_state_dict(ckpt["state_dict"])
+    return module.model.eval()
+
+
 def load_classifier(checkpoint: str | Path, num_classes: int) -> ResNetClassifier:
     """A classifier from a casm training checkpoint (its own architecture) for SPEC 4.4 / baselines."""
     ckpt = read_checkpoint(checkpoint)
@@ -125,7 +140,9 @@ class Evaluator:
             self.baseline_models[f"@{Path(path).stem}"] = load_classifier(path, num_classes).to(device)
         unknown = [m for m in cfg.methods if m != "casm" and m not in BASELINES]
         if unknown:
-            raise ValueError(f"methods: unknown {unknown}; choose from casm, {', '.join(BASELINES)}")
+            raise ValueError(f"methods: unknown {unknown}; choose from casm, {', '.join(BASELINES)} "
+                             f"(and lficam_checkpoint=PATH for LFI-CAM)")
+        self.lficam = load_lficam(cfg.lficam_checkpoint).to(device) if cfg.lficam_checkpoint else None
         self.scores: dict[str, MethodScores] = {}
         self.figure_maps: dict[str, Tensor] = {}
         self.figure_images: Tensor | None = None
@@ -181,6 +198,8 @@ class Evaluator:
         producers: dict[str, MapFn] = {}
         if "casm" in cfg.methods:
             producers["casm"] = lambda x_, f_, l_: self.module.masker(x_, f_)[:, 0]
+        if self.lficam is not None:
+            producers["lficam"] = lambda x_, f_, l_: self.lficam.explain(x_)
         for name, method in baselines.items():
             producers[name] = (lambda m: (lambda x_, f_, l_: m(x_)))(method)
         for ref in REFERENCES:
@@ -194,7 +213,7 @@ class Evaluator:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            with torch.no_grad() if name in ("casm", *REFERENCES) else torch.enable_grad():
+            with torch.no_grad() if name in ("casm", "lficam", *REFERENCES) else torch.enable_grad():
                 maps = produce(xs, {k: v[rows] for k, v in feats.items()}, logits[rows]).detach().float()
             if self.device.type == "cuda":
                 torch.cuda.synchronize()

@@ -13,6 +13,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from casm.config import ConfigError, to_yaml
 from casm.data.datamodule import LocalizationDataModule
+from casm.training.lficam_module import LFICAMModule
 from casm.training.module import CASMModule
 
 ARCHITECTURE_KEYS = ("model.arch", "model.width", "masker.head", "masker.encoder", "masker.hidden")
@@ -97,7 +98,8 @@ def train(cfg: DictConfig) -> Path:
         check_resume_compatible(cfg, read_checkpoint(cfg.resume), cfg.resume)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = LocalizationDataModule(cfg.data, cfg.seed)
-    module = CASMModule(OmegaConf.to_container(cfg, resolve=True), datamodule.num_classes, datamodule.classes)
+    module_class = LFICAMModule if cfg.mode == "lficam" else CASMModule
+    module = module_class(OmegaConf.to_container(cfg, resolve=True), datamodule.num_classes, datamodule.classes)
     save_dir, name, version = _run_dir(cfg)
     logger = TensorBoardLogger(save_dir, name=name, version=version, default_hp_metric=False)
     run_dir = Path(logger.log_dir)
