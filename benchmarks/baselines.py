@@ -8,34 +8,18 @@ lacks) on the same model and batch, in the same run; print per-image times and r
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch import nn
 
-from casm.baselines import BASELINES
+from casm.baselines import BASELINES, LogitsOnly
 from casm.models import ResNetClassifier
+from timing import seconds_per_call
 
-
-class LogitsOnly(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x)[0]
 
 
 def seconds_per_image(fn, images: int, repeats: int, device: str) -> float:
-    fn()  # warm-up
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / (repeats * images)
+    return seconds_per_call(fn, repeats, device) / images
 
 
 def reference(name: str, model: nn.Module, layer: nn.Module, x: torch.Tensor, chunk: int):

@@ -11,37 +11,20 @@ Weights are random: speed does not depend on them, and nothing is downloaded.
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Callable
 
 import torch
 from torch import nn
 
-from casm.baselines import GradCAM, ScoreCAM
+from casm.baselines import GradCAM, LogitsOnly, ScoreCAM
 from casm.export.standalone import MaskerManifest, StandaloneMasker
 from casm.models import ResNetClassifier
+from timing import seconds_per_call
 
-
-class LogitsOnly(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x)[0]
 
 
 def images_per_second(fn: Callable[[], object], images: int, device: str, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return images * repeats / (time.perf_counter() - start)
+    return images / seconds_per_call(fn, repeats, device, warmup)
 
 
 def main() -> None:

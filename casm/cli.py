@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 from casm.config import CONFIG_DIR, ConfigError, load_config
+
+
+USER_ERRORS = (ConfigError, FileNotFoundError, ValueError)  # bad input: a one-line message, exit code 2
+
+
+def reports_user_errors(main):
+    """Turn bad input (a config typo, a missing file, a wrong checkpoint) into one line on stderr."""
+
+    @functools.wraps(main)
+    def wrapped(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except USER_ERRORS as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    return wrapped
 
 
 def _resume_config(overrides: list[str]) -> str | None:
@@ -19,6 +37,7 @@ def _resume_config(overrides: list[str]) -> str | None:
     return str(saved) if saved.is_file() else None
 
 
+@reports_user_errors
 def train_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="casm-train",
@@ -30,18 +49,15 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_args(argv)
     config_file = args.config or _resume_config(args.overrides) or str(CONFIG_DIR / "default.yaml")
-    try:
-        cfg = load_config(config_file, args.overrides)
-        from casm.training.run import train  # heavy imports only once the config is known to be valid
+    cfg = load_config(config_file, args.overrides)
+    from casm.training.run import train  # heavy imports only once the config is known to be valid
 
-        run_dir = train(cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    run_dir = train(cfg)
     print(f"run saved in {run_dir}")
     return 0
 
 
+@reports_user_errors
 def export_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="casm export", description="Export a trained masker as a standalone folder "
                                      "(masker.safetensors + masker.json, optionally masker.onnx).")
@@ -51,15 +67,12 @@ def export_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from casm.export import export_masker
 
-    try:
-        out = export_masker(args.checkpoint, args.out_dir, onnx=args.onnx)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    out = export_masker(args.checkpoint, args.out_dir, onnx=args.onnx)
     print(f"masker exported to {out}")
     return 0
 
 
+@reports_user_errors
 def explain_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="casm explain", description="Saliency masks, overlays and boxes for "
                                      "images, with an exported masker (one forward pass per batch).")
@@ -74,11 +87,7 @@ def explain_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from casm.export import load_masker, write_explanations
 
-    try:
-        masker = load_masker(args.export_dir, device=args.device)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    masker = load_masker(args.export_dir, device=args.device)
     written, errors = write_explanations(masker, args.images, args.out, args.format, args.batch_size, args.amp,
                                          progress=not args.no_progress)
     for message in errors:
@@ -87,6 +96,7 @@ def explain_main(argv: list[str] | None = None) -> int:
     return 1 if errors else 0
 
 
+@reports_user_errors
 def evaluate_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="casm evaluate",
@@ -101,21 +111,17 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from casm.config import EvalConfig
 
-    try:
-        from casm.training.run import read_checkpoint
+    from casm.training.run import read_checkpoint
 
-        saved = read_checkpoint(args.checkpoint).get("hyper_parameters", {}).get("config") or {}
-        if "data" not in saved:
-            raise ValueError(f"{args.checkpoint}: not a casm training checkpoint (no saved training config); "
-                             f"give the last.ckpt a casm training run wrote")
-        cfg = load_config(args.config, args.overrides + [f"checkpoint={args.checkpoint}"], schema_class=EvalConfig,
-                          base={"data": saved["data"]})
-        from casm.evaluation import evaluate
+    saved = read_checkpoint(args.checkpoint).get("hyper_parameters", {}).get("config") or {}
+    if "data" not in saved:
+        raise ValueError(f"{args.checkpoint}: not a casm training checkpoint (no saved training config); "
+                         f"give the last.ckpt a casm training run wrote")
+    cfg = load_config(args.config, args.overrides + [f"checkpoint={args.checkpoint}"], schema_class=EvalConfig,
+                      base={"data": saved["data"]})
+    from casm.evaluation import evaluate
 
-        results, _, out = evaluate(cfg, progress=not args.no_progress)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    results, _, out = evaluate(cfg, progress=not args.no_progress)
     from casm.evaluation.report import markdown_table
 
     print(markdown_table(results))

@@ -11,21 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from casm.baselines import BASELINES, CAM, GradCAM, GradCAMPlusPlus, ScoreCAM
+from casm.baselines import BASELINES, CAM, GradCAM, GradCAMPlusPlus, LogitsOnly, ScoreCAM
 from casm.models import ResNetClassifier
 
 TOLERANCE = 1e-4  # max abs difference of maps in [0, 1]
-
-
-class LogitsOnly(nn.Module):
-    """grad-cam and torchcam expect a model that returns logits."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x)[0]
 
 
 def _trained(model, steps=30):

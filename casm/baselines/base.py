@@ -27,6 +27,18 @@ def logits_of(output: Tensor | tuple) -> Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
+class LogitsOnly(nn.Module):
+    """Wraps a casm classifier (``x -> (logits, features)``) for libraries that expect ``x -> logits``
+    (grad-cam, torchcam, ONNX tools)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return logits_of(self.model(x))
+
+
 def default_target_layer(model: nn.Module) -> str:
     """The last stage: ``trunk.layer4`` (casm), ``layer4`` (torchvision ResNets), else the last conv."""
     names = dict(model.named_modules())
