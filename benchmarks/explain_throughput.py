@@ -14,7 +14,6 @@ import argparse
 from typing import Callable
 
 import torch
-from torch import nn
 
 from casm.baselines import GradCAM, LogitsOnly, ScoreCAM
 from casm.export.standalone import MaskerManifest, StandaloneMasker

@@ -4,7 +4,6 @@ attention map is then an explanation method like CAM (``evaluate.py methods=[lfi
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
