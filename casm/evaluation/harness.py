@@ -143,6 +143,7 @@ class Evaluator:
             raise ValueError(f"methods: unknown {unknown}; choose from casm, {', '.join(BASELINES)} "
                              f"(and lficam_checkpoint=PATH for LFI-CAM)")
         self.lficam = load_lficam(cfg.lficam_checkpoint).to(device) if cfg.lficam_checkpoint else None
+        self.judge_accuracy = {name: MeanMetric() for name in self.judges}  # clean top-1, method-independent
         self.scores: dict[str, MethodScores] = {}
         self.figure_maps: dict[str, Tensor] = {}
         self.figure_images: Tensor | None = None
@@ -190,6 +191,10 @@ class Evaluator:
         x, y, gt, valid = batch["image"], batch["label"], batch["boxes"], batch["box_valid"]
         logits, feats = self._classify(x)
         preds = logits.argmax(1)
+        with torch.no_grad():
+            for judge_name, judge in self.judges.items():
+                judge_logits = logits if judge_name == "own" else judge(x)[0]
+                self.judge_accuracy[judge_name].update((judge_logits.argmax(1) == y).float().cpu() * 100)
         correct = preds == y
         index = torch.arange(offset, offset + len(x), device=x.device)
         slow_ok = index < cfg.max_images_slow
@@ -290,7 +295,8 @@ def evaluate(cfg: DictConfig, progress: bool = True) -> tuple[dict, "Evaluator",
     evaluator = Evaluator(cfg, module, resolve_device(cfg.device))
     loader = datamodule.val_dataloader()
     results = evaluator.run(loader, progress)
-    notes = []
+    notes = ["clean top-1 of the classifiers judging masked images: " + ", ".join(
+        f"{name} {float(m.compute()):.1f} %" for name, m in evaluator.judge_accuracy.items())]
     if not any("le" in r for r in results.values()):
         notes.append("the validation data has no boxes: localization metrics (LE, OM, F1, sweep, pointing) skipped")
     for name, r in results.items():
