@@ -108,3 +108,13 @@ def test_lficam_trains_and_is_evaluated_beside_the_baselines(trained_checkpoint,
     assert {"casm", "gradcam", "lficam"} <= set(results) and np.isfinite(results["lficam"]["le"])
     assert evaluate_main(["--checkpoint", str(trained_checkpoint), f"lficam_checkpoint={trained_checkpoint}",
                           f"out_dir={out}", *FAST]) == 2  # a CASM checkpoint is not an LFI-CAM one
+
+
+def test_judging_classifiers_get_unique_names(trained_checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    ckpt = str(trained_checkpoint)
+    assert evaluate_main(["--checkpoint", ckpt, f"classifiers=[{ckpt},{ckpt}]", "methods=[casm]", f"out_dir={out}",
+                          *FAST]) == 0
+    casm_row = json.loads((out / "metrics.json").read_text())["results"]["casm"]
+    judged = {k.split("@")[1] for k in casm_row if k.startswith("acc_masked_out@")}
+    assert len(judged) == 2  # both last.ckpt files kept, under distinct names

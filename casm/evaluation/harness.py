@@ -64,6 +64,17 @@ def load_lficam(checkpoint: str | Path) -> nn.Module:
     return module.model.eval()
 
 
+def classifier_name(checkpoint: str | Path, taken: set[str]) -> str:
+    """A readable, unique name for a classifier checkpoint: its run's name (``logging.name``), since
+    checkpoint files are all called last.ckpt; a number is appended when two runs share a name."""
+    config = read_checkpoint(checkpoint).get("hyper_parameters", {}).get("config", {})
+    base = config.get("logging", {}).get("name") or Path(checkpoint).stem
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}_{n}", n + 1
+    return name
+
+
 def load_classifier(checkpoint: str | Path, num_classes: int) -> ResNetClassifier:
     """A classifier from a casm training checkpoint (its own architecture) for SPEC 4.4 / baselines."""
     ckpt = read_checkpoint(checkpoint)
@@ -134,10 +145,11 @@ class Evaluator:
         num_classes = module.classifier.num_classes
         self.judges: dict[str, nn.Module] = {"own": self.classifier}
         for path in cfg.classifiers:
-            self.judges[Path(path).stem] = load_classifier(path, num_classes).to(device)
+            self.judges[classifier_name(path, set(self.judges))] = load_classifier(path, num_classes).to(device)
         self.baseline_models: dict[str, nn.Module] = {"": self.classifier}
         for path in cfg.baseline_classifiers:
-            self.baseline_models[f"@{Path(path).stem}"] = load_classifier(path, num_classes).to(device)
+            name = classifier_name(path, {n.lstrip("@") for n in self.baseline_models})
+            self.baseline_models[f"@{name}"] = load_classifier(path, num_classes).to(device)
         unknown = [m for m in cfg.methods if m != "casm" and m not in BASELINES]
         if unknown:
             raise ValueError(f"methods: unknown {unknown}; choose from casm, {', '.join(BASELINES)} "

@@ -13,16 +13,20 @@ import torch
 from casm.data.datamodule import denormalize
 from casm.metrics.localization import predicted_boxes
 
-# (key in the results, column title, format); a column appears when some method has the key
-COLUMNS = [
-    ("le", "LE ↓", "{:.3f}"), ("om", "OM ↓", "{:.3f}"), ("le_other_rule", "LE (other rule) ↓", "{:.3f}"),
-    ("f1", "F1 ↑", "{:.3f}"), ("f1a", "F1a ↑", "{:.3f}"), ("sweep_box_accuracy", "BoxAcc@best t ↑", "{:.3f}"),
-    ("mask_mean", "mask mean", "{:.3f}"), ("mask_std", "mask std", "{:.3f}"), ("mask_entropy", "entropy", "{:.3f}"),
-    ("mask_tv", "TV", "{:.4f}"), ("deletion", "deletion ↓", "{:.3f}"), ("insertion", "insertion ↑", "{:.3f}"),
-    ("average_drop", "avg drop ↓", "{:.1f}"), ("increase_in_confidence", "increase ↑", "{:.1f}"),
-    ("pointing_game", "pointing ↑", "{:.3f}"), ("energy_pointing_game", "energy PG ↑", "{:.3f}"),
-    ("acc_masked_in", "acc in ↑", "{:.1f}"), ("acc_masked_out", "acc out ↓", "{:.1f}"),
-    ("acc_inpainted", "acc inpainted ↓", "{:.1f}"), ("ms_per_image", "ms/img", "{:.2f}"), ("images", "images", "{:d}"),
+# (table title, [(key in the results, column title, format)]); a column appears when some method has it
+TABLES = [
+    ("Localization", [("le", "LE ↓", "{:.3f}"), ("om", "OM ↓", "{:.3f}"), ("le_other_rule", "LE, other rule ↓", "{:.3f}"),
+                      ("f1", "F1 ↑", "{:.3f}"), ("f1a", "F1a ↑", "{:.3f}"),
+                      ("sweep_box_accuracy", "BoxAcc @ best t ↑", "{:.3f}"), ("sweep_threshold", "best t", "{:.2f}"),
+                      ("pointing_game", "pointing ↑", "{:.3f}"), ("energy_pointing_game", "energy PG ↑", "{:.3f}")]),
+    ("Mask statistics", [("mask_mean", "mean", "{:.3f}"), ("mask_std", "std of means", "{:.3f}"),
+                         ("mask_entropy", "entropy", "{:.3f}"), ("mask_tv", "TV", "{:.4f}")]),
+    ("Faithfulness", [("deletion", "deletion ↓", "{:.3f}"), ("insertion", "insertion ↑", "{:.3f}"),
+                      ("average_drop", "avg drop ↓", "{:.1f}"), ("increase_in_confidence", "increase ↑", "{:.1f}")]),
+    ("Top-1 % on masked images (own classifier, then each judge)",
+     [("acc_masked_in", "in ↑", "{:.1f}"), ("acc_masked_out", "out ↓", "{:.1f}"),
+      ("acc_inpainted", "inpainted ↓", "{:.1f}")]),
+    ("Speed", [("ms_per_image", "ms / image", "{:.2f}"), ("images", "images", "{:d}"), ("nan_maps", "NaN maps", "{:d}")]),
 ]
 
 
@@ -38,16 +42,31 @@ def versions() -> dict[str, str]:
             "torchmetrics": torchmetrics.__version__, "opencv": cv2.__version__}
 
 
-def markdown_table(results: dict[str, dict[str, float]]) -> str:
-    extra = sorted({k for r in results.values() for k in r if k.startswith("acc_") and "@" in k})
-    columns = [c for c in COLUMNS if any(c[0] in r for r in results.values())]
-    columns += [(k, k.replace("acc_", "acc ").replace("_", " "), "{:.1f}") for k in extra]
-    lines = ["| method | " + " | ".join(title for _, title, _ in columns) + " |",
-             "|---|" + "---|" * len(columns)]
-    for name, r in results.items():
+def _table(results: dict[str, dict[str, float]], columns: list[tuple[str, str, str]]) -> str:
+    columns = [c for c in columns if any(c[0] in r for r in results.values())]
+    rows = [name for name, r in results.items() if any(c[0] in r for c in columns)]
+    if not columns or not rows:
+        return ""
+    lines = ["| method | " + " | ".join(title for _, title, _ in columns) + " |", "|---|" + "---|" * len(columns)]
+    for name in rows:
+        r = results[name]
         cells = [fmt.format(int(r[k]) if fmt == "{:d}" else r[k]) if k in r else "—" for k, _, fmt in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def markdown_table(results: dict[str, dict[str, float]]) -> str:
+    """The report as Markdown: one table per group of metrics."""
+    judges = sorted({k.split("@", 1)[1] for r in results.values() for k in r if k.startswith("acc_") and "@" in k})
+    parts = []
+    for title, columns in TABLES:
+        if title.startswith("Top-1"):
+            columns = columns + [(f"{key}@{j}", f"{t.split()[0]} @{j}", fmt) for j in judges
+                                 for key, t, fmt in columns]
+        table = _table(results, columns)
+        if table:
+            parts.append(f"### {title}\n\n{table}")
+    return "\n".join(parts)
 
 
 def figure(evaluator, scale: int = 3) -> np.ndarray | None:
