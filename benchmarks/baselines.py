@@ -41,7 +41,7 @@ def reference(name: str, model: nn.Module, layer: nn.Module, x: torch.Tensor, ch
     cls = {"gradcam": pgc.GradCAM, "gradcampp": pgc.GradCAMPlusPlus, "scorecam": pgc.ScoreCAM}[name]
     method = cls(model=wrapped, target_layers=[layer])
     method.batch_size = chunk
-    return (lambda: method(input_tensor=x)), method.activations_and_grads.release
+    return (lambda: method(input_tensor=x, targets=None)), method.activations_and_grads.release
 
 
 def main() -> None:

@@ -70,11 +70,11 @@ def main() -> None:
 
         wrapped = LogitsOnly(classifier)
         with pgc.GradCAM(model=wrapped, target_layers=[classifier.trunk.layer4]) as ref:
-            rows["Grad-CAM (grad-cam package)"] = images_per_second(run(lambda: ref(input_tensor=x)), args.batch,
+            rows["Grad-CAM (grad-cam package)"] = images_per_second(run(lambda: ref(input_tensor=x, targets=None)), args.batch,
                                                                     dev, args.repeats)
         with pgc.ScoreCAM(model=wrapped, target_layers=[classifier.trunk.layer4]) as ref:
             ref.batch_size = args.scorecam_chunk
-            rows["Score-CAM (grad-cam package)"] = images_per_second(run(lambda: ref(input_tensor=x_score)),
+            rows["Score-CAM (grad-cam package)"] = images_per_second(run(lambda: ref(input_tensor=x_score, targets=None)),
                                                                      len(x_score), dev, 1, warmup=0)
     masker_ips = rows["casm masker (exported)"]
     print(f"{args.arch} {args.size}px batch {args.batch} on {dev}"
