@@ -22,14 +22,14 @@ from timing import seconds_per_call
 
 
 
-def images_per_second(fn: Callable[[], object], images: int, device: str, repeats: int, warmup: int = 1) -> float:
+def images_per_second(fn: Callable[[], object], images: int, device: str, repeats: int, warmup: int = 3) -> float:
     return images / seconds_per_call(fn, repeats, device, warmup)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet50")
-    parser.add_argument("--head", default="deconv")
+    parser.add_argument("--head", default="casme", help="casme (the default head) or deconv, lfi, abn")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 
-def seconds_per_call(fn: Callable[[], object], repeats: int, device: str, warmup: int = 1) -> float:
+def seconds_per_call(fn: Callable[[], object], repeats: int, device: str, warmup: int = 3) -> float:
     """Mean wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones (CUDA synchronized)."""
     for _ in range(warmup):
         fn()

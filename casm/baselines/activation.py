@@ -35,7 +35,8 @@ class ScoreCAM(CAMMethod):
     masks the image; its weight is the softmax over channels of the target logit on that masked image.
 
     K extra forward passes per image; here all (image, channel) pairs of a batch run in chunks of
-    ``chunk_size``, and each chunk upsamples only its own channels (memory stays bounded)."""
+    ``chunk_size``, each chunk upsamples only its own channels (memory stays bounded), and all constant
+    channels share one pass (their masked image is the same all-zero image), with identical results."""
 
     name = "scorecam"
 
@@ -47,20 +48,27 @@ class ScoreCAM(CAMMethod):
         batch, channels = activation.shape[:2]
         size = images.shape[-2:]
         flat = activation.detach().flatten(0, 1)[:, None]  # (B*K, 1, h, w)
+        image_of = torch.arange(batch * channels, device=images.device) // channels
+        # A constant channel (common after ReLU: all zeros) min-max normalizes to an all-zero mask, so
+        # its masked image is all zeros whatever the channel: one forward pass scores all of them.
+        span = flat.flatten(1).amax(dim=1) - flat.flatten(1).amin(dim=1)
+        active = (span > 0).nonzero()[:, 0]
         scores = torch.empty(batch * channels, device=images.device)
         hook, self._handle = self._handle, None  # the masked passes must not overwrite the stored activation
         hook.remove()
         try:
-            for start in range(0, batch * channels, self.chunk_size):
-                idx = torch.arange(start, min(start + self.chunk_size, batch * channels), device=images.device)
+            if len(active) < batch * channels:
+                zero_logits = logits_of(self.model(torch.zeros_like(images[:1])))[0].float()  # (num_classes,)
+                scores[:] = zero_logits[targets[image_of]]
+            for start in range(0, len(active), self.chunk_size):
+                idx = active[start: start + self.chunk_size]
                 # the reference uses align_corners=True here (UpsamplingBilinear2d)
                 up = F.interpolate(flat[idx], size=size, mode="bilinear", align_corners=True)  # (n, 1, H, W)
                 low = up.flatten(1).min(dim=1).values[:, None, None, None]
                 high = up.flatten(1).max(dim=1).values[:, None, None, None]
                 masks = (up - low) / (high - low + 1e-8)
-                image_idx = idx // channels
-                out = logits_of(self.model(images[image_idx] * masks))
-                scores[idx] = out.gather(1, targets[image_idx][:, None])[:, 0].float()
+                out = logits_of(self.model(images[image_of[idx]] * masks))
+                scores[idx] = out.gather(1, targets[image_of[idx]][:, None])[:, 0].float()
         finally:
             self._handle = self.layer.register_forward_hook(self._store)
         return torch.softmax(scores.view(batch, channels), dim=1)

@@ -107,15 +107,17 @@ class CAMMethod:
         """(B, 3, H, W) normalized images -> (B, H, W) maps in [0, 1]."""
         if self._handle is None:
             raise RuntimeError(f"use {type(self).__name__} as a context manager: with {type(self).__name__}(model) as m")
-        with evaluation_mode(self.model), torch.enable_grad() if self.needs_gradients else torch.no_grad():
+        grad_mode = torch.enable_grad() if self.needs_gradients else torch.inference_mode()
+        with evaluation_mode(self.model), grad_mode:
             x = images.detach().requires_grad_(self.needs_gradients)
             logits = logits_of(self.model(x))  # (B, num_classes)
             activation = self._activation  # (B, K, h, w)
             targets = self._targets(logits, class_idx)
             weights = self.channel_weights(activation, logits, targets, images)  # (B, K)
-        cam = F.relu((weights[:, :, None, None] * activation.detach()).sum(dim=1))  # (B, h, w)
         self._activation = None
-        return upsample_and_normalize(cam, images.shape[-2:])
+        with torch.no_grad():
+            cam = F.relu(torch.einsum("bk,bkhw->bhw", weights, activation.detach()))  # (B, h, w)
+            return upsample_and_normalize(cam, images.shape[-2:])
 
     @staticmethod
     def _targets(logits: Tensor, class_idx: int | Tensor | None) -> Tensor:
