@@ -111,17 +111,12 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from casm.config import EvalConfig
 
-    from casm.training.run import read_checkpoint
+    from casm.evaluation import evaluate, load_trained
 
-    saved = read_checkpoint(args.checkpoint).get("hyper_parameters", {}).get("config") or {}
-    if "data" not in saved:
-        raise ValueError(f"{args.checkpoint}: not a casm training checkpoint (no saved training config); "
-                         f"give the last.ckpt a casm training run wrote")
+    module, saved = load_trained(args.checkpoint)  # read once; its data config is the default
     cfg = load_config(args.config, args.overrides + [f"checkpoint={args.checkpoint}"], schema_class=EvalConfig,
                       base={"data": saved["data"]})
-    from casm.evaluation import evaluate
-
-    results, _, out = evaluate(cfg, progress=not args.no_progress)
+    results, _, out = evaluate(cfg, progress=not args.no_progress, trained=(module, saved))
     from casm.evaluation.report import markdown_table
 
     print(markdown_table(results))

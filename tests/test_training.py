@@ -177,7 +177,7 @@ def test_ddp_on_two_cpu_processes(tmp_path, tiny_overrides):
 
 
 def _single_process_le(ckpt: Path) -> float:
-    from casm.evaluation.harness import load_trained
+    from casm.training.module import load_trained
     from casm.metrics.localization import LocalizationError
 
     module, config = load_trained(ckpt)

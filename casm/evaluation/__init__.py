@@ -1,5 +1,6 @@
 """The evaluation harness behind evaluate.py (SPEC 4)."""
 
-from casm.evaluation.harness import Evaluator, evaluate, load_classifier, load_trained
+from casm.evaluation.harness import Evaluator, evaluate, load_classifier
+from casm.training.module import load_trained
 
 __all__ = ["Evaluator", "evaluate", "load_classifier", "load_trained"]

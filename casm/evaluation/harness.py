@@ -26,27 +26,12 @@ from casm.metrics.localization import (BoxAccuracySweep, ContinuousF1, Localizat
                                        reference_boxes)
 from casm.metrics.mask_statistics import MaskStatistics
 from casm.models import ResNetClassifier
-from casm.training.module import CASMModule
+from casm.training.module import CASMModule, load_trained
 from casm.training.run import read_checkpoint
 
 SLOW_METHODS = ("scorecam",)
 REFERENCES = {"full_image": "full", "centre_box": "centre"}  # method name -> reference box kind
 MapFn = Callable[[Tensor, dict, Tensor], Tensor]  # (images, features, logits) -> (B, H, W)
-
-
-def load_trained(checkpoint: str | Path) -> tuple[CASMModule, dict]:
-    """The CASM module of a training checkpoint (eval mode) and the checkpoint's saved config."""
-    ckpt = read_checkpoint(checkpoint)
-    hp = ckpt.get("hyper_parameters", {})
-    if "config" not in hp or not any(k.startswith("masker.") for k in ckpt.get("state_dict", {})):
-        raise ValueError(f"{checkpoint}: not a casm training checkpoint with a masker; evaluate.py needs the "
-                         f"checkpoint a casm training run wrote (RUN/checkpoints/last.ckpt)")
-    config = dict(hp["config"])
-    config["model"] = dict(config["model"], pretrained=None)
-    config["masker"] = dict(config["masker"], encoder_pretrained=None)
-    module = CASMModule(config, hp["num_classes"], hp.get("class_names"))
-    module.load_state_dict(ckpt["state_dict"])
-    return module.eval(), config
 
 
 def load_lficam(checkpoint: str | Path) -> nn.Module:
@@ -64,26 +49,21 @@ def load_lficam(checkpoint: str | Path) -> nn.Module:
     return module.model.eval()
 
 
-def classifier_name(checkpoint: str | Path, taken: set[str]) -> str:
-    """A readable, unique name for a classifier checkpoint: its run's name (``logging.name``), since
-    checkpoint files are all called last.ckpt; a number is appended when two runs share a name."""
-    config = read_checkpoint(checkpoint).get("hyper_parameters", {}).get("config", {})
+def load_classifier(checkpoint: str | Path, num_classes: int, taken: set[str] = frozenset()) -> tuple[str, ResNetClassifier]:
+    """A classifier from a casm training checkpoint (its own architecture), for SPEC 4.4 / baselines,
+    with a readable unique name: its run's ``logging.name`` (checkpoint files are all last.ckpt),
+    numbered when two runs share a name."""
+    ckpt = read_checkpoint(checkpoint)
+    config = ckpt.get("hyper_parameters", {}).get("config", {})
+    if "model" not in config:
+        raise ValueError(f"{checkpoint}: not a casm checkpoint; train a classifier with train.py (see README)")
+    classifier = ResNetClassifier(config["model"]["arch"], num_classes, config["model"]["width"])
+    classifier.load_state_dict_from(ckpt, checkpoint)
     base = config.get("logging", {}).get("name") or Path(checkpoint).stem
     name, n = base, 2
     while name in taken:
         name, n = f"{base}_{n}", n + 1
-    return name
-
-
-def load_classifier(checkpoint: str | Path, num_classes: int) -> ResNetClassifier:
-    """A classifier from a casm training checkpoint (its own architecture) for SPEC 4.4 / baselines."""
-    ckpt = read_checkpoint(checkpoint)
-    model_cfg = ckpt.get("hyper_parameters", {}).get("config", {}).get("model")
-    if model_cfg is None:
-        raise ValueError(f"{checkpoint}: not a casm checkpoint; train a classifier with train.py (see README)")
-    classifier = ResNetClassifier(model_cfg["arch"], num_classes, model_cfg["width"])
-    classifier.load_weights(checkpoint)
-    return classifier.eval()
+    return name, classifier.eval()
 
 
 @dataclass
@@ -145,11 +125,12 @@ class Evaluator:
         num_classes = module.classifier.num_classes
         self.judges: dict[str, nn.Module] = {"own": self.classifier}
         for path in cfg.classifiers:
-            self.judges[classifier_name(path, set(self.judges))] = load_classifier(path, num_classes).to(device)
+            name, judge = load_classifier(path, num_classes, set(self.judges))
+            self.judges[name] = judge.to(device)
         self.baseline_models: dict[str, nn.Module] = {"": self.classifier}
         for path in cfg.baseline_classifiers:
-            name = classifier_name(path, {n.lstrip("@") for n in self.baseline_models})
-            self.baseline_models[f"@{name}"] = load_classifier(path, num_classes).to(device)
+            name, model = load_classifier(path, num_classes, {n.lstrip("@") for n in self.baseline_models})
+            self.baseline_models[f"@{name}"] = model.to(device)
         unknown = [m for m in cfg.methods if m != "casm" and m not in BASELINES]
         if unknown:
             raise ValueError(f"methods: unknown {unknown}; choose from casm, {', '.join(BASELINES)} "
@@ -193,15 +174,11 @@ class Evaluator:
             bar.close()
         return {name: s.result() for name, s in self.scores.items()}
 
-    @torch.no_grad()
-    def _classify(self, x: Tensor) -> tuple[Tensor, dict]:
-        logits, feats = self.classifier(x)
-        return logits, feats
-
     def _batch(self, batch: dict, offset: int, baselines: dict[str, CAMMethod]) -> None:
         cfg = self.cfg
         x, y, gt, valid = batch["image"], batch["label"], batch["boxes"], batch["box_valid"]
-        logits, feats = self._classify(x)
+        with torch.no_grad():
+            logits, feats = self.classifier(x)
         preds = logits.argmax(1)
         with torch.no_grad():
             for judge_name, judge in self.judges.items():
@@ -293,11 +270,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def evaluate(cfg: DictConfig, progress: bool = True) -> tuple[dict, "Evaluator", Path]:
-    """Run the whole evaluation; returns (results, evaluator, output folder)."""
+def evaluate(cfg: DictConfig, progress: bool = True, trained: tuple[CASMModule, dict] | None = None
+             ) -> tuple[dict, "Evaluator", Path]:
+    """Run the whole evaluation; returns (results, evaluator, output folder). ``trained``: the
+    (module, config) of ``cfg.checkpoint`` when the caller has loaded it already."""
     from casm.evaluation.report import write_reports
 
-    module, train_config = load_trained(cfg.checkpoint)
+    module, train_config = trained or load_trained(cfg.checkpoint)
     torch.manual_seed(cfg.seed)
     datamodule = LocalizationDataModule(cfg.data, cfg.seed)
     datamodule.setup()

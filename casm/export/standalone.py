@@ -25,8 +25,7 @@ from torch import Tensor, nn
 import casm
 from casm.data.datamodule import IMAGENET_MEAN, IMAGENET_STD
 from casm.models import Masker, ResNetTrunk, build_head
-from casm.training.module import build_models
-from casm.training.run import read_checkpoint
+from casm.training.module import load_trained
 
 WEIGHTS_FILE = "masker.safetensors"
 MANIFEST_FILE = "masker.json"
@@ -80,25 +79,19 @@ def _sha256(path: Path) -> str:
 
 def masker_from_checkpoint(checkpoint_path: str | Path) -> StandaloneMasker:
     """Rebuild the trained masker of a casm training checkpoint as a standalone module (eval mode)."""
-    ckpt = read_checkpoint(checkpoint_path)
-    hparams = ckpt.get("hyper_parameters", {})
-    if "config" not in hparams or not any(k.startswith("masker.") for k in ckpt.get("state_dict", {})):
-        raise ExportError(f"{checkpoint_path}: not a casm training checkpoint with a masker")
-    cfg = OmegaConf.create(hparams["config"])
-    cfg.model.pretrained = None  # the checkpoint holds the weights; do not look for the original file
-    cfg.masker.encoder_pretrained = None
-    classifier, masker = build_models(cfg, hparams["num_classes"])
-    state = ckpt["state_dict"]
-    classifier.load_state_dict({k[len("classifier."):]: v for k, v in state.items() if k.startswith("classifier.")})
-    masker.load_state_dict({k[len("masker."):]: v for k, v in state.items() if k.startswith("masker.")})
+    try:
+        module, config = load_trained(checkpoint_path)
+    except ValueError as err:
+        raise ExportError(str(err)) from err
+    cfg = OmegaConf.create(config)
     image_size = cfg.data.image_size
     manifest = MaskerManifest(
         arch=cfg.model.arch, width=cfg.model.width, head=cfg.masker.head, hidden=cfg.masker.hidden,
         image_size=image_size, resize=cfg.data.resize or round(image_size * 256 / 224),
-        classes=list(hparams.get("class_names") or []), source_checkpoint=str(checkpoint_path),
+        classes=list(module.hparams.get("class_names") or []), source_checkpoint=str(checkpoint_path),
     )
     standalone = StandaloneMasker(manifest)
-    standalone.masker.load_state_dict(masker.standalone(classifier.trunk).state_dict())
+    standalone.masker.load_state_dict(module.masker.standalone(module.classifier.trunk).state_dict())
     return standalone.eval()
 
 

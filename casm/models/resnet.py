@@ -97,7 +97,12 @@ class ResNetClassifier(nn.Module):
     def load_weights(self, path: str | Path) -> None:
         """Load a torchvision ResNet state dict, a casm classifier state dict or a casm Lightning
         checkpoint. A head of another size (e.g. 1000 ImageNet classes into 10) is left at its init."""
-        state = load_state_dict_file(path)
+        self.load_state_dict_from(load_state_dict_file(path), path)
+
+    def load_state_dict_from(self, state: dict, path: str | Path) -> None:
+        """:meth:`load_weights` for a file already read (a state dict or a checkpoint dict)."""
+        if "state_dict" in state:
+            state = state["state_dict"]
         state = _classifier_state_from(state)
         own = self.state_dict()
         mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -340,3 +341,21 @@ class CASMModule(pl.LightningModule):
         self.casm_step = int(state["casm_step"])
         self.nonfinite_total = int(state["nonfinite_total"])
         self.skipped_images = int(state["skipped_images"])
+
+
+def load_trained(checkpoint: str | Path) -> tuple[CASMModule, dict]:
+    """The CASM module of a training checkpoint (eval mode) and the checkpoint's saved config.
+    The original pretrained-weight paths are dropped: the checkpoint holds the weights."""
+    from casm.training.run import read_checkpoint  # run.py imports this module
+
+    ckpt = read_checkpoint(checkpoint)
+    hp = ckpt.get("hyper_parameters", {})
+    if "config" not in hp or not any(k.startswith("masker.") for k in ckpt.get("state_dict", {})):
+        raise ValueError(f"{checkpoint}: not a casm training checkpoint with a masker; give the checkpoint a "
+                         f"casm training run wrote (RUN/checkpoints/last.ckpt)")
+    config = dict(hp["config"])
+    config["model"] = dict(config["model"], pretrained=None)
+    config["masker"] = dict(config["masker"], encoder_pretrained=None)
+    module = CASMModule(config, hp["num_classes"], hp.get("class_names"))
+    module.load_state_dict(ckpt["state_dict"])
+    return module.eval(), config
