@@ -56,7 +56,7 @@ class CasmeDecoder(MaskHead):
 
 
 class UpBlock(nn.Module):
-    """Transposed-conv x2 upsampling, then fuse a skip feature (U-Net style)."""
+    """Transposed-conv x2 upsampling, then a 3x3 conv fusing the (already reduced) skip feature."""
 
     def __init__(self, in_ch: int, skip_ch: int, out_ch: int) -> None:
         super().__init__()
@@ -74,26 +74,39 @@ class UpBlock(nn.Module):
 
 class DeconvDecoder(MaskHead):
     """The paper's "deconvolutional network": learned x2 upsampling from layer4 (H/32) to full
-    resolution, fusing layer3, layer2 and layer1+stem on the way, sigmoid output."""
+    resolution, fusing layer3, layer2 and layer1+stem on the way (U-Net style), sigmoid output.
+
+    Every input is first reduced to ``hidden`` channels by a 1x1 conv (as in the casme decoder and
+    FPN), so the upsampling path runs at ``hidden`` width. Fusing the raw 1024/2048-channel ResNet-50
+    features with 3x3 convs instead costs ~2.7 GMACs at 224 px, two thirds of the encoder; this
+    layout costs ~0.7 GMACs.
+    """
 
     def __init__(self, channels: dict[str, int], hidden: int = 64) -> None:
         super().__init__()
         h = hidden
-        self.up3 = UpBlock(channels["layer4"], channels["layer3"], 4 * h)  # -> H/16
-        self.up2 = UpBlock(4 * h, channels["layer2"], 2 * h)  # -> H/8
-        self.up1 = UpBlock(2 * h, channels["layer1"] + channels["stem"], h)  # -> H/4
+        self.lateral = nn.ModuleDict({
+            "layer4": _conv_bn_relu(channels["layer4"], h),
+            "layer3": _conv_bn_relu(channels["layer3"], h),
+            "layer2": _conv_bn_relu(channels["layer2"], h),
+            "layer1": _conv_bn_relu(channels["layer1"] + channels["stem"], h),  # stem and layer1 share H/4
+        })
+        self.up3 = UpBlock(h, h, h)  # H/32 -> H/16
+        self.up2 = UpBlock(h, h, h)  # -> H/8
+        self.up1 = UpBlock(h, h, h)  # -> H/4
         self.up0 = UpBlock(h, 0, h // 2)  # -> H/2
         self.final = nn.ConvTranspose2d(h // 2, 1, kernel_size=4, stride=2, padding=1)  # -> H
 
     def forward(self, features: dict[str, Tensor], image: Tensor) -> Tensor:
-        x = self.up3(features["layer4"], features["layer3"])
-        x = self.up2(x, features["layer2"])
-        x = self.up1(x, torch.cat([features["layer1"], features["stem"]], dim=1))
-        x = self.up0(x, None)
-        logits = self.final(x)
+        x = self.lateral["layer4"](features["layer4"])  # (B, h, H/32, W/32)
+        x = self.up3(x, self.lateral["layer3"](features["layer3"]))
+        x = self.up2(x, self.lateral["layer2"](features["layer2"]))
+        x = self.up1(x, self.lateral["layer1"](torch.cat([features["layer1"], features["stem"]], dim=1)))
+        x = self.up0(x, None)  # (B, h/2, H/2, W/2)
+        logits = self.final(x)  # (B, 1, H, W)
         if logits.shape[-2:] != image.shape[-2:]:
             logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.sigmoid(logits)  # (B, 1, H, W)
+        return torch.sigmoid(logits)
 
 
 HeadBuilder = Callable[..., MaskHead]

@@ -15,6 +15,7 @@ from casm.config import ConfigError, to_yaml
 from casm.data.datamodule import LocalizationDataModule
 from casm.training.lficam_module import LFICAMModule
 from casm.training.module import CASMModule
+from casm.training.timing import EpochTimer
 
 ARCHITECTURE_KEYS = ("model.arch", "model.width", "masker.head", "masker.encoder", "masker.hidden")
 _VERSION_ENV = "CASM_RUN_VERSION"  # shared by DDP ranks, which Lightning starts as new processes
@@ -68,6 +69,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bo
                         save_last="link", save_top_k=1, every_n_epochs=1),
         OnExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
         LearningRateMonitor(logging_interval="epoch"),
+        EpochTimer(),
     ]
     if t.checkpoint_every_n_steps:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", auto_insert_metric_name=False,
