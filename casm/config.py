@@ -49,6 +49,7 @@ class MaskerConfig:
     head: str = "casme"  # casme | deconv (more heads register in casm.models.heads.HEADS)
     encoder: str = "shared"  # shared (the classifier's trunk, detached) | separate
     hidden: int = 64  # decoder width
+    feature_layer: Optional[str] = None  # lfi / abn heads: the layer they read (null: layer4 / layer3)
     encoder_pretrained: Optional[str] = None  # separate encoder: weights file
 
 
@@ -236,12 +237,17 @@ class EvalConfig:
 def validate(cfg: DictConfig) -> None:
     """Check values the schema's types cannot: enumerations and ranges."""
     from casm.models.heads import HEADS  # heads register themselves; import late
+    from casm.models.resnet import FEATURE_NAMES
 
     choices = dict(_CHOICES, **{"masker.head": tuple(HEADS)})
     for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    layer = cfg.masker.feature_layer
+    if layer is not None and (layer not in FEATURE_NAMES or cfg.masker.head not in ("lfi", "abn")):
+        raise ConfigError(f"masker.feature_layer={layer!r}: the lfi and abn heads read one of "
+                          f"{', '.join(FEATURE_NAMES)}; the decoders (masker.head={cfg.masker.head}) read every layer")
     if cfg.casm.p_pool is not None and not 0 <= cfg.casm.p_pool <= 1:
         raise ConfigError(f"casm.p_pool={cfg.casm.p_pool} must be in [0, 1]")
     if not 0 < cfg.casm.target_area < 1:

@@ -43,6 +43,22 @@ def test_heads_inside_a_masker(head):
     assert mask.shape == (2, 1, 64, 64) and mask.min() >= 0 and mask.max() <= 1
 
 
+@pytest.mark.parametrize("head, layer, default", [("lfi", "layer3", "layer4"), ("abn", "layer2", "layer3")])
+def test_feature_layer_chooses_the_map_the_head_reads(head, layer, default):
+    channels = {"stem": 4, "layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+    sizes = {"stem": 16, "layer1": 16, "layer2": 8, "layer3": 4, "layer4": 2}
+    features = {name: torch.relu(torch.randn(2, c, sizes[name], sizes[name])) for name, c in channels.items()}
+    image = torch.randn(2, 3, 64, 64)
+    module = build_head(head, channels, hidden=8, feature_layer=layer).eval()
+    with torch.no_grad():
+        mask = module(features, image)
+        assert mask.shape == (2, 1, 64, 64)
+        assert torch.equal(module({**features, default: torch.rand_like(features[default])}, image), mask)
+        assert not torch.allclose(module({**features, layer: torch.rand_like(features[layer])}, image), mask)
+    with pytest.raises(ValueError, match="decoder reads every layer"):
+        build_head("casme", channels, feature_layer="layer3")
+
+
 def test_perception_branch_is_plain_gap_linear_when_attention_is_zero():
     from casm.models.lficam import LFICAMClassifier
 

@@ -49,6 +49,8 @@ def test_typo_in_a_yaml_file_names_the_file(tmp_path):
     ("trainer.max_epochs=many", "max_epochs"),
     ("casm.p_pool=1.5", "p_pool"),
     ("data.name=imagenet", "data.root"),
+    ("masker.feature_layer=layer5", "masker.feature_layer='layer5'"),
+    ("masker.feature_layer=layer3", "decoders"),  # the default casme head reads every layer
 ])
 def test_bad_values(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -104,8 +104,25 @@ def test_lficam_trains_and_is_evaluated_beside_the_baselines(trained_checkpoint,
     args = ["--checkpoint", str(trained_checkpoint), f"lficam_checkpoint={run / 'checkpoints' / 'last.ckpt'}",
             "methods=[casm,gradcam]", f"out_dir={out}", *FAST]
     assert evaluate_main(args) == 0
-    results = json.loads((out / "metrics.json").read_text())["results"]
+    payload = json.loads((out / "metrics.json").read_text())
+    results = payload["results"]
     assert {"casm", "gradcam", "lficam"} <= set(results) and np.isfinite(results["lficam"]["le"])
+    # the "own" judge of LFI-CAM's maps is LFI-CAM's classifier, not the masker's: recompute it directly
+    from omegaconf import OmegaConf
+
+    from casm.data.datamodule import LocalizationDataModule
+    from casm.evaluation.harness import load_lficam
+    from casm.metrics.localization import binarize
+
+    lficam = load_lficam(run / "checkpoints" / "last.ckpt")
+    data = LocalizationDataModule(OmegaConf.create(payload["eval_config"]["data"]), payload["eval_config"]["seed"])
+    data.setup()
+    x = torch.stack([data.val_set[i]["image"] for i in range(16)])
+    y = torch.tensor([data.val_set[i]["label"] for i in range(16)])
+    with torch.no_grad():
+        kept = binarize(lficam.explain(x))[:, None].float()
+        masked_in = (lficam(x * kept)[0].argmax(1) == y).float().mean().item() * 100
+    assert results["lficam"]["acc_masked_in"] == pytest.approx(masked_in, abs=1e-4)
     assert evaluate_main(["--checkpoint", str(trained_checkpoint), f"lficam_checkpoint={trained_checkpoint}",
                           f"out_dir={out}", *FAST]) == 2  # a CASM checkpoint is not an LFI-CAM one
 

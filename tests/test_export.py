@@ -97,13 +97,13 @@ def test_export_refuses_a_checkpoint_without_masker(tmp_path):
         export_masker(tmp_path / "plain.ckpt", tmp_path / "out")
 
 
-@pytest.mark.parametrize("head", ["casme", "lfi", "abn"])
+@pytest.mark.parametrize("head", ["casme", "lfi", "abn", "lfi masker.feature_layer=layer3"])
 def test_every_head_exports_exactly(head, tmp_path):
     from casm.config import load_config
     from casm.training.run import train
     from tests.conftest import TINY
 
-    run = train(load_config(None, TINY + [f"logging.out_dir={tmp_path}", "trainer.max_epochs=1", f"masker.head={head}"]))
+    run = train(load_config(None, TINY + [f"logging.out_dir={tmp_path}", "trainer.max_epochs=1", *f"masker.head={head}".split()]))
     ckpt = run / "checkpoints" / "last.ckpt"
     masker = load_masker(export_masker(ckpt, tmp_path / "export"))
     x = torch.randn(2, 3, 32, 32)

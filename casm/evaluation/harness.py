@@ -184,16 +184,18 @@ class Evaluator:
             for judge_name, judge in self.judges.items():
                 judge_logits = logits if judge_name == "own" else judge(x)[0]
                 self.judge_accuracy[judge_name].update((judge_logits.argmax(1) == y).float().cpu() * 100)
-        correct = preds == y
         index = torch.arange(offset, offset + len(x), device=x.device)
         slow_ok = index < cfg.max_images_slow
         h, w = x.shape[-2:]
 
         producers: dict[str, MapFn] = {}
+        explained = {}  # method -> (the classifier it explains, its predictions); default: the masker's classifier
         if "casm" in cfg.methods:
             producers["casm"] = lambda x_, f_, l_: self.module.masker(x_, f_)[:, 0]
         if self.lficam is not None:
             producers["lficam"] = lambda x_, f_, l_: self.lficam.explain(x_)
+            with torch.no_grad():
+                explained["lficam"] = (self.lficam, self.lficam(x)[0].argmax(1))
         for name, method in baselines.items():
             producers[name] = (lambda m: (lambda x_, f_, l_: m(x_)))(method)
         for ref in REFERENCES:
@@ -220,15 +222,19 @@ class Evaluator:
             maps = maps[finite]
             if len(sel) == 0:
                 continue
-            self._update(name, s, maps, sel, x, y, gt, valid, preds, correct, index, slow_ok)
+            model, method_preds = explained.get(name, (self.classifier, preds))
+            self._update(name, s, maps, sel, x, y, gt, valid, model, method_preds, index, slow_ok)
             if offset == 0 and name != "full_image":
                 n = cfg.figure_images
                 self.figure_maps[name] = maps[:n].cpu()
                 if self.figure_images is None:
                     self.figure_images, self.figure_boxes = x[:n].cpu(), (gt[:n].cpu(), valid[:n].cpu())
 
-    def _update(self, name, s, maps, sel, x, y, gt, valid, preds, correct, index, slow_ok) -> None:
+    def _update(self, name, s, maps, sel, x, y, gt, valid, model, preds, index, slow_ok) -> None:
+        """Scores of one method's maps; ``model`` is the classifier they explain (its ``preds`` decide
+        which boxes count as correctly classified, it runs the faithfulness curves and is the "own" judge)."""
         cfg = self.cfg
+        correct = preds == y
         s.stats.update(maps)
         has_box = valid[sel].any(dim=1)
         if has_box.any():
@@ -250,16 +256,16 @@ class Evaluator:
             s.mean("pointing_game", pointing_game(b_maps, g, v, cfg.pointing_tolerance))
             s.mean("energy_pointing_game", energy_pointing_game(b_maps, g, v))
         binary = binarize(maps, cfg.binarization, cfg.alpha)
-        for judge_name, judge in self.judges.items():
+        for judge_name, judge in {**self.judges, "own": model}.items():
             for variant, hit in masked_classification(judge, x[sel], binary, y[sel]).items():
                 s.mean(f"acc_{variant}" + ("" if judge_name == "own" else f"@{judge_name}"), hit * 100)
         slow = slow_ok[sel]
         if slow.any():
             xs, ms, ts = x[sel][slow], maps[slow], preds[sel][slow]
             for mode in ("deletion", "insertion"):
-                _, auc = deletion_insertion(self.classifier, xs, ms, ts, mode, cfg.faithfulness_steps)
+                _, auc = deletion_insertion(model, xs, ms, ts, mode, cfg.faithfulness_steps)
                 s.mean(mode, auc)
-            drop, increase = average_drop_increase(self.classifier, xs, ms, ts)
+            drop, increase = average_drop_increase(model, xs, ms, ts)
             s.mean("average_drop", drop)
             s.mean("increase_in_confidence", increase)
 

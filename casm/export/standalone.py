@@ -16,6 +16,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -48,6 +49,7 @@ class MaskerManifest:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     classes: list[str] = field(default_factory=list)
+    feature_layer: Optional[str] = None  # lfi / abn heads: the layer they read (None: the head's default)
     casm_version: str = casm.__version__
     source_checkpoint: str = ""
     weights_sha256: str = ""
@@ -63,7 +65,7 @@ class StandaloneMasker(nn.Module):
         super().__init__()
         self.manifest = manifest
         trunk = ResNetTrunk(manifest.arch, manifest.width)
-        self.masker = Masker(build_head(manifest.head, trunk.channels, manifest.hidden), trunk)
+        self.masker = Masker(build_head(manifest.head, trunk.channels, manifest.hidden, manifest.feature_layer), trunk)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.masker(images)
@@ -87,6 +89,7 @@ def masker_from_checkpoint(checkpoint_path: str | Path) -> StandaloneMasker:
     image_size = cfg.data.image_size
     manifest = MaskerManifest(
         arch=cfg.model.arch, width=cfg.model.width, head=cfg.masker.head, hidden=cfg.masker.hidden,
+        feature_layer=cfg.masker.get("feature_layer"),
         image_size=image_size, resize=cfg.data.resize or round(image_size * 256 / 224),
         classes=list(module.hparams.get("class_names") or []), source_checkpoint=str(checkpoint_path),
     )

@@ -64,24 +64,28 @@ class LFIAttention(nn.Module):
 
 
 class LFIHead(MaskHead):
-    """``masker.head=lfi``: LFI-CAM attention on layer4, bilinearly upsampled to the input as the mask."""
+    """``masker.head=lfi``: LFI-CAM attention on one feature layer (layer4, as in LFI-CAM, unless
+    ``masker.feature_layer`` says otherwise), bilinearly upsampled to the input as the mask."""
 
-    def __init__(self, channels: dict[str, int], hidden: int = 64) -> None:
+    def __init__(self, channels: dict[str, int], hidden: int = 64, feature_layer: str = "layer4") -> None:
         super().__init__()
-        self.attention = LFIAttention(channels["layer4"], hidden)
+        self.feature_layer = feature_layer
+        self.attention = LFIAttention(channels[feature_layer], hidden)
 
     def forward(self, features: dict[str, Tensor], image: Tensor) -> Tensor:
-        attention, _ = self.attention(features["layer4"], image)
+        attention, _ = self.attention(features[self.feature_layer], image)
         return F.interpolate(attention, size=image.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
 
 
 class ABNHead(MaskHead):
     """``masker.head=abn``: the Attention Branch Network's attention branch (Fukui et al., 2019): a
-    conv stack on layer3, a one-channel sigmoid map, upsampled to the input."""
+    conv stack on one feature layer (layer3, as in ABN, unless ``masker.feature_layer`` says otherwise),
+    a one-channel sigmoid map, upsampled to the input."""
 
-    def __init__(self, channels: dict[str, int], hidden: int = 64) -> None:
+    def __init__(self, channels: dict[str, int], hidden: int = 64, feature_layer: str = "layer3") -> None:
         super().__init__()
-        c = channels["layer3"]
+        self.feature_layer = feature_layer
+        c = channels[feature_layer]
         self.branch = nn.Sequential(
             nn.Conv2d(c, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
             nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
@@ -89,5 +93,5 @@ class ABNHead(MaskHead):
         )
 
     def forward(self, features: dict[str, Tensor], image: Tensor) -> Tensor:
-        attention = torch.sigmoid(self.branch(features["layer3"]))  # (B, 1, H/16, W/16)
+        attention = torch.sigmoid(self.branch(features[self.feature_layer]))  # (B, 1, h, w)
         return F.interpolate(attention, size=image.shape[-2:], mode="bilinear", align_corners=False)

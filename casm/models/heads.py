@@ -122,7 +122,15 @@ def _register_attention_heads() -> None:
 _register_attention_heads()
 
 
-def build_head(name: str, channels: dict[str, int], hidden: int = 64) -> MaskHead:
+def build_head(name: str, channels: dict[str, int], hidden: int = 64, feature_layer: str | None = None) -> MaskHead:
+    """``feature_layer`` (the attention heads only): the one feature map they read; None = the head's own."""
     if name not in HEADS:
         raise ValueError(f"masker.head={name!r} is not a known head; choose one of {sorted(HEADS)}")
-    return HEADS[name](channels, hidden=hidden)
+    if feature_layer is None:
+        return HEADS[name](channels, hidden=hidden)
+    if feature_layer not in channels:
+        raise ValueError(f"masker.feature_layer={feature_layer!r} is not one of {', '.join(channels)}")
+    if name in ("casme", "deconv"):
+        raise ValueError(f"masker.feature_layer applies to the attention heads (lfi, abn); "
+                         f"the {name} decoder reads every layer")
+    return HEADS[name](channels, hidden=hidden, feature_layer=feature_layer)

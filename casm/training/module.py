@@ -59,7 +59,8 @@ def build_models(cfg: DictConfig, num_classes: int) -> tuple[ResNetClassifier, M
             donor = ResNetClassifier(cfg.model.arch, num_classes, cfg.model.width)
             donor.load_weights(cfg.masker.encoder_pretrained)
             encoder.load_state_dict(donor.trunk.state_dict())
-    masker = Masker(build_head(cfg.masker.head, classifier.trunk.channels, cfg.masker.hidden), encoder)
+    masker = Masker(build_head(cfg.masker.head, classifier.trunk.channels, cfg.masker.hidden,
+                               cfg.masker.get("feature_layer")), encoder)
     return classifier, masker
 
 

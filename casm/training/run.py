@@ -17,7 +17,8 @@ from casm.training.lficam_module import LFICAMModule
 from casm.training.module import CASMModule
 from casm.training.timing import EpochTimer
 
-ARCHITECTURE_KEYS = ("model.arch", "model.width", "masker.head", "masker.encoder", "masker.hidden")
+ARCHITECTURE_KEYS = ("model.arch", "model.width", "masker.head", "masker.encoder", "masker.hidden",
+                     "masker.feature_layer")
 _VERSION_ENV = "CASM_RUN_VERSION"  # shared by DDP ranks, which Lightning starts as new processes
 
 
