@@ -46,7 +46,7 @@ def time_steps(args: argparse.Namespace, casm: bool) -> float:
         f"data.batch_size={args.batch}", f"data.num_train={args.batch * (args.steps + args.warmup)}",
         f"data.num_val={args.batch}", f"casm.thinning={args.thinning}", f"masker.head={args.head}",
         f"casm.warmup_epochs={0 if casm else 1}", "trainer.max_epochs=1", "trainer.limit_val_batches=0",
-        "logging.progress_bar=false", "logging.image_every_n_steps=0",
+        "logging.progress_bar=false", "logging.image_every_n_steps=0", *args.overrides,
     ]
     cfg = load_config(None, overrides)
     pl.seed_everything(0, verbose=False)
@@ -75,11 +75,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="more config overrides, e.g. masker.feature_layer=layer3")
     args = parser.parse_args()
     plain = time_steps(args, casm=False)
     casm = time_steps(args, casm=True)
     print(f"{args.arch} {args.size}px batch {args.batch} {args.device} {args.precision} "
-          f"thinning {args.thinning} head {args.head}")
+          f"thinning {args.thinning} head {args.head} {' '.join(args.overrides)}")
     print(f"plain classifier step: {plain * 1000:8.1f} ms  {args.batch / plain:8.1f} images/s")
     print(f"CASM step:             {casm * 1000:8.1f} ms  {args.batch / casm:8.1f} images/s")
     print(f"ratio CASM / plain:    {casm / plain:8.2f}x  (target <= 3x)")

@@ -137,6 +137,7 @@ class Evaluator:
                              f"(and lficam_checkpoint=PATH for LFI-CAM)")
         self.lficam = load_lficam(cfg.lficam_checkpoint).to(device) if cfg.lficam_checkpoint else None
         self.judge_accuracy = {name: MeanMetric() for name in self.judges}  # clean top-1, method-independent
+        self.lficam_accuracy = MeanMetric()
         self.scores: dict[str, MethodScores] = {}
         self.figure_maps: dict[str, Tensor] = {}
         self.figure_images: Tensor | None = None
@@ -196,6 +197,7 @@ class Evaluator:
             producers["lficam"] = lambda x_, f_, l_: self.lficam.explain(x_)
             with torch.no_grad():
                 explained["lficam"] = (self.lficam, self.lficam(x)[0].argmax(1))
+            self.lficam_accuracy.update((explained["lficam"][1] == y).float().cpu() * 100)
         for name, method in baselines.items():
             producers[name] = (lambda m: (lambda x_, f_, l_: m(x_)))(method)
         for ref in REFERENCES:
@@ -294,6 +296,9 @@ def evaluate(cfg: DictConfig, progress: bool = True, trained: tuple[CASMModule, 
     results = evaluator.run(loader, progress)
     notes = ["clean top-1 of the classifiers judging masked images: " + ", ".join(
         f"{name} {float(m.compute()):.1f} %" for name, m in evaluator.judge_accuracy.items())]
+    if evaluator.lficam is not None:
+        notes.append(f"lficam explains LFI-CAM's own classifier (clean top-1 {float(evaluator.lficam_accuracy.compute()):.1f} %): "
+                     f"its correct-class boxes, faithfulness curves and 'own' judge use that classifier")
     if not any("le" in r for r in results.values()):
         notes.append("the validation data has no boxes: localization metrics (LE, OM, F1, sweep, pointing) skipped")
     for name, r in results.items():
