@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 
 import torch
+from timing import seconds_per_call
 from torch import nn
 
 from casm.baselines import BASELINES, LogitsOnly
 from casm.models import ResNetClassifier
-from timing import seconds_per_call
-
 
 
 def seconds_per_image(fn, images: int, repeats: int, device: str) -> float:

@@ -14,12 +14,11 @@ import argparse
 from typing import Callable
 
 import torch
+from timing import seconds_per_call
 
 from casm.baselines import GradCAM, LogitsOnly, ScoreCAM
 from casm.export.standalone import MaskerManifest, StandaloneMasker
 from casm.models import ResNetClassifier
-from timing import seconds_per_call
-
 
 
 def images_per_second(fn: Callable[[], object], images: int, device: str, repeats: int, warmup: int = 3) -> float:
@@ -70,12 +69,12 @@ def main() -> None:
 
         wrapped = LogitsOnly(classifier)
         with pgc.GradCAM(model=wrapped, target_layers=[classifier.trunk.layer4]) as ref:
-            rows["Grad-CAM (grad-cam package)"] = images_per_second(run(lambda: ref(input_tensor=x, targets=None)), args.batch,
-                                                                    dev, args.repeats)
+            call = run(lambda: ref(input_tensor=x, targets=None))
+            rows["Grad-CAM (grad-cam package)"] = images_per_second(call, args.batch, dev, args.repeats)
         with pgc.ScoreCAM(model=wrapped, target_layers=[classifier.trunk.layer4]) as ref:
             ref.batch_size = args.scorecam_chunk
-            rows["Score-CAM (grad-cam package)"] = images_per_second(run(lambda: ref(input_tensor=x_score, targets=None)),
-                                                                     len(x_score), dev, 1, warmup=0)
+            call = run(lambda: ref(input_tensor=x_score, targets=None))
+            rows["Score-CAM (grad-cam package)"] = images_per_second(call, len(x_score), dev, 1, warmup=0)
     masker_ips = rows["casm masker (exported)"]
     print(f"{args.arch} {args.size}px batch {args.batch} on {dev}"
           f"{' bf16' if args.amp else ''}{' channels_last' if args.channels_last else ''}")

@@ -8,7 +8,6 @@ import sys
 
 from casm.config import CONFIG_DIR, ConfigError, load_config
 
-
 USER_ERRORS = (ConfigError, FileNotFoundError, ValueError)  # bad input: a one-line message, exit code 2
 
 
@@ -61,7 +60,8 @@ def train_main(argv: list[str] | None = None) -> int:
 def export_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="casm export", description="Export a trained masker as a standalone folder "
                                      "(masker.safetensors + masker.json, optionally masker.onnx).")
-    parser.add_argument("checkpoint", help="a casm training checkpoint (e.g. runs/default/version_0/checkpoints/last.ckpt)")
+    parser.add_argument("checkpoint",
+                        help="a casm training checkpoint (e.g. runs/default/version_0/checkpoints/last.ckpt)")
     parser.add_argument("out_dir", help="folder to write")
     parser.add_argument("--onnx", action="store_true", help="also write masker.onnx, validated against PyTorch")
     args = parser.parse_args(argv)
@@ -110,7 +110,6 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_args(argv)
     from casm.config import EvalConfig
-
     from casm.evaluation import evaluate, load_trained
 
     module, saved = load_trained(args.checkpoint)  # read once; its data config is the default

@@ -18,9 +18,10 @@ TOLERANCE = 1e-4  # max abs difference of maps in [0, 1]
 
 
 def _trained(model, steps=30):
-    from casm.data.datasets import SyntheticShapes
-    from casm.data.datamodule import normalize
     from torchvision.transforms import v2
+
+    from casm.data.datamodule import normalize
+    from casm.data.datasets import SyntheticShapes
 
     ds = SyntheticShapes("train", 64, 64, transform=v2.Compose(normalize()))
     x = torch.stack([ds[i]["image"].as_subclass(torch.Tensor) for i in range(64)])
@@ -79,7 +80,8 @@ def test_cam_matches_torchcam(model, images):
         low_res = extractor(class_idx=targets.tolist(), scores=scores)[0]  # (B, h, w), ReLU + min-max
     up = F.interpolate(low_res[:, None], size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
     flat = up.flatten(1)
-    expected = (flat - flat.min(1, keepdim=True).values) / (flat.max(1, keepdim=True).values - flat.min(1, keepdim=True).values)
+    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    expected = (flat - low) / (high - low)
     with CAM(model) as method:
         ours = method(images)
     assert (ours - expected.view_as(ours)).abs().max() < TOLERANCE

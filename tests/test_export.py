@@ -103,7 +103,8 @@ def test_every_head_exports_exactly(head, tmp_path):
     from casm.training.run import train
     from tests.conftest import TINY
 
-    run = train(load_config(None, TINY + [f"logging.out_dir={tmp_path}", "trainer.max_epochs=1", *f"masker.head={head}".split()]))
+    overrides = [f"logging.out_dir={tmp_path}", "trainer.max_epochs=1", *f"masker.head={head}".split()]
+    run = train(load_config(None, TINY + overrides))
     ckpt = run / "checkpoints" / "last.ckpt"
     masker = load_masker(export_masker(ckpt, tmp_path / "export"))
     x = torch.randn(2, 3, 32, 32)

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from casm.metrics.localization import (LocalizationError, binarize, box_iou, largest_component_box,
-                                       predicted_boxes, reference_boxes)
+from casm.metrics.localization import (
+    LocalizationError,
+    binarize,
+    box_iou,
+    largest_component_box,
+    predicted_boxes,
+    reference_boxes,
+)
 
 
 def test_box_iou_by_hand():

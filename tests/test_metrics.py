@@ -6,8 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from casm.metrics.faithfulness import (average_drop_increase, deletion_insertion, energy_pointing_game,
-                                       masked_classification, pointing_game)
+from casm.metrics.faithfulness import (
+    average_drop_increase,
+    deletion_insertion,
+    energy_pointing_game,
+    masked_classification,
+    pointing_game,
+)
 from casm.metrics.localization import BoxAccuracySweep, ContinuousF1, continuous_f1
 from casm.metrics.mask_statistics import MaskStatistics
 

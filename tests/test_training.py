@@ -177,8 +177,8 @@ def test_ddp_on_two_cpu_processes(tmp_path, tiny_overrides):
 
 
 def _single_process_le(ckpt: Path) -> float:
-    from casm.training.module import load_trained
     from casm.metrics.localization import LocalizationError
+    from casm.training.module import load_trained
 
     module, config = load_trained(ckpt)
     dm = LocalizationDataModule(load_config(None, [f"{k}={v}" for k, v in _flat("data", config["data"])]).data)

@@ -6,5 +6,5 @@ from casm.baselines.gradient import GradCAM, GradCAMPlusPlus
 
 BASELINES: dict[str, type[CAMMethod]] = {m.name: m for m in (CAM, GradCAM, GradCAMPlusPlus, ScoreCAM)}
 
-__all__ = ["BASELINES", "CAM", "CAMMethod", "GradCAM", "GradCAMPlusPlus", "LogitsOnly", "ScoreCAM", "default_target_layer",
-           "logits_of"]
+__all__ = ["BASELINES", "CAM", "CAMMethod", "GradCAM", "GradCAMPlusPlus", "LogitsOnly", "ScoreCAM",
+           "default_target_layer", "logits_of"]

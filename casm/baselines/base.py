@@ -106,7 +106,8 @@ class CAMMethod:
     def __call__(self, images: Tensor, class_idx: int | Tensor | None = None) -> Tensor:
         """(B, 3, H, W) normalized images -> (B, H, W) maps in [0, 1]."""
         if self._handle is None:
-            raise RuntimeError(f"use {type(self).__name__} as a context manager: with {type(self).__name__}(model) as m")
+            name = type(self).__name__
+            raise RuntimeError(f"use {name} as a context manager: with {name}(model) as m")
         grad_mode = torch.enable_grad() if self.needs_gradients else torch.inference_mode()
         with evaluation_mode(self.model), grad_mode:
             x = images.detach().requires_grad_(self.needs_gradients)

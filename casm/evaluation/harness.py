@@ -20,10 +20,21 @@ from torchmetrics import MeanMetric
 
 from casm.baselines import BASELINES, CAMMethod
 from casm.data.datamodule import LocalizationDataModule
-from casm.metrics.faithfulness import (average_drop_increase, deletion_insertion, energy_pointing_game,
-                                       masked_classification, pointing_game)
-from casm.metrics.localization import (BoxAccuracySweep, ContinuousF1, LocalizationError, binarize, box_masks,
-                                       reference_boxes)
+from casm.metrics.faithfulness import (
+    average_drop_increase,
+    deletion_insertion,
+    energy_pointing_game,
+    masked_classification,
+    pointing_game,
+)
+from casm.metrics.localization import (
+    BoxAccuracySweep,
+    ContinuousF1,
+    LocalizationError,
+    binarize,
+    box_masks,
+    reference_boxes,
+)
 from casm.metrics.mask_statistics import MaskStatistics
 from casm.models import ResNetClassifier
 from casm.training.module import CASMModule, load_trained
@@ -49,7 +60,8 @@ def load_lficam(checkpoint: str | Path) -> nn.Module:
     return module.model.eval()
 
 
-def load_classifier(checkpoint: str | Path, num_classes: int, taken: set[str] = frozenset()) -> tuple[str, ResNetClassifier]:
+def load_classifier(checkpoint: str | Path, num_classes: int,
+                    taken: set[str] = frozenset()) -> tuple[str, ResNetClassifier]:
     """A classifier from a casm training checkpoint (its own architecture), for SPEC 4.4 / baselines,
     with a readable unique name: its run's ``logging.name`` (checkpoint files are all last.ckpt),
     numbered when two runs share a name."""
@@ -297,7 +309,8 @@ def evaluate(cfg: DictConfig, progress: bool = True, trained: tuple[CASMModule, 
     notes = ["clean top-1 of the classifiers judging masked images: " + ", ".join(
         f"{name} {float(m.compute()):.1f} %" for name, m in evaluator.judge_accuracy.items())]
     if evaluator.lficam is not None:
-        notes.append(f"lficam explains LFI-CAM's own classifier (clean top-1 {float(evaluator.lficam_accuracy.compute()):.1f} %): "
+        accuracy = float(evaluator.lficam_accuracy.compute())
+        notes.append(f"lficam explains LFI-CAM's own classifier (clean top-1 {accuracy:.1f} %): "
                      f"its correct-class boxes, faithfulness curves and 'own' judge use that classifier")
     if not any("le" in r for r in results.values()):
         notes.append("the validation data has no boxes: localization metrics (LE, OM, F1, sweep, pointing) skipped")

@@ -15,7 +15,8 @@ from casm.metrics.localization import predicted_boxes
 
 # (table title, [(key in the results, column title, format)]); a column appears when some method has it
 TABLES = [
-    ("Localization", [("le", "LE ↓", "{:.3f}"), ("om", "OM ↓", "{:.3f}"), ("le_other_rule", "LE, other rule ↓", "{:.3f}"),
+    ("Localization", [("le", "LE ↓", "{:.3f}"), ("om", "OM ↓", "{:.3f}"),
+                      ("le_other_rule", "LE, other rule ↓", "{:.3f}"),
                       ("f1", "F1 ↑", "{:.3f}"), ("f1a", "F1a ↑", "{:.3f}"),
                       ("sweep_box_accuracy", "BoxAcc @ best t ↑", "{:.3f}"), ("sweep_threshold", "best t", "{:.2f}"),
                       ("pointing_game", "pointing ↑", "{:.3f}"), ("energy_pointing_game", "energy PG ↑", "{:.3f}")]),
@@ -26,7 +27,8 @@ TABLES = [
     ("Top-1 % on masked images (own classifier, then each judge)",
      [("acc_masked_in", "in ↑", "{:.1f}"), ("acc_masked_out", "out ↓", "{:.1f}"),
       ("acc_inpainted", "inpainted ↓", "{:.1f}")]),
-    ("Speed", [("ms_per_image", "ms / image", "{:.2f}"), ("images", "images", "{:d}"), ("nan_maps", "NaN maps", "{:d}")]),
+    ("Speed", [("ms_per_image", "ms / image", "{:.2f}"), ("images", "images", "{:d}"),
+               ("nan_maps", "NaN maps", "{:d}")]),
 ]
 
 
@@ -82,7 +84,7 @@ def figure(evaluator, scale: int = 3) -> np.ndarray | None:
         for box, ok in zip(gt[i].tolist(), valid[i].tolist()):
             if ok:
                 cv2.rectangle(tiles[0], (int(box[0]), int(box[1])), (int(box[2]) - 1, int(box[3]) - 1), (0, 255, 0), 1)
-        for name, maps in evaluator.figure_maps.items():
+        for maps in evaluator.figure_maps.values():
             if i >= len(maps):
                 tiles.append(np.zeros_like(img))
                 continue

@@ -35,5 +35,5 @@ class MaskStatistics(Metric):
         n = self.total.clamp(min=1)
         mean = self.sum_mean / n
         var = (self.sum_mean_sq / n - mean.pow(2)).clamp(min=0)
-        return {"mask_mean": mean.float(), "mask_std": var.sqrt().float(), "mask_entropy": (self.sum_entropy / n).float(),
-                "mask_tv": (self.sum_tv / n).float()}
+        return {"mask_mean": mean.float(), "mask_std": var.sqrt().float(),
+                "mask_entropy": (self.sum_entropy / n).float(), "mask_tv": (self.sum_tv / n).float()}
