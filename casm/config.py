@@ -46,9 +46,9 @@ class ModelConfig:
 
 @dataclass
 class MaskerConfig:
-    head: str = "casme"  # casme | deconv (more heads register in casm.models.heads.HEADS)
+    head: str = "casme"  # casme | deconv | lfi | abn (heads register in casm.models.heads.HEADS)
     encoder: str = "shared"  # shared (the classifier's trunk, detached) | separate
-    hidden: int = 64  # decoder width
+    hidden: int = 64  # decoder width (lfi: the Feature Importance Network's width; abn: its branch width)
     feature_layer: Optional[str] = None  # lfi / abn heads: the layer they read (null: layer4 / layer3)
     encoder_pretrained: Optional[str] = None  # separate encoder: weights file
 
