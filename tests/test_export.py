@@ -97,6 +97,16 @@ def test_export_refuses_a_checkpoint_without_masker(tmp_path):
         export_masker(tmp_path / "plain.ckpt", tmp_path / "out")
 
 
+def test_export_names_a_checkpoint_whose_weights_do_not_fit(trained_checkpoint, tmp_path):
+    """A checkpoint whose head layout differs (e.g. written by an older casm) fails in one line, not a traceback."""
+    ckpt = torch.load(trained_checkpoint, map_location="cpu", weights_only=True)
+    name = next(k for k in ckpt["state_dict"] if k.startswith("masker.head."))
+    ckpt["state_dict"]["masker.head.renamed"] = ckpt["state_dict"].pop(name)
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    with pytest.raises(ExportError, match=r"old.ckpt: its weights do not fit a resnet18 with the deconv head"):
+        export_masker(tmp_path / "old.ckpt", tmp_path / "out")
+
+
 @pytest.mark.parametrize("head", ["casme", "lfi", "abn", "lfi masker.feature_layer=layer3"])
 def test_every_head_exports_exactly(head, tmp_path):
     from casm.config import load_config

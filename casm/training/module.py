@@ -358,5 +358,10 @@ def load_trained(checkpoint: str | Path) -> tuple[CASMModule, dict]:
     config["model"] = dict(config["model"], pretrained=None)
     config["masker"] = dict(config["masker"], encoder_pretrained=None)
     module = CASMModule(config, hp["num_classes"], hp.get("class_names"))
-    module.load_state_dict(ckpt["state_dict"])
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:  # e.g. a head whose layout changed between casm versions
+        head = config["masker"]["head"]
+        raise ValueError(f"{checkpoint}: its weights do not fit a {config['model']['arch']} with the {head} head of "
+                         f"this casm version ({' '.join(str(err).split())[:240]})") from err
     return module.eval(), config
