@@ -236,18 +236,17 @@ class EvalConfig:
 
 def validate(cfg: DictConfig) -> None:
     """Check values the schema's types cannot: enumerations and ranges."""
-    from casm.models.heads import HEADS  # heads register themselves; import late
-    from casm.models.resnet import FEATURE_NAMES
+    from casm.models.heads import HEADS, check_feature_layer  # heads register themselves; import late
 
     choices = dict(_CHOICES, **{"masker.head": tuple(HEADS)})
     for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-    layer = cfg.masker.feature_layer
-    if layer is not None and (layer not in FEATURE_NAMES or cfg.masker.head not in ("lfi", "abn")):
-        raise ConfigError(f"masker.feature_layer={layer!r}: the lfi and abn heads read one of "
-                          f"{', '.join(FEATURE_NAMES)}; the decoders (masker.head={cfg.masker.head}) read every layer")
+    try:
+        check_feature_layer(cfg.masker.head, cfg.masker.feature_layer)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     if cfg.casm.p_pool is not None and not 0 <= cfg.casm.p_pool <= 1:
         raise ConfigError(f"casm.p_pool={cfg.casm.p_pool} must be in [0, 1]")
     if not 0 < cfg.casm.target_area < 1:

@@ -67,10 +67,12 @@ class LFIHead(MaskHead):
     """``masker.head=lfi``: LFI-CAM attention on one feature layer (layer4, as in LFI-CAM, unless
     ``masker.feature_layer`` says otherwise), bilinearly upsampled to the input as the mask."""
 
-    def __init__(self, channels: dict[str, int], hidden: int = 64, feature_layer: str = "layer4") -> None:
+    default_feature_layer = "layer4"
+
+    def __init__(self, channels: dict[str, int], hidden: int = 64, feature_layer: str | None = None) -> None:
         super().__init__()
-        self.feature_layer = feature_layer
-        self.attention = LFIAttention(channels[feature_layer], hidden)
+        self.feature_layer = feature_layer or self.default_feature_layer
+        self.attention = LFIAttention(channels[self.feature_layer], hidden)
 
     def forward(self, features: dict[str, Tensor], image: Tensor) -> Tensor:
         attention, _ = self.attention(features[self.feature_layer], image)
@@ -82,10 +84,12 @@ class ABNHead(MaskHead):
     conv stack on one feature layer (layer3, as in ABN, unless ``masker.feature_layer`` says otherwise),
     a one-channel sigmoid map, upsampled to the input."""
 
-    def __init__(self, channels: dict[str, int], hidden: int = 64, feature_layer: str = "layer3") -> None:
+    default_feature_layer = "layer3"
+
+    def __init__(self, channels: dict[str, int], hidden: int = 64, feature_layer: str | None = None) -> None:
         super().__init__()
-        self.feature_layer = feature_layer
-        c = channels[feature_layer]
+        self.feature_layer = feature_layer or self.default_feature_layer
+        c = channels[self.feature_layer]
         self.branch = nn.Sequential(
             nn.Conv2d(c, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
             nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
