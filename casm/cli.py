@@ -109,12 +109,12 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_args(argv)
-    from casm.config import EvalConfig
+    from casm.config import EvalConfig, evaluation_data
     from casm.evaluation import evaluate, load_trained
 
     module, saved = load_trained(args.checkpoint)  # read once; its data config is the default
     cfg = load_config(args.config, args.overrides + [f"checkpoint={args.checkpoint}"], schema_class=EvalConfig,
-                      base={"data": saved["data"]})
+                      base={"data": evaluation_data(saved["data"], args.overrides, args.config)})
     results, _, out = evaluate(cfg, progress=not args.no_progress, trained=(module, saved))
     from casm.evaluation.report import markdown_table
 

@@ -29,8 +29,12 @@ class DataConfig:
     num_train: int = 5000  # synthetic only: images per split
     num_val: int = 1000
     seed: int = 0  # synthetic only: the dataset's own seed
+    synthetic_classes: int = 10  # synthetic only: 10 (one cue per class) | 100 (any two cues) | 1000 (all three)
     include_classes: Optional[list[str]] = None  # class names (or synthetic class ids) to keep
-    exclude_classes: Optional[list[str]] = None  # class names to drop (unseen-class experiments)
+    exclude_classes: Optional[list[str]] = None  # class names to drop
+    split_file: Optional[str] = None  # a class split (python -m casm split) ...
+    split_subsets: Optional[list[str]] = None  # ... and the subsets of it to keep, e.g. [C, D, E, F]
+    samples_per_class: Optional[int] = None  # training split only: at most N images per class (data scarcity)
     batch_size: int = 64
     num_workers: int = 2
     pin_memory: bool = True
@@ -105,6 +109,21 @@ class LoggingConfig:
 
 
 @dataclass
+class UnseenConfig:
+    """``python -m casm experiment unseen``: the unseen-class protocol (CASM paper 6.4, SPEC 6)."""
+
+    split_file: Optional[str] = None  # null: OUT/NAME/split.json, written from the data on the first run
+    proportions: list[float] = field(default_factory=lambda: [0.05, 0.05, 0.10, 0.30, 0.30, 0.20])  # A, B, C, ...
+    split_seed: int = 0
+    training_sets: list[str] = field(default_factory=lambda: ["B-F", "C-F", "D-F", "E-F", "F"])  # ranges or B+D
+    scarcity_set: Optional[str] = "B-F"  # the training set of the data-scarcity row ...
+    scarcity_samples_per_class: Optional[int] = None  # ... with N training images per class (null: no such row)
+    judge: bool = True  # train one classifier on every class to judge masked-out images of all subsets
+    judge_seed_offset: int = 1  # the judge's seed = seed + this (an independent classifier)
+    eval_overrides: list[str] = field(default_factory=lambda: ["methods=[casm]"])  # evaluate.py key=value
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -113,6 +132,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    unseen: UnseenConfig = field(default_factory=UnseenConfig)  # read by the unseen-class experiment only
     mode: str = "casm"  # casm (classifier + masker) | lficam (LFI-CAM's own classifier, cross-entropy only)
     seed: int = 0
     resume: Optional[str] = None  # a checkpoint to continue from
@@ -194,6 +214,8 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
     OmegaConf.set_struct(cfg, True)
     if schema_class in (None, Config):
         validate(cfg)
+    elif "data" in cfg:
+        validate_data(cfg.data)
     return cfg
 
 
@@ -253,6 +275,40 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"casm.target_area={cfg.casm.target_area} must be in (0, 1)")
     if cfg.data.name != "synthetic" and not cfg.data.root:
         raise ConfigError(f"data.name={cfg.data.name} needs data.root=PATH (the dataset's folder)")
+    validate_data(cfg.data)
+
+
+def validate_data(data: DictConfig) -> None:
+    """Class-selection and sampling keys (training and evaluation alike)."""
+    from casm.data.synthetic import CLASS_COUNTS
+
+    if data.synthetic_classes not in CLASS_COUNTS:
+        raise ConfigError(f"data.synthetic_classes={data.synthetic_classes} is not one of "
+                          f"{', '.join(map(str, CLASS_COUNTS))}")
+    if bool(data.split_file) != bool(data.split_subsets):
+        raise ConfigError("data.split_file and data.split_subsets go together: the file, and the subsets of it "
+                          "to keep (e.g. data.split_subsets=[C,D,E,F])")
+    if data.split_file and (data.include_classes is not None or data.exclude_classes is not None):
+        raise ConfigError("data.split_file selects the classes: drop data.include_classes / data.exclude_classes")
+    if data.samples_per_class is not None and data.samples_per_class < 1:
+        raise ConfigError(f"data.samples_per_class={data.samples_per_class} must be at least 1 (or null: all)")
+
+
+CLASS_SELECTION_KEYS = ("include_classes", "exclude_classes", "split_file", "split_subsets")
+
+
+def evaluation_data(saved: dict, overrides: list[str], config_file: str | None = None) -> dict:
+    """The data config an evaluation starts from: the training run's, except that the classes are
+    chosen afresh when the evaluation names any class-selection key (an ``exclude_classes`` inherited
+    from training must not combine with an ``include_classes`` given now), and ``samples_per_class``,
+    a training-only limit, never applies."""
+    data = dict(saved, samples_per_class=None)
+    named = [o.split("=", 1)[0] for o in overrides]
+    if config_file:
+        named += [f"data.{k}" for k in (OmegaConf.load(config_file).get("data") or {})]
+    if any(f"data.{k}" in named for k in CLASS_SELECTION_KEYS):
+        data.update({k: None for k in CLASS_SELECTION_KEYS})
+    return data
 
 
 def to_yaml(cfg: DictConfig) -> str:

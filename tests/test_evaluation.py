@@ -9,6 +9,7 @@ from PIL import Image
 
 from casm.cli import evaluate_main
 from casm.data.datasets import SyntheticShapes
+from casm.data.synthetic import CLASS_NAMES as SYNTHETIC_NAMES
 
 FAST = ["max_images=16", "max_images_slow=4", "scorecam_chunk=64", "faithfulness_steps=4", "figure_images=4",
         "--no-progress"]
@@ -61,9 +62,9 @@ def test_unknown_target_layer_lists_valid_ones(trained_checkpoint, tmp_path, cap
 def test_data_without_boxes_skips_localization_only(trained_checkpoint, tmp_path):
     root = tmp_path / "data"
     for split in ("train", "val"):
-        for c in range(10):  # the tiny checkpoint's classifier has 10 classes
-            (root / split / f"c{c}").mkdir(parents=True)
-            Image.fromarray(np.full((32, 32, 3), 25 * c, np.uint8)).save(root / split / f"c{c}" / "a.png")
+        for c, name in enumerate(SYNTHETIC_NAMES):  # the tiny checkpoint's classes: labels match by name
+            (root / split / name).mkdir(parents=True)
+            Image.fromarray(np.full((32, 32, 3), 25 * c, np.uint8)).save(root / split / name / "a.png")
     out = tmp_path / "eval"
     args = ["--checkpoint", str(trained_checkpoint), "data.name=folder", f"data.root={root}", "data.image_size=32",
             "methods=[casm,gradcam]", f"out_dir={out}", *FAST]
@@ -114,7 +115,7 @@ def test_lficam_trains_and_is_evaluated_beside_the_baselines(trained_checkpoint,
     from casm.evaluation.harness import load_lficam
     from casm.metrics.localization import binarize
 
-    lficam = load_lficam(run / "checkpoints" / "last.ckpt")
+    lficam, _ = load_lficam(run / "checkpoints" / "last.ckpt")
     data = LocalizationDataModule(OmegaConf.create(payload["eval_config"]["data"]), payload["eval_config"]["seed"])
     data.setup()
     x = torch.stack([data.val_set[i]["image"] for i in range(16)])

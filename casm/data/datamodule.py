@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from casm.data.datasets import SyntheticShapes, folder_split, imagenet_split
+from casm.data.splits import class_selection
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -84,40 +85,51 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 class LocalizationDataModule(pl.LightningDataModule):
-    """Train split (labels) and validation split (labels + boxes) for ``data.name``."""
+    """Train split (labels) and validation split (labels + boxes) for ``data.name``.
 
-    def __init__(self, data: DictConfig, seed: int = 0) -> None:
+    ``splits=("val",)`` builds the validation split alone (evaluation: no training images are listed
+    or rendered)."""
+
+    def __init__(self, data: DictConfig, seed: int = 0, splits: tuple[str, ...] = ("train", "val")) -> None:
         super().__init__()
-        self.cfg, self.seed = data, seed
+        self.cfg, self.seed, self.splits = data, seed, splits
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 
     @property
     def classes(self) -> list[str]:
+        """The kept classes, in label order."""
         self._build()
-        return self.train_set.classes
+        return (self.train_set or self.val_set).classes
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def _build(self) -> None:
-        if self.train_set is not None:
+        if self.val_set is not None:
             return
         c = self.cfg
-        common = dict(include=c.include_classes, exclude=c.exclude_classes)
+        include, exclude = class_selection(c)
+        common = dict(include=include, exclude=exclude)
+        limit = dict(samples_per_class=c.samples_per_class)  # the training split only
+        train = "train" in self.splits
         if c.name == "synthetic":
             # generated at the final size and never flipped: a flip would turn a "left" part into a "right" one
             tf = v2.Compose(normalize())
-            self.train_set = SyntheticShapes("train", c.num_train, c.image_size, c.seed, transform=tf, **common)
-            self.val_set = SyntheticShapes("val", c.num_val, c.image_size, c.seed, transform=tf, **common)
+            common.update(transform=tf, num_classes=c.synthetic_classes)
+            if train:
+                self.train_set = SyntheticShapes("train", c.num_train, c.image_size, c.seed, **common, **limit)
+            self.val_set = SyntheticShapes("val", c.num_val, c.image_size, c.seed, **common)
             return
         split_fn = folder_split if c.name == "folder" else imagenet_split
         disk = dict(common, skip_corrupt=c.skip_corrupt)
-        self.train_set = split_fn(c.root, "train", transform=train_transform(c.image_size), **disk)
+        if train:
+            self.train_set = split_fn(c.root, "train", transform=train_transform(c.image_size), seed=c.seed,
+                                      **disk, **limit)
         self.val_set = split_fn(c.root, "val", boxes_file=c.boxes_file,
                                 transform=eval_transform(c.image_size, c.resize), **disk)
-        if self.val_set.classes != self.train_set.classes:
+        if train and self.val_set.classes != self.train_set.classes:
             raise ValueError(f"{c.root}: train and val have different classes "
                              f"({len(self.train_set.classes)} vs {len(self.val_set.classes)})")
 

@@ -62,25 +62,34 @@ def _box_tensor(boxes: Sequence[Sequence[float]], height: int, width: int) -> tv
 class SyntheticShapes(Dataset):
     """The built-in offline dataset (see :mod:`casm.data.synthetic`), rendered once into memory.
 
-    Class names are the synthetic class names; ``include``/``exclude`` also accept class ids as
-    strings ("0".."9"). Labels are re-indexed 0..k-1 over the kept classes.
+    ``num_samples`` images are drawn over *all* ``num_classes`` classes of the generator; a class
+    selection keeps the images of the kept classes (the same images whatever else is kept, as when
+    filtering a folder dataset), so 20 % of the classes means about 20 % of the images. Class names
+    are the generator's; ``include``/``exclude`` also accept class ids as strings. Labels are
+    re-indexed 0..k-1 over the kept classes; ``samples_per_class`` keeps the first N of each.
     """
 
     def __init__(self, split: str, num_samples: int, image_size: int = 64, seed: int = 0,
                  include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
-                 transform: Callable | None = None) -> None:
-        names = list(synthetic.CLASS_NAMES)
+                 transform: Callable | None = None, num_classes: int = 10,
+                 samples_per_class: int | None = None) -> None:
+        names = list(synthetic.class_names(num_classes))
         by_id = {str(i): n for i, n in enumerate(names)}
         include = [by_id.get(str(c), c) for c in include] if include is not None else None
         exclude = [by_id.get(str(c), c) for c in exclude] if exclude is not None else None
         self.classes = select_classes(names, include, exclude)
-        class_ids = [names.index(c) for c in self.classes]
+        label_of = {names.index(c): label for label, c in enumerate(self.classes)}  # generator id -> label
         self.transform = transform
         self.samples = []
+        taken = [0] * len(self.classes)
         for index in range(num_samples):
             rng = synthetic.sample_rng(seed, split, index)
-            label = int(rng.integers(len(class_ids)))
-            self.samples.append((synthetic.render_sample(class_ids[label], rng, image_size), label))
+            class_id = int(rng.integers(num_classes))
+            label = label_of.get(class_id)
+            if label is None or (samples_per_class is not None and taken[label] >= samples_per_class):
+                continue
+            taken[label] += 1
+            self.samples.append((synthetic.render_sample(class_id, rng, image_size, num_classes), label))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -152,8 +161,23 @@ def read_box_csv(path: Path) -> dict[str, list[list[float]]]:
     return dict(boxes)
 
 
+def keep_per_class(records: list[tuple[Path, int, list]], per_class: int | None, seed: int = 0) -> list:
+    """At most ``per_class`` records of each label, drawn at random (seeded), in their original order."""
+    if per_class is None:
+        return records
+    order = np.random.default_rng(seed).permutation(len(records))
+    kept, taken = set(), defaultdict(int)
+    for i in order:
+        label = records[i][1]
+        if taken[label] < per_class:
+            taken[label] += 1
+            kept.add(int(i))
+    return [r for i, r in enumerate(records) if i in kept]
+
+
 def folder_split(root: Path, split: str, include=None, exclude=None, boxes_file: Path | None = None,
-                 transform=None, skip_corrupt: bool = False) -> BoxedImageDataset:
+                 transform=None, skip_corrupt: bool = False, samples_per_class: int | None = None,
+                 seed: int = 0) -> BoxedImageDataset:
     """``ROOT/SPLIT/<class>/<image>``; boxes for the validation split from ``ROOT/val_boxes.csv``
     (or ``data.boxes_file``), keyed by the image path relative to ``ROOT/val``."""
     root = _require_dir(Path(root), "dataset root")
@@ -168,7 +192,7 @@ def folder_split(root: Path, split: str, include=None, exclude=None, boxes_file:
         (p, label, boxes.get(p.relative_to(split_dir).as_posix(), []))
         for label, c in enumerate(classes) for p in _images_in(split_dir / c)
     ]
-    return BoxedImageDataset(records, classes, transform, skip_corrupt)
+    return BoxedImageDataset(keep_per_class(records, samples_per_class, seed), classes, transform, skip_corrupt)
 
 
 def read_imagenet_xml(path: Path) -> tuple[str, list[list[float]]]:
@@ -193,19 +217,8 @@ def read_imagenet_csv(path: Path) -> dict[str, tuple[str, list[list[float]]]]:
     return out
 
 
-def imagenet_split(root: Path, split: str, include=None, exclude=None, boxes_file: Path | None = None,
-                   transform=None, skip_corrupt: bool = False) -> BoxedImageDataset:
-    """ILSVRC2012: ``ROOT/train/<synset>/*.JPEG``; ``ROOT/val/*.JPEG`` (flat) with boxes and labels from
-    per-image XML files (``ROOT/val_xml/`` or ``ROOT/Annotations/CLS-LOC/val/``) or the challenge CSV
-    (``ROOT/LOC_val_solution.csv``); or a ``data.boxes_file`` naming either."""
-    root = _require_dir(Path(root), "ImageNet root")
-    train_dir = root / "train"
-    if split == "train":
-        classes = select_classes(_class_folders(_require_dir(train_dir, "ImageNet train folder")), include, exclude)
-        records = [(p, i, []) for i, c in enumerate(classes) for p in _images_in(train_dir / c)]
-        return BoxedImageDataset(records, classes, transform, skip_corrupt)
-
-    val_dir = _require_dir(root / split, "ImageNet val folder")
+def _imagenet_annotations(root: Path, boxes_file: Path | None) -> dict[str, tuple[str, list[list[float]]]]:
+    """Validation image stem -> (synset, boxes) from per-image XML files or the challenge CSV."""
     candidates = [Path(boxes_file)] if boxes_file else [
         root / "LOC_val_solution.csv", root / "val_xml", root / "Annotations" / "CLS-LOC" / "val"]
     source = next((c for c in candidates if c.exists()), None)
@@ -214,9 +227,25 @@ def imagenet_split(root: Path, split: str, include=None, exclude=None, boxes_fil
             f"no ImageNet validation boxes found (looked for {', '.join(map(str, candidates))}); "
             f"set data.boxes_file to the XML folder or LOC_val_solution.csv")
     if source.is_dir():
-        annotations = {p.stem: read_imagenet_xml(p) for p in sorted(source.glob("*.xml"))}
-    else:
-        annotations = read_imagenet_csv(source)
+        return {p.stem: read_imagenet_xml(p) for p in sorted(source.glob("*.xml"))}
+    return read_imagenet_csv(source)
+
+
+def imagenet_split(root: Path, split: str, include=None, exclude=None, boxes_file: Path | None = None,
+                   transform=None, skip_corrupt: bool = False, samples_per_class: int | None = None,
+                   seed: int = 0) -> BoxedImageDataset:
+    """ILSVRC2012: ``ROOT/train/<synset>/*.JPEG``; ``ROOT/val/*.JPEG`` (flat) with boxes and labels from
+    per-image XML files (``ROOT/val_xml/`` or ``ROOT/Annotations/CLS-LOC/val/``) or the challenge CSV
+    (``ROOT/LOC_val_solution.csv``); or a ``data.boxes_file`` naming either."""
+    root = _require_dir(Path(root), "ImageNet root")
+    train_dir = root / "train"
+    if split == "train":
+        classes = select_classes(_class_folders(_require_dir(train_dir, "ImageNet train folder")), include, exclude)
+        records = [(p, i, []) for i, c in enumerate(classes) for p in _images_in(train_dir / c)]
+        return BoxedImageDataset(keep_per_class(records, samples_per_class, seed), classes, transform, skip_corrupt)
+
+    val_dir = _require_dir(root / split, "ImageNet val folder")
+    annotations = _imagenet_annotations(root, boxes_file)
     all_synsets = _class_folders(train_dir) if train_dir.is_dir() else sorted({s for s, _ in annotations.values()})
     classes = select_classes(all_synsets, include, exclude)
     index = {c: i for i, c in enumerate(classes)}
@@ -226,3 +255,16 @@ def imagenet_split(root: Path, split: str, include=None, exclude=None, boxes_fil
         if synset in index:
             records.append((path, index[synset], boxes))
     return BoxedImageDataset(records, classes, transform, skip_corrupt)
+
+
+def dataset_classes(data) -> list[str]:
+    """Every class of the configured dataset (a ``data`` config), before any selection: what a split
+    file is made from and checked against. Lists class folders only, never the images."""
+    if data.name == "synthetic":
+        return list(synthetic.class_names(data.synthetic_classes))
+    root = _require_dir(Path(data.root), f"{data.name} dataset root")
+    if (root / "train").is_dir():
+        return _class_folders(root / "train")
+    if data.name == "folder":
+        return _class_folders(_require_dir(root / "val", "folder dataset's train or val folder"))
+    return sorted({synset for synset, _ in _imagenet_annotations(root, data.boxes_file).values()} - {""})

@@ -15,11 +15,20 @@ class cue) and the background carries class-independent clutter (blobs, bars, no
 covers everything is not free either.
 
 Each sample is a deterministic function of ``(seed, split, index)``; nothing is stored on disk.
+
+**Many-class variants** (unseen-class experiments need more than ten classes): with 100 classes a
+class is a (shape, texture, part) triple with ``part = (shape + texture) mod 10`` (a Latin square), so
+any *two* of its three cues identify it and each cue value is shared by ten classes; with 1000
+classes every triple is a class and all three cues are needed. A class the classifier never saw is
+then a new combination of cue values it has seen on other classes: "unseen" means an unseen
+*combination*, not unseen shapes, textures or parts (:func:`missing_cues` lists any exception).
+
 Boxes are ``[x0, y0, x1, y1]`` in pixels with exclusive ends (a pixel ``i`` spans ``[i, i+1)``).
 """
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 
@@ -32,14 +41,40 @@ TEXTURES = ("h_stripes", "v_stripes", "diag_stripes", "antidiag_stripes", "check
             "grid", "plain", "speckle")
 PARTS = ("top_disc", "bottom_disc", "left_disc", "right_disc", "top_left_block", "top_right_block",
          "bottom_left_block", "bottom_right_block", "two_ears", "two_legs")
-CLASS_NAMES = tuple(f"{s}+{t}+{p}" for s, t, p in zip(SHAPES, TEXTURES, PARTS))
+CLASS_COUNTS = (10, 100, 1000)  # the generator's variants (see the module docstring)
+
+
+@functools.lru_cache(maxsize=None)
+def class_cues(num_classes: int = 10) -> tuple[tuple[int, int, int], ...]:
+    """(shape, texture, part) indices of every class of the ``num_classes`` variant, in label order."""
+    if num_classes == 10:
+        return tuple((i, i, i) for i in range(10))  # one cue identifies a class
+    if num_classes == 100:
+        return tuple((s, t, (s + t) % 10) for s in range(10) for t in range(10))  # any two cues do
+    if num_classes == 1000:
+        return tuple((s, t, p) for s in range(10) for t in range(10) for p in range(10))  # all three
+    raise ValueError(f"data.synthetic_classes={num_classes} is not one of {', '.join(map(str, CLASS_COUNTS))}")
+
+
+def class_names(num_classes: int = 10) -> tuple[str, ...]:
+    return tuple(f"{SHAPES[s]}+{TEXTURES[t]}+{PARTS[p]}" for s, t, p in class_cues(num_classes))
+
+
+def missing_cues(seen: list[str], num_classes: int) -> dict[str, list[str]]:
+    """Cue values (shapes, textures, parts) that none of the ``seen`` class names shows."""
+    shown = [set(part) for part in zip(*(name.split("+") for name in seen))] if seen else [set(), set(), set()]
+    return {family: [v for v in values if v not in shown[i]]
+            for i, (family, values) in enumerate((("shape", SHAPES), ("texture", TEXTURES), ("part", PARTS)))}
+
+
+CLASS_NAMES = class_names(10)
 NUM_CLASSES = len(CLASS_NAMES)
 
 
 @dataclass(frozen=True)
 class Sample:
     image: np.ndarray  # (H, W, 3) uint8 RGB
-    label: int  # class id in 0..NUM_CLASSES-1
+    label: int  # class id of the generator's variant
     box: np.ndarray  # (4,) float32 [x0, y0, x1, y1], exclusive ends
     mask: np.ndarray  # (H, W) bool, the object's pixels
 
@@ -166,11 +201,13 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     return img
 
 
-def render_sample(class_id: int, rng: np.random.Generator, image_size: int = 64) -> Sample:
-    """Draw one image of class ``class_id``; every random choice comes from ``rng``."""
+def render_sample(class_id: int, rng: np.random.Generator, image_size: int = 64, num_classes: int = 10) -> Sample:
+    """Draw one image of class ``class_id`` of the ``num_classes`` variant; every random choice comes
+    from ``rng``."""
     size = image_size
     img = _background(size, rng)
-    shape, texture, part = SHAPES[class_id], TEXTURES[class_id], PARTS[class_id]
+    s, t, p = class_cues(num_classes)[class_id]
+    shape, texture, part = SHAPES[s], TEXTURES[t], PARTS[p]
     r = size * rng.uniform(0.17, 0.26)  # body radius; with its part the object spans ~45-75 % of a side
     margin = r * 1.75
     cx = rng.uniform(margin, size - margin)

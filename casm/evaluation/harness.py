@@ -45,8 +45,45 @@ REFERENCES = {"full_image": "full", "centre_box": "centre"}  # method name -> re
 MapFn = Callable[[Tensor, dict, Tensor], Tensor]  # (images, features, logits) -> (B, H, W)
 
 
-def load_lficam(checkpoint: str | Path) -> nn.Module:
-    """The LFI-CAM classifier of a ``mode=lficam`` training checkpoint (eval mode)."""
+@dataclass
+class KnownClasses:
+    """A classifier the evaluation uses, with the map from the data's labels to its logits: labels are
+    matched by class *name*, and a class the classifier was never trained on maps to -1, so no logit
+    is ever indexed with a label the classifier does not have."""
+
+    model: nn.Module
+    label_map: Tensor  # (number of evaluated classes,) logit index or -1
+
+    @classmethod
+    def match(cls, model: nn.Module, model_classes: list[str] | None, data_classes: list[str],
+              who: str) -> "KnownClasses":
+        if model_classes is None:  # a checkpoint from before casm saved class names
+            if model.num_classes != len(data_classes):
+                raise ValueError(f"{who} has {model.num_classes} classes and no class names, the data "
+                                 f"{len(data_classes)}; evaluate it on the classes it was trained on")
+            model_classes = list(data_classes)
+        index = {c: i for i, c in enumerate(model_classes)}
+        return cls(model, torch.tensor([index.get(c, -1) for c in data_classes]))
+
+    def to(self, device: torch.device) -> "KnownClasses":
+        return KnownClasses(self.model.to(device), self.label_map.to(device))
+
+    def labels(self, y: Tensor) -> Tensor:
+        """The data's labels as this classifier's logit indices (-1: a class it never saw)."""
+        return self.label_map[y]
+
+    @property
+    def known_count(self) -> int:
+        return int((self.label_map >= 0).sum())
+
+
+def _class_names(ckpt: dict) -> list[str] | None:
+    names = ckpt.get("hyper_parameters", {}).get("class_names")
+    return list(names) if names else None
+
+
+def load_lficam(checkpoint: str | Path) -> tuple[nn.Module, list[str] | None]:
+    """The LFI-CAM classifier of a ``mode=lficam`` training checkpoint (eval mode) and its class names."""
     from casm.training.lficam_module import LFICAMModule
 
     ckpt = read_checkpoint(checkpoint)
@@ -57,25 +94,26 @@ def load_lficam(checkpoint: str | Path) -> nn.Module:
     config = dict(hp["config"], model=dict(hp["config"]["model"], pretrained=None))
     module = LFICAMModule(config, hp["num_classes"])
     module.load_state_dict(ckpt["state_dict"])
-    return module.model.eval()
+    return module.model.eval(), _class_names(ckpt)
 
 
-def load_classifier(checkpoint: str | Path, num_classes: int,
-                    taken: set[str] = frozenset()) -> tuple[str, ResNetClassifier]:
-    """A classifier from a casm training checkpoint (its own architecture), for SPEC 4.4 / baselines,
-    with a readable unique name: its run's ``logging.name`` (checkpoint files are all last.ckpt),
-    numbered when two runs share a name."""
+def load_classifier(checkpoint: str | Path, taken: set[str] = frozenset()
+                    ) -> tuple[str, ResNetClassifier, list[str] | None]:
+    """A classifier from a casm training checkpoint (its own architecture and classes), for SPEC 4.4 /
+    baselines, with a readable unique name: its run's ``logging.name`` (checkpoint files are all
+    last.ckpt), numbered when two runs share a name; and its class names."""
     ckpt = read_checkpoint(checkpoint)
-    config = ckpt.get("hyper_parameters", {}).get("config", {})
-    if "model" not in config:
+    hp = ckpt.get("hyper_parameters", {})
+    config = hp.get("config", {})
+    if "model" not in config or "num_classes" not in hp:
         raise ValueError(f"{checkpoint}: not a casm checkpoint; train a classifier with train.py (see README)")
-    classifier = ResNetClassifier(config["model"]["arch"], num_classes, config["model"]["width"])
+    classifier = ResNetClassifier(config["model"]["arch"], hp["num_classes"], config["model"]["width"])
     classifier.load_state_dict_from(ckpt, checkpoint)
     base = config.get("logging", {}).get("name") or Path(checkpoint).stem
     name, n = base, 2
     while name in taken:
         name, n = f"{base}_{n}", n + 1
-    return name, classifier.eval()
+    return name, classifier.eval(), _class_names(ckpt)
 
 
 @dataclass
@@ -93,6 +131,7 @@ class MethodScores:
     stats: MaskStatistics = field(default_factory=MaskStatistics)
     means: dict[str, MeanMetric] = field(default_factory=dict)
     images: int = 0
+    images_seen: int = 0  # of those, images of classes the explained classifier knows
     nan_maps: int = 0
     seconds: float = 0.0
 
@@ -107,13 +146,15 @@ class MethodScores:
         self.means.setdefault(name, MeanMetric()).update(values.detach().float().cpu())
 
     def result(self) -> dict[str, float]:
-        out: dict[str, float] = {"images": self.images, "nan_maps": self.nan_maps,
+        out: dict[str, float] = {"images": self.images, "images_seen": self.images_seen, "nan_maps": self.nan_maps,
                                  "ms_per_image": 1000 * self.seconds / max(self.images, 1)}
         out.update({k: float(v) for k, v in self.stats.compute().items()})
         if self.localization.total > 0:
             loc = self.localization.compute()
             other = self.localization_other_rule.compute()
-            out.update(le=float(loc["le"]), om=float(loc["om"]), le_other_rule=float(other["le"]))
+            out.update(le=float(loc["le"]), le_other_rule=float(other["le"]))
+            if self.localization.om_total > 0:  # OM only on images of classes the classifier knows
+                out["om"] = float(loc["om"])
             out.update({k: float(v) for k, v in self.f1.compute().items()})
         if self.sweep_select.total > 0 and self.sweep_test.total > 0:
             best = self.sweep_select.best_threshold()
@@ -131,23 +172,29 @@ def reference_map(name: str, batch: int, height: int, width: int, device: torch.
 class Evaluator:
     """Builds the methods, runs them over the validation split, accumulates :class:`MethodScores`."""
 
-    def __init__(self, cfg: DictConfig, module: CASMModule, device: torch.device) -> None:
+    def __init__(self, cfg: DictConfig, module: CASMModule, device: torch.device, data_classes: list[str]) -> None:
         self.cfg, self.module, self.device = cfg, module.to(device), device
         self.classifier = module.classifier
-        num_classes = module.classifier.num_classes
-        self.judges: dict[str, nn.Module] = {"own": self.classifier}
+        self.data_classes = list(data_classes)
+
+        def match(model, classes, who):
+            return KnownClasses.match(model, classes, self.data_classes, who).to(device)
+
+        self.own = match(self.classifier, module.hparams.get("class_names"), "the checkpoint's classifier")
+        self.judges: dict[str, KnownClasses] = {"own": self.own}
         for path in cfg.classifiers:
-            name, judge = load_classifier(path, num_classes, set(self.judges))
-            self.judges[name] = judge.to(device)
-        self.baseline_models: dict[str, nn.Module] = {"": self.classifier}
+            name, judge, classes = load_classifier(path, set(self.judges))
+            self.judges[name] = match(judge, classes, path)
+        self.baseline_models: dict[str, KnownClasses] = {"": self.own}
         for path in cfg.baseline_classifiers:
-            name, model = load_classifier(path, num_classes, {n.lstrip("@") for n in self.baseline_models})
-            self.baseline_models[f"@{name}"] = model.to(device)
+            name, model, classes = load_classifier(path, {n.lstrip("@") for n in self.baseline_models})
+            self.baseline_models[f"@{name}"] = match(model, classes, path)
         unknown = [m for m in cfg.methods if m != "casm" and m not in BASELINES]
         if unknown:
             raise ValueError(f"methods: unknown {unknown}; choose from casm, {', '.join(BASELINES)} "
                              f"(and lficam_checkpoint=PATH for LFI-CAM)")
-        self.lficam = load_lficam(cfg.lficam_checkpoint).to(device) if cfg.lficam_checkpoint else None
+        self.lficam = match(*load_lficam(cfg.lficam_checkpoint), cfg.lficam_checkpoint) if cfg.lficam_checkpoint \
+            else None
         self.judge_accuracy = {name: MeanMetric() for name in self.judges}  # clean top-1, method-independent
         self.lficam_accuracy = MeanMetric()
         self.scores: dict[str, MethodScores] = {}
@@ -166,12 +213,12 @@ class Evaluator:
         cfg = self.cfg
         with ExitStack() as stack:
             baselines: dict[str, CAMMethod] = {}
-            for suffix, model in self.baseline_models.items():
+            for suffix, known in self.baseline_models.items():
                 for name in cfg.methods:
                     if name == "casm":
                         continue
                     kwargs = {"chunk_size": cfg.scorecam_chunk} if name == "scorecam" else {}
-                    method = BASELINES[name](model, cfg.target_layer, **kwargs)
+                    method = BASELINES[name](known.model, cfg.target_layer, **kwargs)
                     baselines[name + suffix] = stack.enter_context(method)
             seen = 0
             total = len(loader.dataset) if cfg.max_images is None else min(cfg.max_images, len(loader.dataset))
@@ -195,23 +242,37 @@ class Evaluator:
         preds = logits.argmax(1)
         with torch.no_grad():
             for judge_name, judge in self.judges.items():
-                judge_logits = logits if judge_name == "own" else judge(x)[0]
-                self.judge_accuracy[judge_name].update((judge_logits.argmax(1) == y).float().cpu() * 100)
+                labels = judge.labels(y)
+                known = labels >= 0  # clean top-1 over the images of classes the judge was trained on
+                if known.any():
+                    judge_logits = logits if judge_name == "own" else judge.model(x)[0]
+                    self.judge_accuracy[judge_name].update((judge_logits.argmax(1) == labels)[known].float().cpu() * 100)
         index = torch.arange(offset, offset + len(x), device=x.device)
         slow_ok = index < cfg.max_images_slow
         h, w = x.shape[-2:]
 
         producers: dict[str, MapFn] = {}
-        explained = {}  # method -> (the classifier it explains, its predictions); default: the masker's classifier
+        # method -> (the classifier it explains, its predictions); default: the masker's classifier
+        explained: dict[str, tuple[KnownClasses, Tensor]] = {}
         if "casm" in cfg.methods:
             producers["casm"] = lambda x_, f_, l_: self.module.masker(x_, f_)[:, 0]
         if self.lficam is not None:
-            producers["lficam"] = lambda x_, f_, l_: self.lficam.explain(x_)
+            producers["lficam"] = lambda x_, f_, l_: self.lficam.model.explain(x_)
             with torch.no_grad():
-                explained["lficam"] = (self.lficam, self.lficam(x)[0].argmax(1))
-            self.lficam_accuracy.update((explained["lficam"][1] == y).float().cpu() * 100)
+                explained["lficam"] = (self.lficam, self.lficam.model(x)[0].argmax(1))
+            lficam_labels = self.lficam.labels(y)
+            if (lficam_labels >= 0).any():
+                hits = explained["lficam"][1] == lficam_labels
+                self.lficam_accuracy.update(hits[lficam_labels >= 0].float().cpu() * 100)
+        baseline_preds = {"": preds}
+        with torch.no_grad():
+            for suffix, known in self.baseline_models.items():
+                if suffix:
+                    baseline_preds[suffix] = known.model(x)[0].argmax(1)
         for name, method in baselines.items():
             producers[name] = (lambda m: (lambda x_, f_, l_: m(x_)))(method)
+            suffix = name[name.index("@"):] if "@" in name else ""
+            explained[name] = (self.baseline_models[suffix], baseline_preds[suffix])
         for ref in REFERENCES:
             producers[ref] = (lambda kind: (lambda x_, f_, l_: reference_map(kind, len(x_), h, w, x_.device)))(ref)
 
@@ -229,38 +290,45 @@ class Evaluator:
                 torch.cuda.synchronize()
             s = self._scores(name)
             s.seconds += time.perf_counter() - start
+            target, method_preds = explained.get(name, (self.own, preds))
             s.images += int(rows.sum())
+            s.images_seen += int((rows & (target.labels(y) >= 0)).sum())
             finite = torch.isfinite(maps).flatten(1).all(dim=1)
             s.nan_maps += int((~finite).sum())
             sel = rows.nonzero()[:, 0][finite]  # batch rows with a usable map
             maps = maps[finite]
             if len(sel) == 0:
                 continue
-            model, method_preds = explained.get(name, (self.classifier, preds))
-            self._update(name, s, maps, sel, x, y, gt, valid, model, method_preds, index, slow_ok)
+            self._update(name, s, maps, sel, x, y, gt, valid, target, method_preds, index, slow_ok)
             if offset == 0 and name != "full_image":
                 n = cfg.figure_images
                 self.figure_maps[name] = maps[:n].cpu()
                 if self.figure_images is None:
                     self.figure_images, self.figure_boxes = x[:n].cpu(), (gt[:n].cpu(), valid[:n].cpu())
 
-    def _update(self, name, s, maps, sel, x, y, gt, valid, model, preds, index, slow_ok) -> None:
-        """Scores of one method's maps; ``model`` is the classifier they explain (its ``preds`` decide
-        which boxes count as correctly classified, it runs the faithfulness curves and is the "own" judge)."""
+    def _update(self, name: str, s: MethodScores, maps: Tensor, sel: Tensor, x: Tensor, y: Tensor, gt: Tensor,
+                valid: Tensor, target: KnownClasses, preds: Tensor, index: Tensor, slow_ok: Tensor) -> None:
+        """Scores of one method's maps for the batch rows ``sel``. ``target`` is the classifier they
+        explain: its ``preds`` decide which boxes count as correctly classified (OM), it runs the
+        faithfulness curves and is the "own" judge, all on images of classes it knows only; the
+        box-only metrics (LE, F1, sweep, pointing) take every image."""
         cfg = self.cfg
-        correct = preds == y
+        labels = target.labels(y)
+        seen = labels >= 0
+        correct = seen & (preds == labels)
         s.stats.update(maps)
         has_box = valid[sel].any(dim=1)
         if has_box.any():
             b_maps, b_sel = maps[has_box], sel[has_box]
             g, v = gt[b_sel], valid[b_sel]
+            known = dict(correct=correct[b_sel], seen=seen[b_sel])
             if name in REFERENCES:
                 boxes = reference_boxes(REFERENCES[name], len(b_sel), *x.shape[-2:], x.device)
-                s.localization.update(g, v, boxes=boxes, correct=correct[b_sel])
-                s.localization_other_rule.update(g, v, boxes=boxes, correct=correct[b_sel])
+                s.localization.update(g, v, boxes=boxes, **known)
+                s.localization_other_rule.update(g, v, boxes=boxes, **known)
             else:
-                s.localization.update(g, v, maps=b_maps, correct=correct[b_sel])
-                s.localization_other_rule.update(g, v, maps=b_maps, correct=correct[b_sel])
+                s.localization.update(g, v, maps=b_maps, **known)
+                s.localization_other_rule.update(g, v, maps=b_maps, **known)
                 even = index[b_sel] % 2 == 0  # threshold chosen on even images, applied to odd ones
                 if even.any():
                     s.sweep_select.update(b_maps[even], g[even], v[even])
@@ -270,16 +338,21 @@ class Evaluator:
             s.mean("pointing_game", pointing_game(b_maps, g, v, cfg.pointing_tolerance))
             s.mean("energy_pointing_game", energy_pointing_game(b_maps, g, v))
         binary = binarize(maps, cfg.binarization, cfg.alpha)
-        for judge_name, judge in {**self.judges, "own": model}.items():
-            for variant, hit in masked_classification(judge, x[sel], binary, y[sel]).items():
+        for judge_name, judge in {**self.judges, "own": target}.items():
+            judge_labels = judge.labels(y[sel])
+            rows = judge_labels >= 0  # a judge scores only images of classes it was trained on
+            if not rows.any():
+                continue
+            hits = masked_classification(judge.model, x[sel][rows], binary[rows], judge_labels[rows])
+            for variant, hit in hits.items():
                 s.mean(f"acc_{variant}" + ("" if judge_name == "own" else f"@{judge_name}"), hit * 100)
-        slow = slow_ok[sel]
+        slow = slow_ok[sel] & seen[sel]
         if slow.any():
             xs, ms, ts = x[sel][slow], maps[slow], preds[sel][slow]
             for mode in ("deletion", "insertion"):
-                _, auc = deletion_insertion(model, xs, ms, ts, mode, cfg.faithfulness_steps)
+                _, auc = deletion_insertion(target.model, xs, ms, ts, mode, cfg.faithfulness_steps)
                 s.mean(mode, auc)
-            drop, increase = average_drop_increase(model, xs, ms, ts)
+            drop, increase = average_drop_increase(target.model, xs, ms, ts)
             s.mean("average_drop", drop)
             s.mean("increase_in_confidence", increase)
 
@@ -298,18 +371,21 @@ def evaluate(cfg: DictConfig, progress: bool = True, trained: tuple[CASMModule, 
 
     module, train_config = trained or load_trained(cfg.checkpoint)
     torch.manual_seed(cfg.seed)
-    datamodule = LocalizationDataModule(cfg.data, cfg.seed)
+    datamodule = LocalizationDataModule(cfg.data, cfg.seed, splits=("val",))
     datamodule.setup()
-    if datamodule.num_classes != module.classifier.num_classes:
-        raise ValueError(f"the data has {datamodule.num_classes} classes, the checkpoint's classifier "
-                         f"{module.classifier.num_classes}; evaluate on the classes it was trained on")
-    evaluator = Evaluator(cfg, module, resolve_device(cfg.device))
+    evaluator = Evaluator(cfg, module, resolve_device(cfg.device), datamodule.classes)
     loader = datamodule.val_dataloader()
     results = evaluator.run(loader, progress)
     notes = ["clean top-1 of the classifiers judging masked images: " + ", ".join(
-        f"{name} {float(m.compute()):.1f} %" for name, m in evaluator.judge_accuracy.items())]
+        f"{name} {float(m.compute()):.1f} %" for name, m in evaluator.judge_accuracy.items() if m.update_count)]
+    unseen = len(evaluator.data_classes) - evaluator.own.known_count
+    if unseen:
+        notes.append(f"{unseen} of the {len(evaluator.data_classes)} evaluated classes were never seen by the "
+                     f"checkpoint's classifier: LE, F1, box accuracy and pointing games count every image; OM, "
+                     f"the 'own' judge and the faithfulness curves only images of the classes it knows "
+                     f"(images_seen); other judges only images of classes they know")
     if evaluator.lficam is not None:
-        accuracy = float(evaluator.lficam_accuracy.compute())
+        accuracy = float(evaluator.lficam_accuracy.compute()) if evaluator.lficam_accuracy.update_count else float("nan")
         notes.append(f"lficam explains LFI-CAM's own classifier (clean top-1 {accuracy:.1f} %): "
                      f"its correct-class boxes, faithfulness curves and 'own' judge use that classifier")
     if not any("le" in r for r in results.values()):

@@ -80,7 +80,9 @@ class LocalizationError(Metric):
     """LE = 1 - [max IoU > 0.5] and OM (also wrong when the top-1 class is wrong), averaged over images.
 
     ``update(maps=..., ...)`` binarizes the maps; ``update(boxes=..., ...)`` takes boxes directly
-    (the toy references). Sums are reduced across DDP ranks by torchmetrics.
+    (the toy references). ``seen`` marks the images whose class the classifier knows: OM is averaged
+    over those only (on a class it never saw a classifier cannot be right), LE over every image.
+    Sums are reduced across DDP ranks by torchmetrics.
     """
 
     full_state_update = False
@@ -92,22 +94,24 @@ class LocalizationError(Metric):
         self.add_state("le_errors", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("om_errors", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("om_total", torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, gt_boxes: Tensor, gt_valid: Tensor, maps: Tensor | None = None, boxes: Tensor | None = None,
-               correct: Tensor | None = None) -> None:
+               correct: Tensor | None = None, seen: Tensor | None = None) -> None:
         if boxes is None:
             if maps is None:
                 raise ValueError("give either maps or boxes")
             boxes = predicted_boxes(maps.squeeze(1) if maps.dim() == 4 else maps, self.rule, self.alpha)
         hit = localization_hits(boxes, gt_boxes, gt_valid, self.iou_threshold)
         right = hit if correct is None else hit & correct.bool()
+        seen = torch.ones_like(hit) if seen is None else seen.bool()
         self.le_errors += (~hit).sum()
-        self.om_errors += (~right).sum()
+        self.om_errors += (~right & seen).sum()
         self.total += hit.numel()
+        self.om_total += seen.sum()
 
     def compute(self) -> dict[str, Tensor]:
-        total = self.total.clamp(min=1)
-        return {"le": self.le_errors / total, "om": self.om_errors / total}
+        return {"le": self.le_errors / self.total.clamp(min=1), "om": self.om_errors / self.om_total.clamp(min=1)}
 
 
 def box_masks(gt_boxes: Tensor, gt_valid: Tensor, height: int, width: int) -> Tensor:
