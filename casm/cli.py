@@ -8,7 +8,7 @@ import sys
 
 from casm.config import CONFIG_DIR, ConfigError, load_config
 
-USER_ERRORS = (ConfigError, FileNotFoundError, ValueError)  # bad input: a one-line message, exit code 2
+USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError)  # bad input: a one-line message, exit code 2
 
 
 def reports_user_errors(main):
@@ -46,7 +46,7 @@ def train_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", help="experiment YAML (default: configs/default.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags and key=value overrides in any order
     config_file = args.config or _resume_config(args.overrides) or str(CONFIG_DIR / "default.yaml")
     cfg = load_config(config_file, args.overrides)
     from casm.training.run import train  # heavy imports only once the config is known to be valid
@@ -108,7 +108,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML over the evaluation schema")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags and key=value overrides in any order
     from casm.config import EvalConfig, evaluation_data
     from casm.evaluation import evaluate, load_trained
 
@@ -123,17 +123,80 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@reports_user_errors
+def split_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="casm split", description="Write a class split file for unseen-class experiments: the dataset's classes "
+        "cut into disjoint subsets A, B, ... (default: the CASM paper's 5/5/10/30/30/20 %).",
+        epilog="Train on some subsets with data.split_file=FILE data.split_subsets=[C,D,E,F]; "
+               "python -m casm experiment unseen runs the whole protocol.")
+    parser.add_argument("--config", help="training YAML whose data section names the dataset (default: "
+                        "configs/default.yaml)")
+    parser.add_argument("--out", required=True, help="the split file to write (JSON)")
+    parser.add_argument("--proportions", default="0.05,0.05,0.10,0.30,0.30,0.20",
+                        help="one share per subset, comma-separated (they are normalized to sum to 1)")
+    parser.add_argument("--seed", type=int, default=0, help="the shuffle's seed")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing split file")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.synthetic_classes=100")
+    args = parser.parse_intermixed_args(argv)  # flags and key=value overrides in any order
+    from pathlib import Path
+
+    from casm.data.datasets import dataset_classes
+    from casm.data.splits import make_split
+
+    cfg = load_config(args.config or str(CONFIG_DIR / "default.yaml"), args.overrides)
+    if Path(args.out).exists() and not args.force:
+        raise FileExistsError(f"{args.out} exists; runs trained on it would change meaning. Pass --force to replace it")
+    try:
+        proportions = [float(p) for p in args.proportions.split(",")]
+    except ValueError as err:
+        raise ValueError(f"--proportions {args.proportions!r}: expected numbers separated by commas") from err
+    split = make_split(dataset_classes(cfg.data), cfg.data.name, proportions, args.seed)
+    split.save(args.out)
+    for name, classes in split.subsets.items():
+        print(f"{name}: {len(classes):>4} classes ({split.proportions[name]:.0%})  {', '.join(classes[:3])}"
+              + (", ..." if len(classes) > 3 else ""))
+    print(f"split written to {args.out} (dataset fingerprint {split.dataset['fingerprint'][:12]})")
+    return 0
+
+
+@reports_user_errors
+def experiment_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="casm experiment", description="Run a whole experiment protocol: 'unseen' = the CASM paper's unseen-class "
+        "study (split, one training run per training set, every model evaluated on every subset, a report).",
+        epilog="Protocol settings are the unseen.* keys of the config (see configs/unseen.yaml). Killed and started "
+               "again with the same command, it skips finished runs and resumes the unfinished one.")
+    parser.add_argument("protocol", choices=["unseen"])
+    parser.add_argument("--config", help="training YAML with an unseen section (default: configs/unseen.yaml)")
+    parser.add_argument("--dry-run", action="store_true", help="print the split and the runs it would make, and stop")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the training config")
+    args = parser.parse_intermixed_args(argv)  # flags and key=value overrides in any order
+    from casm.experiments.unseen import UnseenExperiment
+
+    cfg = load_config(args.config or str(CONFIG_DIR / "unseen.yaml"), args.overrides)
+    experiment = UnseenExperiment(cfg)
+    if args.dry_run:
+        split = experiment.split(write=False)
+        print(experiment.describe(split, experiment.plan(split)))
+        return 0
+    experiment.run(progress=not args.no_progress)
+    return 0
+
+
 def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
-COMMANDS = {"train": train_main, "evaluate": evaluate_main, "export": export_main, "explain": explain_main}
+COMMANDS = {"train": train_main, "evaluate": evaluate_main, "export": export_main, "explain": explain_main,
+            "split": split_main, "experiment": experiment_main}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m casm {train,evaluate,export,explain} ...``"""
+    """``python -m casm {train,evaluate,export,explain,split,experiment} ...``"""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: python -m casm {{{','.join(COMMANDS)}}} ...  (each with --help)", file=sys.stderr)

@@ -150,6 +150,9 @@ class LocalizationDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if len(self.train_set) < self.cfg.batch_size:  # drop_last would leave no batch: nothing would train
+            raise ValueError(f"the training split has {len(self.train_set)} images, fewer than data.batch_size="
+                             f"{self.cfg.batch_size}: lower data.batch_size or keep more classes / images")
         return self._loader(self.train_set, EpochShuffleSampler(len(self.train_set), self.seed))
 
     def val_dataloader(self) -> DataLoader:

@@ -108,8 +108,9 @@ def write_reports(out: Path, results: dict, evaluator, eval_config: dict, train_
     from torch.utils.tensorboard import SummaryWriter
 
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"results": results, "notes": notes, "eval_config": eval_config, "training_config": train_config,
-               "versions": versions()}
+    clean_top1 = {name: float(m.compute()) for name, m in evaluator.judge_accuracy.items() if m.update_count}
+    payload = {"results": results, "clean_top1": clean_top1, "notes": notes, "eval_config": eval_config,
+               "training_config": train_config, "versions": versions()}
     (out / "metrics.json").write_text(json.dumps(payload, indent=2))
     table = markdown_table(results)
     (out / "metrics.md").write_text(table + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else ""))

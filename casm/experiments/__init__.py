@@ -1,0 +1,1 @@
+"""Whole experiment protocols built from ordinary runs: the unseen-class study (``unseen``)."""

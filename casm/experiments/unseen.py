@@ -1,0 +1,217 @@
+"""The unseen-class protocol end to end (CASM paper 6.4, SPEC 6): one split file, one training run
+per training set (plus a data-scarcity row and a judge trained on every class), every model evaluated
+on every subset, one report.
+
+Each training is an ordinary ``python -m casm train`` process with its own folder and its own
+resolved config, so DDP, logging, checkpoints and resume behave exactly as for any run; the runner
+only decides what to run. Killed and restarted it skips finished runs (``finished.json`` in the run
+folder), resumes an unfinished one from its ``last.ckpt``, re-runs only the evaluations whose
+report is missing or was made with other settings, and refuses to mix runs made with another config.
+
+Layout under ``OUT/NAME`` (``logging.out_dir`` / ``logging.name``)::
+
+    split.json                  the class split (unless unseen.split_file names one)
+    configs/<run>.yaml          each run's resolved training config
+    models/<run>/               each run (checkpoints, TensorBoard, finished.json),
+    models/<run>/eval/<subset>/ and its evaluation on each subset (metrics.json, metrics.md, ...)
+    report/                     unseen.md, unseen.png, metrics.json, tensorboard/
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from casm.config import CLASS_SELECTION_KEYS, ConfigError, EvalConfig, UnseenConfig, load_config, to_yaml
+from casm.data.datasets import dataset_classes
+from casm.data.splits import ClassSplit, make_split
+
+Launcher = Callable[[list[str]], int]  # argv after "python -m casm" -> exit code
+
+
+def launch_subprocess(argv: list[str]) -> int:
+    """Run ``python -m casm ARGV`` as its own process (what a user would type)."""
+    return subprocess.run([sys.executable, "-m", "casm", *argv]).returncode
+
+
+@dataclass
+class PlannedRun:
+    label: str  # the training set as the report names it: "C-F", "B-F, 10 / class", "judge"
+    folder: str  # its folder under models/
+    subsets: list[str] | None  # the subsets it trains on; None: every class (the judge)
+    config: DictConfig  # its resolved training config
+    run_dir: Path
+    config_file: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.ckpt"
+
+    @property
+    def finished(self) -> bool:
+        return (self.run_dir / "finished.json").is_file()
+
+    @property
+    def status(self) -> str:
+        if self.finished:
+            return "finished"
+        return "resume" if self.checkpoint.exists() else "new"
+
+    def train_argv(self) -> list[str]:
+        argv = ["train", "--config", str(self.config_file)]
+        return argv + ([f"resume={self.checkpoint}"] if self.status == "resume" else [])
+
+
+class UnseenExperiment:
+    """Plans and runs the protocol for a training config that carries an ``unseen`` section."""
+
+    def __init__(self, cfg: DictConfig, launch: Launcher = launch_subprocess) -> None:
+        for key in CLASS_SELECTION_KEYS:
+            if cfg.data[key] is not None:
+                raise ConfigError(f"data.{key} is set, but the unseen-class experiment chooses the classes from "
+                                  f"its split: drop it (unseen.split_file names an existing split)")
+        if cfg.resume:
+            raise ConfigError("resume= is not for experiments: run the same command again and it resumes")
+        self.cfg, self.launch = cfg, launch
+        self.root = Path(cfg.logging.out_dir).resolve() / cfg.logging.name
+        u = cfg.unseen
+        self.split_path = Path(u.split_file).resolve() if u.split_file else self.root / "split.json"
+        self.all_classes = dataset_classes(cfg.data)
+
+    # ------------------------------------------------------------------ plan
+    def split(self, write: bool = True) -> ClassSplit:
+        """The experiment's split: read and checked against the data, or made (and saved if ``write``)."""
+        if self.split_path.is_file():
+            split = ClassSplit.load(self.split_path)
+            split.check_matches(self.all_classes, self.cfg.data.name)
+            return split
+        if self.cfg.unseen.split_file:
+            raise FileNotFoundError(f"unseen.split_file not found: {self.split_path}")
+        split = make_split(self.all_classes, self.cfg.data.name, self.cfg.unseen.proportions, self.cfg.unseen.split_seed)
+        if write:
+            split.save(self.split_path)
+        split.path = self.split_path
+        return split
+
+    def plan(self, split: ClassSplit) -> list[PlannedRun]:
+        u = self.cfg.unseen
+        runs = [self._planned(spec, spec, split.resolve(spec), {}) for spec in u.training_sets]
+        if u.scarcity_samples_per_class:
+            if not u.scarcity_set:
+                raise ConfigError("unseen.scarcity_samples_per_class needs unseen.scarcity_set (e.g. B-F)")
+            n = u.scarcity_samples_per_class
+            runs.append(self._planned(f"{u.scarcity_set}, {n} / class", f"{u.scarcity_set}_{n}-per-class",
+                                      split.resolve(u.scarcity_set), {"data": {"samples_per_class": n}}))
+        if u.judge:
+            epochs = self.cfg.trainer.max_epochs  # every epoch a warm-up epoch: a plain classifier
+            runs.append(self._planned("judge", "judge", None, {"seed": self.cfg.seed + u.judge_seed_offset,
+                                                               "casm": {"warmup_epochs": epochs}}))
+        for run in runs:
+            if run.subsets is not None and len(split.classes_of(run.subsets, self.all_classes)) < 2:
+                raise ConfigError(f"training set {run.label} holds one class of {split.path}: a classifier needs "
+                                  f"two; give unseen.proportions that leave it more")
+        folders = [r.folder for r in runs]
+        if len(set(folders)) != len(folders):
+            raise ConfigError(f"unseen.training_sets names a run twice: {folders}")
+        return runs
+
+    def _planned(self, label: str, folder: str, subsets: list[str] | None, changes: dict) -> PlannedRun:
+        cfg = OmegaConf.merge(self.cfg, changes)
+        OmegaConf.set_struct(cfg, False)
+        cfg.unseen = OmegaConf.structured(UnseenConfig)  # the runs do not depend on the protocol's settings
+        if subsets is not None:
+            cfg.data.split_file, cfg.data.split_subsets = str(self.split_path), list(subsets)
+        cfg.logging.out_dir, cfg.logging.name, cfg.logging.version = str(self.root), "models", folder
+        OmegaConf.set_struct(cfg, True)
+        return PlannedRun(label, folder, subsets, cfg, self.root / "models" / folder,
+                          self.root / "configs" / f"{folder}.yaml")
+
+    def _write_config(self, run: PlannedRun) -> None:
+        """Write the run's config, refusing to continue a run that was started with another one."""
+        text = to_yaml(run.config)
+        if run.config_file.is_file() and run.config_file.read_text() != text:
+            raise ConfigError(f"{run.run_dir} was started with another config ({run.config_file}); give the "
+                              f"experiment a new logging.name, or delete that run's folder and config to redo it")
+        run.config_file.parent.mkdir(parents=True, exist_ok=True)
+        run.config_file.write_text(text)
+
+    def describe(self, split: ClassSplit, runs: list[PlannedRun]) -> str:
+        """What ``--dry-run`` prints: the split, then each run with its status and command."""
+        state = "exists" if self.split_path.is_file() else "would be written"
+        lines = [f"split {self.split_path} ({state}): " + ", ".join(
+            f"{name} {len(classes)}" for name, classes in split.subsets.items()) + f" of {len(self.all_classes)} classes"]
+        for run in runs:
+            trained_on = "every class" if run.subsets is None else "+".join(run.subsets)
+            lines.append(f"  {run.label:<18} {run.status:<8} trains on {trained_on}; "
+                         f"python -m casm {' '.join(run.train_argv())}")
+            if run.subsets is not None:
+                lines.append(f"  {'':<18} {'':<8} then evaluated on each of {', '.join(split.names)} -> "
+                             f"{run.run_dir / 'eval'}")
+        lines.append(f"report -> {self.root / 'report'}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ run
+    def run(self, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+        split = self.split(write=True)
+        runs = self.plan(split)
+        log(self.describe(split, runs))
+        for run in runs:
+            self._write_config(run)
+        for run in runs:
+            self._train(run, log)
+        judge = next((r for r in runs if r.subsets is None), None)
+        for run in runs:
+            if run.subsets is not None:
+                self._evaluate(run, split, judge, progress, log)
+        from casm.experiments.unseen_report import write_unseen_report
+
+        out = write_unseen_report(self.root / "report", split, [r for r in runs if r.subsets is not None],
+                                  self.cfg.data, judge.folder if judge else None)
+        log(f"report written to {out}")
+        return out
+
+    def _train(self, run: PlannedRun, log: Callable[[str], None]) -> None:
+        if run.finished:
+            log(f"[{run.label}] finished earlier: skipped")
+            return
+        argv = run.train_argv()
+        log(f"[{run.label}] {'resuming' if run.status == 'resume' else 'training'}: python -m casm {' '.join(argv)}")
+        start = time.time()
+        code = self.launch(argv)
+        if code != 0:
+            raise RuntimeError(f"training {run.label} failed (exit code {code}); finished runs are kept: fix the "
+                               f"cause and run the same command again to resume")
+        (run.run_dir / "finished.json").write_text(json.dumps({"seconds": round(time.time() - start, 1),
+                                                              "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}))
+
+    def eval_config(self, run: PlannedRun, subset: str, judge: PlannedRun | None) -> DictConfig:
+        data = OmegaConf.to_container(run.config.data, resolve=True)
+        data.update({k: None for k in CLASS_SELECTION_KEYS}, samples_per_class=None,
+                    split_file=str(self.split_path), split_subsets=[subset])
+        overrides = list(self.cfg.unseen.eval_overrides) + [
+            f"checkpoint={run.checkpoint}", f"out_dir={run.run_dir / 'eval' / subset}"]
+        if judge is not None:
+            overrides.append(f"classifiers=[{judge.checkpoint}]")
+        return load_config(None, overrides, schema_class=EvalConfig, base={"data": data})
+
+    def _evaluate(self, run: PlannedRun, split: ClassSplit, judge: PlannedRun | None, progress: bool,
+                  log: Callable[[str], None]) -> None:
+        from casm.evaluation import evaluate, load_trained
+
+        trained = None
+        for subset in split.names:
+            cfg = self.eval_config(run, subset, judge)
+            report = Path(cfg.out_dir) / "metrics.json"
+            wanted = OmegaConf.to_container(cfg, resolve=True)
+            if report.is_file() and json.loads(report.read_text()).get("eval_config") == wanted:
+                continue
+            trained = trained or load_trained(run.checkpoint)
+            log(f"[{run.label}] evaluating on subset {subset} ({'seen' if subset in run.subsets else 'unseen'})")
+            evaluate(cfg, progress=progress, trained=trained)

@@ -1,0 +1,175 @@
+"""The unseen-class report: the CASM paper's Table 3 (rows: training sets; columns: each subset's
+score, then seen, unseen and the gap) for every metric that means something on unseen classes, the
+centred-box reference as a row, a plot of seen and unseen LE against the fraction of classes seen,
+``metrics.json`` and TensorBoard scalars.
+
+"Seen" and "unseen" pool the images of the seen (unseen) subsets, so a subset weighs by its number
+of validation images, as if the subsets' images had been scored together.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from casm.data.splits import ClassSplit
+
+# (key in an evaluation's results, title, lower is better, what each image counts in)
+METRICS = [
+    ("le", "LE", True, "images"),
+    ("om", "OM (seen classes only: the classifier cannot be right on a class it never saw)", True, "images_seen"),
+    ("f1", "F1 (continuous)", False, "images"),
+    ("sweep_box_accuracy", "box accuracy at the best threshold", False, "images"),
+    ("energy_pointing_game", "energy pointing game", False, "images"),
+    ("acc_masked_out@{judge}", "masked-out top-1 % of the judge (a classifier trained on every class)", True,
+     "images"),
+]
+
+
+def _read(run_dir: Path, subset: str) -> dict:
+    path = run_dir / "eval" / subset / "metrics.json"
+    payload = json.loads(path.read_text())
+    return {"casm": payload["results"]["casm"], "centre_box": payload["results"].get("centre_box", {}),
+            "clean_top1": payload.get("clean_top1", {}).get("own")}
+
+
+def pooled(cells: dict[str, dict], key: str, weight: str, seen: bool) -> float | None:
+    """Image-weighted mean of ``key`` over the subsets that are (not) ``seen``; None if none has it."""
+    pairs = [(c[key], c[weight]) for c in cells.values() if c["seen"] == seen and key in c and c.get(weight)]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else None
+
+
+def collect(split: ClassSplit, runs: list, judge: str | None) -> dict:
+    """Every run's casm scores per subset, seen and unseen pooled, and the centred-box reference."""
+    total_classes = sum(len(c) for c in split.subsets.values())
+    out: dict = {"subsets": {n: len(c) for n, c in split.subsets.items()}, "runs": {}, "reference": {}}
+    keys = [(k.format(judge=judge), w) for k, _, _, w in METRICS if judge or "{judge}" not in k]
+    for run in runs:
+        cells = {}
+        for subset in split.names:
+            scores = _read(run.run_dir, subset)
+            seen = subset in run.subsets
+            cells[subset] = dict(scores["casm"], seen=seen, clean_top1=scores["clean_top1"] if seen else None)
+            if subset not in out["reference"]:
+                out["reference"][subset] = dict(scores["centre_box"], seen=False)
+        seen_classes = sum(len(split.subsets[s]) for s in run.subsets)
+        entry = {"trained_on": run.subsets, "fraction_seen": seen_classes / total_classes,
+                 "samples_per_class": run.config.data.samples_per_class, "subsets": cells}
+        for key, weight in keys:
+            entry[key] = {"seen": pooled(cells, key, weight, True), "unseen": pooled(cells, key, weight, False)}
+            if entry[key]["seen"] is not None and entry[key]["unseen"] is not None:
+                entry[key]["gap"] = entry[key]["unseen"] - entry[key]["seen"]
+        out["runs"][run.label] = entry
+    ref = out["reference"]
+    out["reference_le"] = pooled(ref, "le", "images", False)
+    return out
+
+
+def _fmt(value: float | None, key: str) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.1f}" if key.startswith("acc_") else f"{value:.3f}"
+
+
+def table(data: dict, key: str, names: list[str]) -> str:
+    """One metric as the paper's Table 3: unseen subsets' cells in italics."""
+    head = ["training set", "classes seen", *names, "seen", "unseen", "gap (unseen − seen)"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for label, run in data["runs"].items():
+        cells = []
+        for n in names:
+            cell = run["subsets"][n]
+            text = _fmt(cell.get(key), key)
+            cells.append(text if cell["seen"] or text == "—" else f"*{text}*")
+        summary = run.get(key, {})
+        gap = summary.get("gap")
+        lines.append(f"| {label} | {100 * run['fraction_seen']:.0f} % | " + " | ".join(cells) +
+                     f" | {_fmt(summary.get('seen'), key)} | {_fmt(summary.get('unseen'), key)} | "
+                     f"{'—' if gap is None else f'{gap:+.3f}' if not key.startswith('acc_') else f'{gap:+.1f}'} |")
+    if key == "le":
+        ref = data["reference"]
+        lines.append("| centred box (reference) | — | " + " | ".join(_fmt(ref[n].get("le"), key) for n in names) +
+                     f" | {_fmt(data['reference_le'], key)} | {_fmt(data['reference_le'], key)} | — |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict, path: Path) -> None:
+    """Seen and unseen LE against the fraction of classes seen (the centred box as a dashed line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    full = [(r["fraction_seen"], r["le"]) for r in data["runs"].values() if not r["samples_per_class"]]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    full.sort(key=lambda p: p[0])
+    xs = [100 * f for f, _ in full]
+    for which, style in (("seen", "o-"), ("unseen", "s--")):
+        ax.plot(xs, [le[which] for _, le in full], style, label=f"{which} classes")
+    for label, r in data["runs"].items():
+        if r["samples_per_class"]:
+            for which, marker in (("seen", "^"), ("unseen", "v")):
+                ax.plot(100 * r["fraction_seen"], r["le"][which], marker, color="grey",
+                        label=f"{which}, {r['samples_per_class']} images / class")
+    if data["reference_le"] is not None:
+        ax.axhline(data["reference_le"], color="black", linestyle=":", linewidth=1, label="centred box")
+    ax.set_xlabel("classes seen in training (%)")
+    ax.set_ylabel("localization error (lower is better)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_unseen_report(out: Path, split: ClassSplit, runs: list, data_cfg: DictConfig, judge: str | None) -> Path:
+    """Write unseen.md, unseen.png, metrics.json and tensorboard/ to ``out``; returns ``out``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = collect(split, runs, judge)
+    names = split.names
+    parts = ["# Unseen-class experiment\n",
+             f"Split {split.path}: " + ", ".join(f"{n} {len(c)}" for n, c in split.subsets.items()) +
+             " classes. Cells of subsets a model never saw are in *italics*; seen and unseen pool the images "
+             "of those subsets.\n"]
+    accuracy = {label: r["subsets"] for label, r in data["runs"].items()}
+    parts.append("Classifier top-1 on the validation images of its own classes: " + ", ".join(
+        f"{label} {sum(c['clean_top1'] * c['images'] for c in cells.values() if c['clean_top1'] is not None) / max(1, sum(c['images'] for c in cells.values() if c['clean_top1'] is not None)):.1f} %"  # noqa: E501
+        for label, cells in accuracy.items()) + ".\n")
+    for key, title, lower, _ in METRICS:
+        if "{judge}" in key and not judge:
+            continue
+        key = key.format(judge=judge)
+        parts.append(f"## {title} ({'lower' if lower else 'higher'} is better)\n\n{table(data, key, names)}")
+    if data_cfg.name == "synthetic":
+        from casm.data.synthetic import missing_cues
+
+        lines = []
+        for run in runs:
+            seen_classes = split.classes_of(run.subsets, [c for s in names for c in split.subsets[s]])
+            missing = {k: v for k, v in missing_cues(seen_classes, data_cfg.synthetic_classes).items() if v}
+            lines.append(f"- {run.label}: " + ("every shape, texture and part was seen in training" if not missing
+                                               else "never saw " + "; ".join(f"{k} {', '.join(v)}"
+                                                                             for k, v in missing.items())))
+        parts.append("## What the unseen classes share with the seen ones\n\n" + "\n".join(lines) + "\n")
+    (out / "unseen.md").write_text("\n".join(parts))
+    (out / "metrics.json").write_text(json.dumps(data, indent=1))
+    plot(data, out / "unseen.png")
+    writer = SummaryWriter(str(out / "tensorboard"))
+    for label, run in data["runs"].items():
+        step = round(100 * run["fraction_seen"])
+        for key, _, _, _ in METRICS:
+            key = key.format(judge=judge)
+            for which in ("seen", "unseen"):
+                value = run.get(key, {}).get(which)
+                if value is not None:
+                    tag = f"unseen/{key}/{which}" + (f"_{run['samples_per_class']}_per_class"
+                                                     if run["samples_per_class"] else "")
+                    writer.add_scalar(tag, value, step)
+    writer.close()
+    return out

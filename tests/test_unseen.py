@@ -1,0 +1,269 @@
+"""Unseen-class experiments: split files, class selection, evaluation on classes a classifier never
+saw, and the protocol runner (resume without retraining)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from casm.cli import evaluate_main, split_main
+from casm.config import CONFIG_DIR, ConfigError, DataConfig, evaluation_data, load_config
+from casm.data import synthetic
+from casm.data.datamodule import LocalizationDataModule
+from casm.data.datasets import SyntheticShapes, dataset_classes, keep_per_class
+from casm.data.splits import ClassSplit, fingerprint, make_split
+from casm.evaluation.harness import KnownClasses
+from tests.conftest import TINY
+
+CLASSES_100 = list(synthetic.class_names(100))
+
+
+def _data(**kw):
+    return OmegaConf.merge(OmegaConf.structured(DataConfig), kw)
+
+
+# ---------------------------------------------------------------- the generator's many-class variants
+def test_hundred_classes_any_two_cues_identify_a_class():
+    cues = synthetic.class_cues(100)
+    assert len(set(cues)) == 100 and synthetic.class_cues(10) == tuple((i, i, i) for i in range(10))
+    for pair in ((0, 1), (0, 2), (1, 2)):
+        assert len({(c[pair[0]], c[pair[1]]) for c in cues}) == 100  # a Latin square: every pair is unique
+    for family in range(3):
+        assert set(Counter(c[family] for c in cues).values()) == {10}  # each cue value shared by ten classes
+    assert len(set(synthetic.class_cues(1000))) == 1000
+
+
+def test_ten_class_rendering_is_unchanged_by_the_variants():
+    a = synthetic.render_sample(3, synthetic.sample_rng(0, "train", 5), 64)
+    b = synthetic.render_sample(3, synthetic.sample_rng(0, "train", 5), 64, num_classes=10)
+    assert (a.image == b.image).all()
+    c = synthetic.render_sample(3, synthetic.sample_rng(0, "train", 5), 64, num_classes=100)  # (0, 3, 3)
+    assert not (a.image == c.image).all() and c.mask.any()
+
+
+def test_missing_cues():
+    names = [n for n in CLASSES_100 if n.startswith("circle+")]  # shape 0 with every texture and part
+    missing = synthetic.missing_cues(names, 100)
+    assert missing["shape"] == list(synthetic.SHAPES[1:]) and missing["texture"] == [] and missing["part"] == []
+
+
+# ---------------------------------------------------------------- split files
+def test_split_is_disjoint_complete_and_deterministic(tmp_path):
+    split = make_split(CLASSES_100, "synthetic", seed=3)
+    sizes = [len(c) for c in split.subsets.values()]
+    assert split.names == list("ABCDEF") and sizes == [5, 5, 10, 30, 30, 20]
+    members = [c for classes in split.subsets.values() for c in classes]
+    assert sorted(members) == sorted(CLASSES_100) and len(set(members)) == 100
+    assert make_split(CLASSES_100, "synthetic", seed=3).subsets == split.subsets
+    assert make_split(CLASSES_100, "synthetic", seed=4).subsets != split.subsets
+    loaded = ClassSplit.load(split.save(tmp_path / "s.json"))
+    assert loaded.subsets == split.subsets and loaded.dataset["fingerprint"] == fingerprint(CLASSES_100)
+    assert loaded.resolve("C-F") == ["C", "D", "E", "F"] and loaded.resolve("B+D") == ["B", "D"]
+    with pytest.raises(ValueError, match="no subset 'G'"):
+        loaded.resolve("B-G")
+
+
+@pytest.mark.parametrize("proportions,sizes", [((1, 1, 1), [4, 3, 3]), ((0.5, 0.5), [5, 5]), ((0.9, 0.1), [9, 1])])
+def test_split_counts_add_up(proportions, sizes):
+    split = make_split(list(synthetic.CLASS_NAMES), "synthetic", proportions)
+    assert [len(c) for c in split.subsets.values()] == sizes
+
+
+def test_split_with_an_empty_subset_is_refused():
+    with pytest.raises(ValueError, match=r"subset\(s\) B would be empty"):
+        make_split(list(synthetic.CLASS_NAMES), "synthetic")  # 5 % of 10 classes
+
+
+def test_split_for_another_dataset_is_refused(tmp_path):
+    path = make_split(CLASSES_100, "synthetic").save(tmp_path / "s.json")
+    dm = LocalizationDataModule(_data(split_file=str(path), split_subsets=["A"], num_train=8, num_val=8))
+    with pytest.raises(ValueError, match=r"made for a synthetic dataset with 100 classes.*has 10"):
+        dm.setup()
+    reordered = ClassSplit.load(path)
+    with pytest.raises(ValueError, match="another order"):
+        reordered.check_matches(list(reversed(CLASSES_100)), "synthetic")
+    raw = json.loads(path.read_text())
+    raw["subsets"]["B"].append(raw["subsets"]["A"][0])
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="disjoint"):
+        ClassSplit.load(tmp_path / "bad.json")
+
+
+def test_split_command(tmp_path, capsys):
+    out = tmp_path / "split.json"
+    assert split_main(["--out", str(out), "data.synthetic_classes=100"]) == 0
+    assert "A:    5 classes" in capsys.readouterr().out
+    assert ClassSplit.load(out).dataset["num_classes"] == 100
+    assert split_main(["--out", str(out), "data.synthetic_classes=100"]) == 2  # never silently replaced
+    assert "--force" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- class selection and labels
+def test_training_set_labels_reindex_and_keep_the_same_images(tmp_path):
+    split = make_split(CLASSES_100, "synthetic", seed=1)
+    path = split.save(tmp_path / "s.json")
+    dm = LocalizationDataModule(_data(synthetic_classes=100, split_file=str(path), split_subsets=["C", "D"],
+                                      num_train=300, num_val=40, image_size=32))
+    dm.setup()
+    expected = [c for c in CLASSES_100 if c in split.subsets["C"] + split.subsets["D"]]
+    assert dm.classes == expected and len(expected) == 40
+    full = SyntheticShapes("train", 300, 32, num_classes=100)
+    full_by_image = {s.image.tobytes(): full.classes[label] for s, label in full.samples}
+    for sample, label in dm.train_set.samples:  # every kept image is the full set's image of the same class
+        assert full_by_image[sample.image.tobytes()] == dm.classes[label]
+    assert {label for _, label in dm.train_set.samples} <= set(range(40))
+
+
+def test_samples_per_class():
+    ds = SyntheticShapes("train", 400, 32, samples_per_class=3)
+    assert max(Counter(label for _, label in ds.samples).values()) == 3 and len(ds.samples) == 30
+    records = [(f"img{i}", i % 4, []) for i in range(40)]
+    kept = keep_per_class(records, 2, seed=0)
+    assert Counter(r[1] for r in kept) == {0: 2, 1: 2, 2: 2, 3: 2} and kept == sorted(kept, key=records.index)
+    with pytest.raises(ConfigError, match="samples_per_class"):
+        load_config(None, ["data.samples_per_class=0"])
+
+
+def test_split_keys_are_validated():
+    with pytest.raises(ConfigError, match="go together"):
+        load_config(None, ["data.split_file=x.json"])
+    with pytest.raises(ConfigError, match="drop data.include_classes"):
+        load_config(None, ["data.split_file=x.json", "data.split_subsets=[A]", "data.include_classes=[0]"])
+    with pytest.raises(ConfigError, match="synthetic_classes=7"):
+        load_config(None, ["data.synthetic_classes=7"])
+
+
+def test_class_selection_at_evaluation_replaces_the_training_runs():
+    saved = {"exclude_classes": ["0", "1"], "include_classes": None, "split_file": None, "split_subsets": None,
+             "samples_per_class": 10, "name": "synthetic"}
+    data = evaluation_data(saved, ["data.include_classes=[0,1]"])
+    assert data["exclude_classes"] is None and data["samples_per_class"] is None
+    assert evaluation_data(saved, ["max_images=4"])["exclude_classes"] == ["0", "1"]
+
+
+def test_known_classes_map_by_name():
+    known = KnownClasses.match(torch.nn.Identity(), ["c", "a"], ["a", "b", "c"], "m")
+    assert known.label_map.tolist() == [1, -1, 0] and known.known_count == 2
+    assert known.labels(torch.tensor([2, 1, 0])).tolist() == [0, -1, 1]
+
+
+# ---------------------------------------------------------------- evaluation on unseen classes
+@pytest.fixture(scope="module")
+def model_without_0_and_1(tmp_path_factory):
+    from casm.training.run import train
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_config(None, TINY + [f"logging.out_dir={out}", "trainer.max_epochs=1", "data.exclude_classes=[0,1]"])
+    return train(cfg) / "checkpoints" / "last.ckpt"
+
+
+def _hand_scores(checkpoint, data_overrides):
+    """The classifier's clean and masked-in top-1, computed here with labels mapped by class name."""
+    from casm.evaluation import load_trained
+    from casm.metrics.localization import binarize
+
+    module, saved = load_trained(checkpoint)
+    data = OmegaConf.merge(OmegaConf.structured(DataConfig), evaluation_data(saved["data"], data_overrides),
+                           OmegaConf.from_dotlist(data_overrides).get("data", {}))
+    dm = LocalizationDataModule(data, splits=("val",))
+    dm.setup()
+    x = torch.stack([dm.val_set[i]["image"] for i in range(16)])
+    y = torch.tensor([dm.val_set[i]["label"] for i in range(16)])
+    names = module.hparams["class_names"]
+    mapped = torch.tensor([names.index(dm.classes[int(v)]) if dm.classes[int(v)] in names else -1 for v in y])
+    seen = mapped >= 0
+    with torch.no_grad():
+        logits, feats = module.classifier(x)
+        keep = binarize(module.masker(x, feats)[:, 0])[:, None].float()
+        masked_in = module.classifier(x * keep)[0].argmax(1)
+    return seen, (masked_in == mapped)[seen].float().mean().item() * 100 if seen.any() else None
+
+
+@pytest.mark.parametrize("selection", [["data.exclude_classes=[8,9]"], ["data.include_classes=[0,1]", "data.num_val=96"],
+                                       ["data.include_classes=[0,1,2,3]", "data.num_val=64"]])
+def test_evaluation_on_other_classes_maps_labels_by_name(model_without_0_and_1, tmp_path, selection):
+    """Trained without classes 0 and 1: evaluated on 0..7 (same count, other classes), on 0 and 1 only
+    (all unseen), and on 0..3 (mixed); OM and masked-image accuracy only where the label is known."""
+    out = tmp_path / "eval"
+    args = ["--checkpoint", str(model_without_0_and_1), "methods=[casm,gradcam]", f"out_dir={out}", "max_images=16",
+            "max_images_slow=4", "faithfulness_steps=4", "--no-progress", *selection]
+    assert evaluate_main(args) == 0
+    payload = json.loads((out / "metrics.json").read_text())
+    row = payload["results"]["casm"]
+    seen, masked_in = _hand_scores(model_without_0_and_1, selection)
+    assert row["images"] == 16 and row["images_seen"] == int(seen.sum())
+    assert 0 <= row["le"] <= 1 and 0 <= row["f1"] <= 1  # box-only metrics for every image
+    if seen.any():
+        assert row["acc_masked_in"] == pytest.approx(masked_in, abs=1e-4) and "om" in row
+    else:
+        assert "om" not in row and "acc_masked_in" not in row and "deletion" not in row
+        assert "om" not in payload["results"]["gradcam"]
+        assert any("never seen" in n for n in payload["notes"])
+
+
+# ---------------------------------------------------------------- the protocol runner
+EXPERIMENT = ["data.synthetic_classes=10", "unseen.proportions=[0.1,0.1,0.2,0.2,0.2,0.2]", "unseen.training_sets=[C-F,F]", "unseen.judge=false",
+              "unseen.scarcity_samples_per_class=null",
+              "unseen.eval_overrides=['methods=[casm]','max_images_slow=4','faithfulness_steps=4']", "data.num_train=160", "data.num_val=60",
+              "logging.name=unseen"]
+
+
+def test_experiment_killed_after_its_first_run_resumes_without_retraining(tmp_path, capsys):
+    from casm.cli import experiment_main, main
+    from casm.experiments.unseen import UnseenExperiment
+
+    cfg = load_config(CONFIG_DIR / "unseen.yaml", TINY + EXPERIMENT + [f"logging.out_dir={tmp_path}"])
+    calls = []
+
+    def killed_during_f(argv):  # trains C-F; F dies after its first epoch, as if killed
+        calls.append(argv)
+        if argv[2].endswith("F.yaml") and not argv[2].endswith("C-F.yaml"):
+            main(argv + ["trainer.max_epochs=1"])
+            return 137
+        return main(argv)
+
+    with pytest.raises(RuntimeError, match="training F failed"):
+        UnseenExperiment(cfg, launch=killed_during_f).run(progress=False, log=lambda m: None)
+    first = tmp_path / "unseen" / "models" / "C-F" / "checkpoints" / "last.ckpt"
+    stamp = first.resolve().stat().st_mtime_ns
+    assert experiment_main(["unseen", "--dry-run", *TINY, *EXPERIMENT, f"logging.out_dir={tmp_path}"]) == 0
+    plan = capsys.readouterr().out
+    assert "C-F" in plan and "finished" in plan and "resume" in plan and "split.json (exists)" in plan
+
+    calls.clear()
+    report = UnseenExperiment(cfg, launch=lambda argv: calls.append(argv) or main(argv)).run(
+        progress=False, log=lambda m: None)
+    assert len(calls) == 1 and calls[0][-1].startswith("resume=") and "F.yaml" in calls[0][2]
+    assert first.resolve().stat().st_mtime_ns == stamp  # C-F was not retrained
+    data = json.loads((report / "metrics.json").read_text())
+    assert list(data["runs"]) == ["C-F", "F"] and data["runs"]["F"]["fraction_seen"] == pytest.approx(0.2)
+    for label, run in data["runs"].items():
+        assert [n for n, c in run["subsets"].items() if c["seen"]] == (["C", "D", "E", "F"] if label == "C-F" else ["F"])
+        assert "om" not in run["subsets"]["A"] and "om" in run["subsets"]["F"]
+        assert run["le"]["seen"] is not None and run["le"]["unseen"] is not None
+    table = (report / "unseen.md").read_text()
+    assert "| C-F | 80 % |" in table and "centred box" in table and (report / "unseen.png").stat().st_size > 0
+
+    changed = load_config(CONFIG_DIR / "unseen.yaml", TINY + EXPERIMENT + [f"logging.out_dir={tmp_path}",
+                                                                           "trainer.max_epochs=3"])
+    with pytest.raises(ConfigError, match="started with another config"):
+        UnseenExperiment(changed, launch=lambda argv: 0).run(progress=False, log=lambda m: None)
+
+
+def test_experiment_refuses_its_own_class_selection(tmp_path):
+    from casm.experiments.unseen import UnseenExperiment
+
+    cfg = load_config(None, TINY + EXPERIMENT + [f"logging.out_dir={tmp_path}", "data.exclude_classes=[1]"])
+    with pytest.raises(ConfigError, match="chooses the classes from its split"):
+        UnseenExperiment(cfg)
+
+
+def test_dataset_classes_lists_folders_not_images(tmp_path):
+    for c in ("b", "a"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+    assert dataset_classes(_data(name="folder", root=str(tmp_path))) == ["a", "b"]
+    assert dataset_classes(_data(synthetic_classes=100)) == CLASSES_100
