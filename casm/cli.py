@@ -8,7 +8,8 @@ import sys
 
 from casm.config import CONFIG_DIR, ConfigError, load_config
 
-USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError)  # bad input: a one-line message, exit code 2
+# bad input: a one-line message, exit code 2
+USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError)
 
 
 def reports_user_errors(main):

@@ -183,7 +183,8 @@ def _hand_scores(checkpoint, data_overrides):
     return seen, (masked_in == mapped)[seen].float().mean().item() * 100 if seen.any() else None
 
 
-@pytest.mark.parametrize("selection", [["data.exclude_classes=[8,9]"], ["data.include_classes=[0,1]", "data.num_val=96"],
+@pytest.mark.parametrize("selection", [["data.exclude_classes=[8,9]"],
+                                       ["data.include_classes=[0,1]", "data.num_val=96"],
                                        ["data.include_classes=[0,1,2,3]", "data.num_val=64"]])
 def test_evaluation_on_other_classes_maps_labels_by_name(model_without_0_and_1, tmp_path, selection):
     """Trained without classes 0 and 1: evaluated on 0..7 (same count, other classes), on 0 and 1 only
@@ -206,9 +207,11 @@ def test_evaluation_on_other_classes_maps_labels_by_name(model_without_0_and_1, 
 
 
 # ---------------------------------------------------------------- the protocol runner
-EXPERIMENT = ["data.synthetic_classes=10", "unseen.proportions=[0.1,0.1,0.2,0.2,0.2,0.2]", "unseen.training_sets=[C-F,F]", "unseen.judge=false",
+EXPERIMENT = ["data.synthetic_classes=10", "unseen.proportions=[0.1,0.1,0.2,0.2,0.2,0.2]",
+              "unseen.training_sets=[C-F,F]", "unseen.judge=false",
               "unseen.scarcity_samples_per_class=null",
-              "unseen.eval_overrides=['methods=[casm]','max_images_slow=4','faithfulness_steps=4']", "data.num_train=160", "data.num_val=60",
+              "unseen.eval_overrides=['methods=[casm]','max_images_slow=4','faithfulness_steps=4']",
+              "data.num_train=160", "data.num_val=60",
               "logging.name=unseen"]
 
 
@@ -228,7 +231,7 @@ def test_experiment_killed_after_its_first_run_resumes_without_retraining(tmp_pa
 
     with pytest.raises(RuntimeError, match="training F failed"):
         UnseenExperiment(cfg, launch=killed_during_f).run(progress=False, log=lambda m: None)
-    first = tmp_path / "unseen" / "models" / "C-F" / "checkpoints" / "last.ckpt"
+    first = tmp_path / "unseen" / "models" / "C-F" / "run" / "checkpoints" / "last.ckpt"
     stamp = first.resolve().stat().st_mtime_ns
     assert experiment_main(["unseen", "--dry-run", *TINY, *EXPERIMENT, f"logging.out_dir={tmp_path}"]) == 0
     plan = capsys.readouterr().out
@@ -242,7 +245,8 @@ def test_experiment_killed_after_its_first_run_resumes_without_retraining(tmp_pa
     data = json.loads((report / "metrics.json").read_text())
     assert list(data["runs"]) == ["C-F", "F"] and data["runs"]["F"]["fraction_seen"] == pytest.approx(0.2)
     for label, run in data["runs"].items():
-        assert [n for n, c in run["subsets"].items() if c["seen"]] == (["C", "D", "E", "F"] if label == "C-F" else ["F"])
+        seen = [n for n, c in run["subsets"].items() if c["seen"]]
+        assert seen == (["C", "D", "E", "F"] if label == "C-F" else ["F"])
         assert "om" not in run["subsets"]["A"] and "om" in run["subsets"]["F"]
         assert run["le"]["seen"] is not None and run["le"]["unseen"] is not None
     table = (report / "unseen.md").read_text()
@@ -267,3 +271,44 @@ def test_dataset_classes_lists_folders_not_images(tmp_path):
         (tmp_path / "train" / c).mkdir(parents=True)
     assert dataset_classes(_data(name="folder", root=str(tmp_path))) == ["a", "b"]
     assert dataset_classes(_data(synthetic_classes=100)) == CLASSES_100
+
+
+@pytest.mark.slow
+def test_fake_imagenet_split_train_evaluate(tmp_path):
+    """A fake ILSVRC tree (synset folders, per-image XML) through the whole protocol, with real
+    training processes: split command -> experiment (two training sets and a judge) -> report."""
+    import numpy as np
+    from PIL import Image
+
+    from casm.cli import experiment_main
+
+    root, rng = tmp_path / "imagenet", np.random.default_rng(0)
+    synsets = [f"n0{i:07d}" for i in range(6)]
+    xml = ("<annotation><object><name>{s}</name><bndbox><xmin>8</xmin><ymin>8</ymin><xmax>39</xmax>"
+           "<ymax>39</ymax></bndbox></object></annotation>")
+    for c, synset in enumerate(synsets):
+        for i in range(6):
+            (root / "train" / synset).mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "train" / synset / f"{i}.JPEG")
+        for i in range(2):
+            stem = f"ILSVRC2012_val_{c * 2 + i:08d}"
+            (root / "val").mkdir(exist_ok=True)
+            (root / "val_xml").mkdir(exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(root / "val" / f"{stem}.JPEG")
+            (root / "val_xml" / f"{stem}.xml").write_text(xml.format(s=synset))
+    data = ["data.name=imagenet", f"data.root={root}", "data.image_size=32", "data.resize=36", "data.batch_size=4",
+            "data.num_workers=0"]
+    split = tmp_path / "split.json"
+    assert split_main(["--out", str(split), "--proportions", "1,1,1,1,1,1", *data]) == 0
+    args = ["unseen", "--no-progress", *TINY, *data, f"logging.out_dir={tmp_path / 'runs'}",
+            f"unseen.split_file={split}",
+            "unseen.training_sets=[B-F,E-F]", "unseen.scarcity_samples_per_class=2",
+            "unseen.eval_overrides=['methods=[casm,gradcam]','max_images_slow=2','faithfulness_steps=2']"]
+    assert experiment_main(args) == 0
+    report = json.loads((tmp_path / "runs" / "unseen" / "report" / "metrics.json").read_text())
+    assert list(report["runs"]) == ["B-F", "E-F", "B-F, 2 / class"]
+    assert report["runs"]["E-F"]["fraction_seen"] == pytest.approx(2 / 6)
+    cell = report["runs"]["E-F"]["subsets"]["A"]
+    assert not cell["seen"] and cell["images"] == 2 and cell["images_seen"] == 0 and "acc_masked_out@judge" in cell
+    assert report["runs"]["B-F"]["subsets"]["F"]["images_seen"] == 2

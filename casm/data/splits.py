@@ -120,7 +120,8 @@ class ClassSplit:
         for name, classes in subsets.items():
             for c in classes:
                 if c in seen:
-                    raise ValueError(f"{path}: class {c!r} is in subsets {seen[c]} and {name}; subsets must be disjoint")
+                    raise ValueError(f"{path}: class {c!r} is in subsets {seen[c]} and {name}; "
+                                     f"subsets must be disjoint")
                 seen[c] = name
         return cls(subsets, raw["proportions"], raw["seed"], raw["dataset"], path)
 

@@ -246,7 +246,8 @@ class Evaluator:
                 known = labels >= 0  # clean top-1 over the images of classes the judge was trained on
                 if known.any():
                     judge_logits = logits if judge_name == "own" else judge.model(x)[0]
-                    self.judge_accuracy[judge_name].update((judge_logits.argmax(1) == labels)[known].float().cpu() * 100)
+                    hits = (judge_logits.argmax(1) == labels)[known]
+                    self.judge_accuracy[judge_name].update(hits.float().cpu() * 100)
         index = torch.arange(offset, offset + len(x), device=x.device)
         slow_ok = index < cfg.max_images_slow
         h, w = x.shape[-2:]
@@ -385,7 +386,8 @@ def evaluate(cfg: DictConfig, progress: bool = True, trained: tuple[CASMModule, 
                      f"the 'own' judge and the faithfulness curves only images of the classes it knows "
                      f"(images_seen); other judges only images of classes they know")
     if evaluator.lficam is not None:
-        accuracy = float(evaluator.lficam_accuracy.compute()) if evaluator.lficam_accuracy.update_count else float("nan")
+        known = evaluator.lficam_accuracy.update_count
+        accuracy = float(evaluator.lficam_accuracy.compute()) if known else float("nan")
         notes.append(f"lficam explains LFI-CAM's own classifier (clean top-1 {accuracy:.1f} %): "
                      f"its correct-class boxes, faithfulness curves and 'own' judge use that classifier")
     if not any("le" in r for r in results.values()):

@@ -12,8 +12,8 @@ Layout under ``OUT/NAME`` (``logging.out_dir`` / ``logging.name``)::
 
     split.json                  the class split (unless unseen.split_file names one)
     configs/<run>.yaml          each run's resolved training config
-    models/<run>/               each run (checkpoints, TensorBoard, finished.json),
-    models/<run>/eval/<subset>/ and its evaluation on each subset (metrics.json, metrics.md, ...)
+    models/<run>/run/           each run (checkpoints, TensorBoard, finished.json),
+    models/<run>/run/eval/<S>/  and its evaluation on each subset S (metrics.json, metrics.md, ...)
     report/                     unseen.md, unseen.png, metrics.json, tensorboard/
 """
 
@@ -94,7 +94,8 @@ class UnseenExperiment:
             return split
         if self.cfg.unseen.split_file:
             raise FileNotFoundError(f"unseen.split_file not found: {self.split_path}")
-        split = make_split(self.all_classes, self.cfg.data.name, self.cfg.unseen.proportions, self.cfg.unseen.split_seed)
+        u = self.cfg.unseen
+        split = make_split(self.all_classes, self.cfg.data.name, u.proportions, u.split_seed)
         if write:
             split.save(self.split_path)
         split.path = self.split_path
@@ -128,9 +129,10 @@ class UnseenExperiment:
         cfg.unseen = OmegaConf.structured(UnseenConfig)  # the runs do not depend on the protocol's settings
         if subsets is not None:
             cfg.data.split_file, cfg.data.split_subsets = str(self.split_path), list(subsets)
-        cfg.logging.out_dir, cfg.logging.name, cfg.logging.version = str(self.root), "models", folder
+        # models/<folder>/run: the run's logging.name is its folder, which names it as a judge too
+        cfg.logging.out_dir, cfg.logging.name, cfg.logging.version = str(self.root / "models"), folder, "run"
         OmegaConf.set_struct(cfg, True)
-        return PlannedRun(label, folder, subsets, cfg, self.root / "models" / folder,
+        return PlannedRun(label, folder, subsets, cfg, self.root / "models" / folder / "run",
                           self.root / "configs" / f"{folder}.yaml")
 
     def _write_config(self, run: PlannedRun) -> None:
@@ -145,8 +147,8 @@ class UnseenExperiment:
     def describe(self, split: ClassSplit, runs: list[PlannedRun]) -> str:
         """What ``--dry-run`` prints: the split, then each run with its status and command."""
         state = "exists" if self.split_path.is_file() else "would be written"
-        lines = [f"split {self.split_path} ({state}): " + ", ".join(
-            f"{name} {len(classes)}" for name, classes in split.subsets.items()) + f" of {len(self.all_classes)} classes"]
+        sizes = ", ".join(f"{name} {len(classes)}" for name, classes in split.subsets.items())
+        lines = [f"split {self.split_path} ({state}): {sizes} of {len(self.all_classes)} classes"]
         for run in runs:
             trained_on = "every class" if run.subsets is None else "+".join(run.subsets)
             lines.append(f"  {run.label:<18} {run.status:<8} trains on {trained_on}; "
