@@ -19,6 +19,7 @@ Layout under ``OUT/NAME`` (``logging.out_dir`` / ``logging.name``)::
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from casm.data.datasets import dataset_classes
 from casm.data.splits import ClassSplit, make_split
 
 Launcher = Callable[[list[str]], int]  # argv after "python -m casm" -> exit code
+say = functools.partial(print, flush=True)  # lines must come before the training processes' own output
 
 
 def launch_subprocess(argv: list[str]) -> int:
@@ -160,7 +162,7 @@ class UnseenExperiment:
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ run
-    def run(self, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+    def run(self, progress: bool = True, log: Callable[[str], None] = say) -> Path:
         split = self.split(write=True)
         runs = self.plan(split)
         log(self.describe(split, runs))
