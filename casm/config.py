@@ -25,7 +25,14 @@ class DataConfig:
     root: Optional[str] = None  # folder / imagenet: dataset root (see README "Bring your own data")
     boxes_file: Optional[str] = None  # folder: CSV of validation boxes; default ROOT/val_boxes.csv
     image_size: int = 64  # network input side (the crop for folder / imagenet)
-    resize: Optional[int] = None  # evaluation resize before the centre crop; default image_size*256/224
+    # training augmentation (folder / imagenet / synthetic); null: the dataset's default, see README "Augmentation"
+    random_crop: Optional[bool] = None  # RandomResizedCrop; null: on for folder / imagenet, off for synthetic
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # its range of kept area (torchvision's)
+    flip: Optional[bool] = None  # horizontal flips; null: on for folder / imagenet, off for synthetic
+    # evaluation geometry (folder / imagenet); the training images use it too when random_crop is off
+    resize: Optional[int] = None  # shorter side before the centre crop; null: 256/224 x image_size for imagenet
+    #                               (the paper), image_size for folder (a square image loses no pixel)
+    center_crop: bool = True  # false: resize the whole image to image_size x image_size (no pixel cut; aspect changes)
     num_train: int = 5000  # synthetic only: images per split
     num_val: int = 1000
     seed: int = 0  # synthetic only: the dataset's own seed
@@ -68,7 +75,8 @@ class CasmConfig:
     lambda_r: Optional[float] = None  # fixed value (paper) or start (target_area); null: the paper's value
     target_area: float = 0.5  # target_area mode: desired mean mask
     lambda_lr: float = 0.05  # target_area mode: step of the dual update on lambda_r
-    warmup_epochs: int = 0  # epochs that train the classifier alone before the masker starts
+    warmup_epochs: int = 0  # epochs that train the classifier alone before the masker starts (the cap, with ...)
+    warmup_accuracy: Optional[float] = None  # ... end the warm-up after the first epoch whose val top-1 reaches this
     masker_grad_clip: float = 10.0
     masker_warmup_steps: int = 0  # masker lr ramps linearly from 0 over these steps (0: off)
     max_nonfinite_steps: int = 20  # consecutive non-finite steps before the run stops
@@ -271,6 +279,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(str(err)) from err
     if cfg.casm.p_pool is not None and not 0 <= cfg.casm.p_pool <= 1:
         raise ConfigError(f"casm.p_pool={cfg.casm.p_pool} must be in [0, 1]")
+    accuracy = cfg.casm.warmup_accuracy
+    if accuracy is not None and not (0 < accuracy <= 1 and cfg.casm.warmup_epochs > 0):
+        raise ConfigError(f"casm.warmup_accuracy={accuracy} must be in (0, 1] (a top-1 fraction) and needs "
+                          f"casm.warmup_epochs > 0 as its cap")
     if not 0 < cfg.casm.target_area < 1:
         raise ConfigError(f"casm.target_area={cfg.casm.target_area} must be in (0, 1)")
     if cfg.data.name != "synthetic" and not cfg.data.root:
@@ -290,6 +302,9 @@ def validate_data(data: DictConfig) -> None:
                           "to keep (e.g. data.split_subsets=[C,D,E,F])")
     if data.split_file and (data.include_classes is not None or data.exclude_classes is not None):
         raise ConfigError("data.split_file selects the classes: drop data.include_classes / data.exclude_classes")
+    low, high = (list(data.crop_scale) + [None, None])[:2]
+    if len(data.crop_scale) != 2 or not 0 < low <= high <= 1:
+        raise ConfigError(f"data.crop_scale={list(data.crop_scale)} must be [low, high] with 0 < low <= high <= 1")
     if data.samples_per_class is not None and data.samples_per_class < 1:
         raise ConfigError(f"data.samples_per_class={data.samples_per_class} must be at least 1 (or null: all)")
 

@@ -28,15 +28,36 @@ def denormalize(images: torch.Tensor) -> torch.Tensor:
     return (images * std + mean).clamp(0, 1)
 
 
-def train_transform(image_size: int) -> v2.Compose:
-    """The paper's training augmentation for photographs: RandomResizedCrop + horizontal flip."""
-    return v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(), *normalize()])
+def photo_defaults(data: DictConfig) -> bool:
+    """Folder and ImageNet data get the paper's photo augmentation unless told otherwise; the built-in
+    data is generated at its final size and never flipped (a flip would turn a left part into a right one)."""
+    return data.name != "synthetic"
 
 
-def eval_transform(image_size: int, resize: int | None = None) -> v2.Compose:
-    """Resize(256) + CenterCrop(224) at ImageNet scale; boxes follow the same geometry."""
-    resize = resize or round(image_size * 256 / 224)
-    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(image_size), *normalize()])
+def eval_geometry(data: DictConfig) -> list:
+    """Resize + centre crop (boxes follow). Default resize: 256/224 x size for ImageNet (the paper), the
+    input size itself for folders, so a square image already at that size loses no pixel."""
+    size = data.image_size
+    if not data.center_crop:
+        return [v2.Resize((size, size), antialias=True)]
+    resize = data.resize or (round(size * 256 / 224) if data.name == "imagenet" else size)
+    return [v2.Resize(resize, antialias=True), v2.CenterCrop(size)]
+
+
+def train_transform(data: DictConfig) -> v2.Compose:
+    """The training augmentation ``data`` asks for: RandomResizedCrop(``crop_scale``) and horizontal
+    flips by default for photos (the paper's); the evaluation geometry when ``random_crop`` is off."""
+    crop = photo_defaults(data) if data.random_crop is None else data.random_crop
+    flip = photo_defaults(data) if data.flip is None else data.flip
+    steps = [v2.RandomResizedCrop(data.image_size, scale=tuple(data.crop_scale), antialias=True)] if crop else (
+        eval_geometry(data) if data.name != "synthetic" else [])
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose([*steps, *normalize()])
+
+
+def eval_transform(data: DictConfig) -> v2.Compose:
+    return v2.Compose([*(eval_geometry(data) if data.name != "synthetic" else []), *normalize()])
 
 
 def collate_with_boxes(samples: list[dict | None]) -> dict:
@@ -115,20 +136,18 @@ class LocalizationDataModule(pl.LightningDataModule):
         limit = dict(samples_per_class=c.samples_per_class)  # the training split only
         train = "train" in self.splits
         if c.name == "synthetic":
-            # generated at the final size and never flipped: a flip would turn a "left" part into a "right" one
-            tf = v2.Compose(normalize())
-            common.update(transform=tf, num_classes=c.synthetic_classes)
+            common.update(num_classes=c.synthetic_classes)
             if train:
-                self.train_set = SyntheticShapes("train", c.num_train, c.image_size, c.seed, **common, **limit)
-            self.val_set = SyntheticShapes("val", c.num_val, c.image_size, c.seed, **common)
+                self.train_set = SyntheticShapes("train", c.num_train, c.image_size, c.seed,
+                                                 transform=train_transform(c), **common, **limit)
+            self.val_set = SyntheticShapes("val", c.num_val, c.image_size, c.seed, transform=eval_transform(c),
+                                           **common)
             return
         split_fn = folder_split if c.name == "folder" else imagenet_split
         disk = dict(common, skip_corrupt=c.skip_corrupt)
         if train:
-            self.train_set = split_fn(c.root, "train", transform=train_transform(c.image_size), seed=c.seed,
-                                      **disk, **limit)
-        self.val_set = split_fn(c.root, "val", boxes_file=c.boxes_file,
-                                transform=eval_transform(c.image_size, c.resize), **disk)
+            self.train_set = split_fn(c.root, "train", transform=train_transform(c), seed=c.seed, **disk, **limit)
+        self.val_set = split_fn(c.root, "val", boxes_file=c.boxes_file, transform=eval_transform(c), **disk)
         if train and self.val_set.classes != self.train_set.classes:
             raise ValueError(f"{c.root}: train and val have different classes "
                              f"({len(self.train_set.classes)} vs {len(self.val_set.classes)})")

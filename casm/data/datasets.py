@@ -94,6 +94,10 @@ class SyntheticShapes(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, label in self.samples]
+
     def __getitem__(self, index: int) -> dict:
         sample, label = self.samples[index]
         image = tv_tensors.Image(torch.from_numpy(sample.image).permute(2, 0, 1))
@@ -113,6 +117,10 @@ class BoxedImageDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, label, _ in self.records]
 
     def __getitem__(self, index: int) -> dict | None:
         path, label, boxes = self.records[index]
@@ -219,9 +227,12 @@ def read_imagenet_csv(path: Path) -> dict[str, tuple[str, list[list[float]]]]:
 
 def _imagenet_annotations(root: Path, boxes_file: Path | None) -> dict[str, tuple[str, list[list[float]]]]:
     """Validation image stem -> (synset, boxes) from per-image XML files or the challenge CSV."""
+    # the official box archive (ILSVRC2012_bbox_val_v3.tgz) unpacks to val/*.xml: into its own folder,
+    # or beside the validation images
     candidates = [Path(boxes_file)] if boxes_file else [
-        root / "LOC_val_solution.csv", root / "val_xml", root / "Annotations" / "CLS-LOC" / "val"]
-    source = next((c for c in candidates if c.exists()), None)
+        root / "LOC_val_solution.csv", root / "val_xml", root / "Annotations" / "CLS-LOC" / "val", root / "bbox_val",
+        root / "bbox_val" / "val", root / "ILSVRC2012_bbox_val_v3" / "val", root / "val"]
+    source = next((c for c in candidates if c.is_file() or (c.is_dir() and next(c.glob("*.xml"), None))), None)
     if source is None:
         raise FileNotFoundError(
             f"no ImageNet validation boxes found (looked for {', '.join(map(str, candidates))}); "
@@ -235,7 +246,8 @@ def imagenet_split(root: Path, split: str, include=None, exclude=None, boxes_fil
                    transform=None, skip_corrupt: bool = False, samples_per_class: int | None = None,
                    seed: int = 0) -> BoxedImageDataset:
     """ILSVRC2012: ``ROOT/train/<synset>/*.JPEG``; ``ROOT/val/*.JPEG`` (flat) with boxes and labels from
-    per-image XML files (``ROOT/val_xml/`` or ``ROOT/Annotations/CLS-LOC/val/``) or the challenge CSV
+    per-image XML files (``ROOT/val_xml/``, ``ROOT/Annotations/CLS-LOC/val/``, ``ROOT/bbox_val[/val]/``,
+    ``ROOT/ILSVRC2012_bbox_val_v3/val/`` or beside the images in ``ROOT/val/``) or the challenge CSV
     (``ROOT/LOC_val_solution.csv``); or a ``data.boxes_file`` naming either."""
     root = _require_dir(Path(root), "ImageNet root")
     train_dir = root / "train"

@@ -198,9 +198,13 @@ class Evaluator:
         self.judge_accuracy = {name: MeanMetric() for name in self.judges}  # clean top-1, method-independent
         self.lficam_accuracy = MeanMetric()
         self.scores: dict[str, MethodScores] = {}
-        self.figure_maps: dict[str, Tensor] = {}
+        # the figure: images picked across classes (dataset index -> image, boxes, and each method's map)
+        self.figure_rows: set[int] = set()
+        self._figure_samples: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+        self._figure_maps: dict[str, dict[int, Tensor]] = {}
         self.figure_images: Tensor | None = None
-        self.figure_boxes: tuple[Tensor, Tensor] | None = None
+        self.figure_boxes: list[tuple[Tensor, Tensor]] = []
+        self.figure_maps: dict[str, list[Tensor | None]] = {}
 
     def _scores(self, name: str) -> MethodScores:
         if name not in self.scores:
@@ -222,6 +226,8 @@ class Evaluator:
                     baselines[name + suffix] = stack.enter_context(method)
             seen = 0
             total = len(loader.dataset) if cfg.max_images is None else min(cfg.max_images, len(loader.dataset))
+            labels = getattr(loader.dataset, "labels", None)
+            self.figure_rows = set(figure_picks(labels[:total] if labels else list(range(total)), cfg.figure_images))
             bar = tqdm(total=total, unit="img", disable=not progress, desc="evaluating")
             for batch in loader:
                 if seen >= total:
@@ -232,7 +238,16 @@ class Evaluator:
                 seen += take
                 bar.update(take)
             bar.close()
+        self._assemble_figure()
         return {name: s.result() for name, s in self.scores.items()}
+
+    def _assemble_figure(self) -> None:
+        order = sorted(self._figure_samples)
+        if not order:
+            return
+        self.figure_images = torch.stack([self._figure_samples[i][0] for i in order])
+        self.figure_boxes = [self._figure_samples[i][1:] for i in order]
+        self.figure_maps = {name: [maps.get(i) for i in order] for name, maps in self._figure_maps.items()}
 
     def _batch(self, batch: dict, offset: int, baselines: dict[str, CAMMethod]) -> None:
         cfg = self.cfg
@@ -301,11 +316,13 @@ class Evaluator:
             if len(sel) == 0:
                 continue
             self._update(name, s, maps, sel, x, y, gt, valid, target, method_preds, index, slow_ok)
-            if offset == 0 and name != "full_image":
-                n = cfg.figure_images
-                self.figure_maps[name] = maps[:n].cpu()
-                if self.figure_images is None:
-                    self.figure_images, self.figure_boxes = x[:n].cpu(), (gt[:n].cpu(), valid[:n].cpu())
+            if name != "full_image":
+                for j, row in enumerate(sel.tolist()):
+                    if offset + row in self.figure_rows:
+                        self._figure_maps.setdefault(name, {})[offset + row] = maps[j].cpu()
+        for row in range(len(x)):
+            if offset + row in self.figure_rows:
+                self._figure_samples[offset + row] = (x[row].cpu(), gt[row].cpu(), valid[row].cpu())
 
     def _update(self, name: str, s: MethodScores, maps: Tensor, sel: Tensor, x: Tensor, y: Tensor, gt: Tensor,
                 valid: Tensor, target: KnownClasses, preds: Tensor, index: Tensor, slow_ok: Tensor) -> None:
@@ -358,6 +375,30 @@ class Evaluator:
             s.mean("increase_in_confidence", increase)
 
 
+def figure_picks(labels: list[int], count: int) -> list[int]:
+    """Dataset indices for the figure, spread over classes: the first image of each class in turn, then
+    the second of each, ... (a sorted folder's first images are otherwise all of one class)."""
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    picks, depth = [], 0
+    while len(picks) < count and any(depth < len(v) for v in by_class.values()):
+        picks += [v[depth] for v in by_class.values() if depth < len(v)][: count - len(picks)]
+        depth += 1
+    return sorted(picks)
+
+
+def next_free_folder(base: Path) -> Path:
+    """``base`` if it does not exist yet, else ``base_2``, ``base_3``, ...: an evaluation never
+    overwrites an earlier one made with other options."""
+    if not base.exists():
+        return base
+    n = 2
+    while base.with_name(f"{base.name}_{n}").exists():
+        n += 1
+    return base.with_name(f"{base.name}_{n}")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -395,6 +436,6 @@ def evaluate(cfg: DictConfig, progress: bool = True, trained: tuple[CASMModule, 
     for name, r in results.items():
         if r["nan_maps"]:
             notes.append(f"{name}: {r['nan_maps']} map(s) contained NaN/inf and were left out of every metric")
-    out = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.checkpoint).resolve().parent.parent / "eval"
+    out = Path(cfg.out_dir) if cfg.out_dir else next_free_folder(Path(cfg.checkpoint).resolve().parent.parent / "eval")
     write_reports(out, results, evaluator, OmegaConf.to_container(cfg, resolve=True), train_config, notes)
     return results, evaluator, out

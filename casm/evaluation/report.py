@@ -77,20 +77,20 @@ def figure(evaluator, scale: int = 3) -> np.ndarray | None:
     if evaluator.figure_images is None:
         return None
     images = (denormalize(evaluator.figure_images).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
-    gt, valid = evaluator.figure_boxes
     rows = []
     for i, img in enumerate(images):
         tiles = [img.copy()]
-        for box, ok in zip(gt[i].tolist(), valid[i].tolist()):
+        gt, valid = evaluator.figure_boxes[i]
+        for box, ok in zip(gt.tolist(), valid.tolist()):
             if ok:
                 cv2.rectangle(tiles[0], (int(box[0]), int(box[1])), (int(box[2]) - 1, int(box[3]) - 1), (0, 255, 0), 1)
         for maps in evaluator.figure_maps.values():
-            if i >= len(maps):
+            if maps[i] is None:  # e.g. Score-CAM beyond max_images_slow, or a NaN map
                 tiles.append(np.zeros_like(img))
                 continue
             heat = cv2.applyColorMap((maps[i].numpy() * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
             tile = (img * 0.4 + heat * 0.6).astype(np.uint8)
-            x0, y0, x1, y1 = (int(v) for v in predicted_boxes(maps[i: i + 1], evaluator.cfg.binarization)[0].tolist())
+            x0, y0, x1, y1 = (int(v) for v in predicted_boxes(maps[i][None], evaluator.cfg.binarization)[0].tolist())
             cv2.rectangle(tile, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), (255, 0, 0), 1)
             tiles.append(tile)
         rows.append(np.concatenate(tiles, axis=1))

@@ -80,6 +80,8 @@ class CASMModule(pl.LightningModule):
             lr=c.lambda_lr,
         )
         self.automatic_optimization = False
+        # the warm-up ends before this epoch: warmup_epochs, or sooner once warmup_accuracy is reached
+        self.warmup_end_epoch = c.warmup_epochs
         self.casm_step = 0  # masker steps taken; drives the snapshot schedule
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
@@ -109,7 +111,7 @@ class CASMModule(pl.LightningModule):
 
     @property
     def in_warmup(self) -> bool:
-        return self.current_epoch < self.cfg.casm.warmup_epochs
+        return self.current_epoch < self.warmup_end_epoch
 
     @property
     def classifier_trains(self) -> bool:
@@ -295,6 +297,8 @@ class CASMModule(pl.LightningModule):
             self._log_images("val/masks", x, mask)
 
     def on_validation_epoch_end(self) -> None:
+        if self.in_warmup and not self.trainer.sanity_checking and self.val_accuracy.update_count:
+            self._maybe_end_warmup(float(self.val_accuracy.compute()))
         self.log_dict({
             "val/accuracy": self.val_accuracy.compute(),
             "val/masked_out_accuracy": self.val_masked_out_accuracy.compute(),
@@ -313,6 +317,20 @@ class CASMModule(pl.LightningModule):
                 self.log(f"val/om{name}", result["om"])
             metric.reset()
 
+    def _maybe_end_warmup(self, accuracy: float) -> None:
+        """An accuracy warm-up ends after the first epoch whose validation top-1 (reduced over ranks, so
+        every rank decides alike) reaches ``casm.warmup_accuracy``; ``casm.warmup_epochs`` caps it."""
+        target, epoch = self.cfg.casm.warmup_accuracy, self.current_epoch
+        if target is None:
+            return
+        if accuracy >= target:
+            self.warmup_end_epoch = epoch + 1
+            rank_zero_info(f"casm: the classifier reached top-1 {accuracy:.3f} >= casm.warmup_accuracy={target} "
+                           f"after epoch {epoch}; the masker trains from epoch {epoch + 1}")
+        elif epoch + 1 == self.warmup_end_epoch:
+            rank_zero_info(f"casm: warm-up cap casm.warmup_epochs={self.warmup_end_epoch} reached with top-1 "
+                           f"{accuracy:.3f} < casm.warmup_accuracy={target}; the masker starts anyway")
+
     # ---------------------------------------------------------------- logging & checkpoints
     def _log_images(self, tag: str, x: Tensor, mask: Tensor, count: int = 8) -> None:
         """Rows of (image, mask, masked-in, masked-out) to TensorBoard."""
@@ -329,6 +347,7 @@ class CASMModule(pl.LightningModule):
             "pool": self.pool.state_dict(),
             "lambda_r": self.lambda_r.state_dict(),
             "casm_step": self.casm_step,
+            "warmup_end_epoch": self.warmup_end_epoch,
             "nonfinite_total": self.nonfinite_total,
             "skipped_images": self.skipped_images,
         }
@@ -340,6 +359,7 @@ class CASMModule(pl.LightningModule):
         self.pool.load_state_dict(state["pool"])
         self.lambda_r.load_state_dict(state["lambda_r"])
         self.casm_step = int(state["casm_step"])
+        self.warmup_end_epoch = int(state.get("warmup_end_epoch", self.warmup_end_epoch))
         self.nonfinite_total = int(state["nonfinite_total"])
         self.skipped_images = int(state["skipped_images"])
 

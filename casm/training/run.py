@@ -13,6 +13,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from casm.config import ConfigError, to_yaml
 from casm.data.datamodule import LocalizationDataModule
+from casm.training.console import EpochSummary
 from casm.training.lficam_module import LFICAMModule
 from casm.training.module import CASMModule
 from casm.training.timing import EpochTimer
@@ -63,6 +64,7 @@ def _run_dir(cfg: DictConfig) -> tuple[str, str, str]:
 def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bool) -> pl.Trainer:
     t = cfg.trainer
     ckpt_dir = run_dir / "checkpoints"
+    timer = EpochTimer()
     callbacks = [
         # the newest epoch only (a checkpoint holds the whole classifier pool, tens of MB per snapshot);
         # last.ckpt links to it
@@ -70,7 +72,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bo
                         save_last="link", save_top_k=1, every_n_epochs=1),
         OnExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
         LearningRateMonitor(logging_interval="epoch"),
-        EpochTimer(),
+        timer,
+        EpochSummary(timer),  # after the timer: it prints this epoch's time
     ]
     if t.checkpoint_every_n_steps:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", auto_insert_metric_name=False,

@@ -17,6 +17,7 @@ class EpochTimer(pl.Callback):
     def __init__(self) -> None:
         self._epoch_start = 0.0
         self._train_seconds: float | None = None
+        self.last_epoch_seconds: float | None = None  # the last finished epoch's, for the console line
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
@@ -31,3 +32,4 @@ class EpochTimer(pl.Callback):
         train_seconds = epoch_seconds if self._train_seconds is None else self._train_seconds
         pl_module.log("time/train_epoch_s", train_seconds, on_epoch=True, sync_dist=False)
         pl_module.log("time/epoch_s", epoch_seconds, on_epoch=True, sync_dist=False)
+        self.last_epoch_seconds = epoch_seconds
