@@ -136,3 +136,36 @@ def test_judging_classifiers_get_unique_names(trained_checkpoint, tmp_path):
     casm_row = json.loads((out / "metrics.json").read_text())["results"]["casm"]
     judged = {k.split("@")[1] for k in casm_row if k.startswith("acc_masked_out@")}
     assert len(judged) == 2  # both last.ckpt files kept, under distinct names
+
+
+def test_baseline_rows_are_scored_against_the_classifier_they_explain(trained_checkpoint, tmp_path):
+    """gradcam@NAME explains NAME: its masked-image accuracy is NAME's, recomputed here by hand. (The
+    overrides also come after a flag: the command line takes them in any order.)"""
+    from omegaconf import OmegaConf
+
+    from casm.baselines import GradCAM
+    from casm.config import load_config
+    from casm.data.datamodule import LocalizationDataModule
+    from casm.evaluation.harness import load_classifier
+    from casm.metrics.localization import binarize
+    from casm.training.run import train
+    from tests.conftest import TINY
+
+    run = train(load_config(None, TINY + [f"logging.out_dir={tmp_path}", "trainer.max_epochs=1", "casm.warmup_epochs=1",
+                                          "seed=1", "logging.name=other"]))
+    other = run / "checkpoints" / "last.ckpt"
+    out = tmp_path / "eval"
+    assert evaluate_main(["--checkpoint", str(trained_checkpoint), f"baseline_classifiers=[{other}]", "--no-progress",
+                          "methods=[gradcam]", f"out_dir={out}", "max_images=16", "max_images_slow=4",
+                          "faithfulness_steps=4"]) == 0
+    payload = json.loads((out / "metrics.json").read_text())
+    _, model, _ = load_classifier(other)
+    data = LocalizationDataModule(OmegaConf.create(payload["eval_config"]["data"]), splits=("val",))
+    data.setup()
+    x = torch.stack([data.val_set[i]["image"] for i in range(16)])
+    y = torch.tensor([data.val_set[i]["label"] for i in range(16)])
+    with GradCAM(model, None) as cam:
+        keep = binarize(cam(x))[:, None].float()
+    with torch.no_grad():
+        masked_in = (model(x * keep)[0].argmax(1) == y).float().mean().item() * 100
+    assert payload["results"]["gradcam@other"]["acc_masked_in"] == pytest.approx(masked_in, abs=1e-4)

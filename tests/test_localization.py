@@ -74,3 +74,16 @@ def test_any_ground_truth_box_counts_and_padding_is_ignored():
 def test_reference_boxes():
     assert reference_boxes("full", 1, 224, 224).tolist() == [[0, 0, 224, 224]]
     assert reference_boxes("centre", 1, 224, 224).tolist() == [[33, 33, 191, 191]]
+
+
+def test_quantile_binarization_matches_torch_quantile_and_takes_any_size():
+    from casm.metrics.localization import binarize, row_quantiles
+
+    maps = torch.rand(3, 17, 23)
+    flat = maps.flatten(1)
+    for q in (0.0, 0.13, 0.5, 0.999, 1.0):
+        expected = torch.stack([torch.quantile(row, q) for row in flat])
+        assert torch.allclose(row_quantiles(flat, torch.full((3, 1), q))[:, 0], expected, atol=1e-6)
+    big = torch.linspace(0, 1, 4097 * 4097).view(1, 4097, 4097)  # more pixels than torch.quantile takes (2**24)
+    binary = binarize(big)  # mean 0.5: the upper half of the ramp is kept
+    assert binary[0, 2100:].all() and not binary[0, :2000].any()

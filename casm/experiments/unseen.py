@@ -203,7 +203,11 @@ class UnseenExperiment:
             f"checkpoint={run.checkpoint}", f"out_dir={run.run_dir / 'eval' / subset}"]
         if judge is not None:
             overrides.append(f"classifiers=[{judge.checkpoint}]")
-        return load_config(None, overrides, schema_class=EvalConfig, base={"data": data})
+        cfg = load_config(None, overrides, schema_class=EvalConfig, base={"data": data})
+        if "casm" not in cfg.methods:
+            raise ConfigError(f"unseen.eval_overrides sets methods={list(cfg.methods)}: the report scores the masker, "
+                              f"keep casm among them")
+        return cfg
 
     def _evaluate(self, run: PlannedRun, split: ClassSplit, judge: PlannedRun | None, progress: bool,
                   log: Callable[[str], None]) -> None:
