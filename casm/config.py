@@ -264,8 +264,30 @@ class EvalConfig:
     seed: int = 0
 
 
+# key -> (lowest allowed value, whether it must be strictly above it); None values mean "the default"
+_RANGES = {
+    "data.image_size": (0, True), "data.batch_size": (0, True), "data.num_train": (0, True),
+    "data.num_val": (0, True), "data.num_workers": (0, False), "model.width": (0, True),
+    "masker.hidden": (0, True), "casm.pool_size": (0, True), "casm.snapshot_every": (0, True),
+    "casm.lambda_r": (0, False), "casm.lambda_lr": (0, False), "casm.warmup_epochs": (0, False),
+    "casm.masker_grad_clip": (0, True), "casm.masker_warmup_steps": (0, False),
+    "casm.max_nonfinite_steps": (0, True), "optim.classifier_lr": (0, True), "optim.masker_lr": (0, True),
+    "optim.classifier_momentum": (0, False), "optim.classifier_weight_decay": (0, False),
+    "optim.masker_weight_decay": (0, False), "optim.lr_step_epochs": (0, True), "optim.lr_gamma": (0, True),
+    "trainer.max_epochs": (0, True), "trainer.log_every_n_steps": (0, True),
+    "trainer.checkpoint_every_n_steps": (0, True), "logging.image_every_n_steps": (0, False),
+}
+
+
+def _check_ranges(cfg: DictConfig) -> None:
+    for key, (low, strict) in _RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (value <= low if strict else value < low):
+            raise ConfigError(f"{key}={value} must be {'above' if strict else 'at least'} {low}")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Check values the schema's types cannot: enumerations and ranges."""
+    """Check values the schema's types cannot: enumerations and ranges (before anything is built)."""
     from casm.models.heads import HEADS, check_feature_layer  # heads register themselves; import late
 
     choices = dict(_CHOICES, **{"masker.head": tuple(HEADS)})
@@ -273,6 +295,7 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    _check_ranges(cfg)
     try:
         check_feature_layer(cfg.masker.head, cfg.masker.feature_layer)
     except ValueError as err:

@@ -63,3 +63,12 @@ def test_cli_reports_config_errors_in_one_line(capsys):
     assert train_main(["casm.tinning=F"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "casm.thinning" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("override", ["casm.pool_size=-1", "casm.snapshot_every=0", "casm.snapshot_every=-2",
+                                      "model.width=0", "trainer.max_epochs=-3", "data.image_size=0",
+                                      "casm.lambda_r=-5", "data.batch_size=0", "optim.classifier_lr=-0.1"])
+def test_out_of_range_values_are_refused_before_anything_is_built(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"{key}=-?[0-9.]+ must be"):
+        load_config(None, [override])

@@ -69,3 +69,12 @@ def test_state_round_trip_continues_the_same_draws():
     assert [restored.draw_evaluator() for _ in range(50)] == expected
     with pytest.raises(ValueError, match="casm.thinning=L100"):
         ClassifierPool(STRATEGIES["FL"]).load_state_dict(state)
+
+
+def test_a_retried_step_does_not_snapshot_twice():
+    """A non-finite step is skipped and tried again at the same step count: its snapshot exists."""
+    pool = ClassifierPool(resolve_strategy("L100"))
+    model = torch.nn.Linear(2, 2)
+    assert pool.wants_snapshot(0)
+    pool.add(model, 0)
+    assert not pool.wants_snapshot(0) and pool.wants_snapshot(100)

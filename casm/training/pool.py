@@ -75,8 +75,8 @@ class ClassifierPool:
 
     def wants_snapshot(self, step: int) -> bool:
         s = self.strategy
-        if s.capacity == 0:
-            return False
+        if s.capacity == 0 or (self.snapshot_steps and self.snapshot_steps[-1] == step):
+            return False  # (the second case: a step skipped as non-finite is tried again; its snapshot exists)
         if s.snapshot_every is None:
             return step == 0
         return step % s.snapshot_every == 0
