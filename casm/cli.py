@@ -20,7 +20,10 @@ def reports_user_errors(main):
         try:
             return main(argv)
         except USER_ERRORS as err:
-            print(f"error: {err}", file=sys.stderr)
+            # an error raised in a DataLoader worker carries the worker's traceback: its last line says it
+            lines = str(err).strip().splitlines() or [type(err).__name__]
+            message = lines[-1].split(": ", 1)[-1] if "Original Traceback" in str(err) else " ".join(lines)
+            print(f"error: {message}", file=sys.stderr)
             return 2
 
     return wrapped

@@ -123,3 +123,63 @@ def test_greyscale_and_rgba_are_converted(tmp_path):
         Image.fromarray(np.zeros((20, 20, 4), np.uint8)).save(tmp_path / split / "a" / "rgba.png")
     ds = folder_split(tmp_path, "val")
     assert all(ds[i]["image"].shape[0] == 3 for i in range(2))
+
+
+def _two_class_tree(root):
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            _jpeg(root / split / c / "a.png", size=(64, 48))
+    return root
+
+
+@pytest.mark.parametrize("row,message", [
+    (["cat/a.png", 10, 10, 5, 20], "not a box"),  # x1 < x0
+    (["cat/a.png", "nan", 0, 5, 5], "not a box"),
+    (["cat/a.png", 0, 0, "inf", 5], "not a box"),
+    (["cat/a.png", -3, 0, 5, 5], "not a box"),
+    (["cat/a.png", "left", 0, 5, 5], "expected image,x0,y0,x1,y1"),
+    (["cat/missing.png", 0, 0, 5, 5], "name images that are not in"),
+])
+def test_malformed_box_rows_name_the_file_and_line(tmp_path, row, message):
+    root = _two_class_tree(tmp_path)
+    with open(root / "val_boxes.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["image", "x0", "y0", "x1", "y1"], row])
+    with pytest.raises(ValueError, match=message) as err:
+        folder_split(root, "val")
+    assert "val_boxes.csv" in str(err.value)
+
+
+def test_box_outside_its_image_names_the_image(tmp_path):
+    root = _two_class_tree(tmp_path)
+    (root / "val_boxes.csv").write_text("cat/a.png,0,0,64,60\n")  # the image is 64x48
+    with pytest.raises(ValueError, match=r"a.png reaches outside the 64x48 image"):
+        folder_split(root, "val")[0]
+
+
+def test_empty_class_folders_are_refused_and_symlinked_folders_followed(tmp_path):
+    root = _two_class_tree(tmp_path / "data")
+    (root / "train" / "empty").mkdir()
+    (root / "val" / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"train/empty holds no images"):
+        folder_split(root, "train")
+    (root / "train" / "empty").rmdir()
+    (root / "val" / "empty").rmdir()
+    _jpeg(tmp_path / "elsewhere" / "b.png", size=(64, 48))
+    (root / "train" / "dog" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert sorted(p.name for p, _, _ in folder_split(root, "train").records) == ["a.png", "a.png", "b.png"]
+
+
+def test_a_corrupt_training_image_is_one_line_with_the_fix(tmp_path, capsys):
+    from casm.cli import train_main
+    from tests.conftest import TINY
+
+    root = tmp_path / "data"
+    for c in ("cat", "dog"):
+        for i in range(4):
+            for split in ("train", "val"):
+                _jpeg(root / split / c / f"{i}.png", size=(40, 40))
+    (root / "train" / "dog" / "3.png").write_bytes(b"not an image")
+    code = train_main(TINY + [f"logging.out_dir={tmp_path / 'runs'}", "data.name=folder", f"data.root={root}",
+                              "data.batch_size=4", "data.num_workers=1", "trainer.max_epochs=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "3.png" in err[0] and "data.skip_corrupt=true" in err[0]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
+import os
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
@@ -27,8 +29,8 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class CorruptImageError(RuntimeError):
-    """An image file that cannot be decoded; the message names the file."""
+class CorruptImageError(ValueError):
+    """An image file that cannot be decoded; the message names the file and the way past it."""
 
 
 def select_classes(all_classes: Sequence[str], include: Sequence[str] | None = None,
@@ -51,7 +53,8 @@ def load_rgb(path: Path) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise CorruptImageError(f"cannot read image {path}: {err}") from err
+        raise CorruptImageError(f"cannot read image {path}: {err} (data.skip_corrupt=true skips unreadable "
+                                f"images and counts them)") from err
 
 
 def _box_tensor(boxes: Sequence[Sequence[float]], height: int, width: int) -> tv_tensors.BoundingBoxes:
@@ -132,6 +135,9 @@ class BoxedImageDataset(Dataset):
                 return None  # dropped and counted by the collate function
             raise
         image = tv_tensors.Image(torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1))
+        for box in boxes:  # the box file cannot know image sizes: checked here, against the image
+            if box[2] > pil.width + 0.5 or box[3] > pil.height + 0.5:
+                raise ValueError(f"box {box} of {path} reaches outside the {pil.width}x{pil.height} image")
         box_tensor = _box_tensor(boxes, pil.height, pil.width)
         if self.transform is not None:
             image, box_tensor = self.transform(image, box_tensor)
@@ -149,7 +155,22 @@ def _class_folders(split_dir: Path) -> list[str]:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    """Every image below ``folder``, symbolic links to folders followed."""
+    found = [Path(d) / f for d, _, files in os.walk(folder, followlinks=True) for f in files]
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _class_records(split_dir: Path, classes: list[str], boxes: dict | None = None) -> list:
+    """(path, label, boxes) for every image of every class; a class folder without images is an error
+    (it would be a class with no example)."""
+    records = []
+    for label, c in enumerate(classes):
+        images = _images_in(split_dir / c)
+        if not images:
+            raise ValueError(f"{split_dir / c} holds no images ({', '.join(IMAGE_EXTENSIONS)}); add images or "
+                             f"remove the folder (or leave the class out with data.exclude_classes)")
+        records += [(p, label, (boxes or {}).get(p.relative_to(split_dir).as_posix(), [])) for p in images]
+    return records
 
 
 def read_box_csv(path: Path) -> dict[str, list[list[float]]]:
@@ -165,6 +186,10 @@ def read_box_csv(path: Path) -> dict[str, list[list[float]]]:
                 raise ValueError(f"{path}:{line_no}: expected image,x0,y0,x1,y1 ({err})") from err
             if len(coords) != 4:
                 raise ValueError(f"{path}:{line_no}: expected image,x0,y0,x1,y1, got {row}")
+            x0, y0, x1, y1 = coords
+            if not all(math.isfinite(v) for v in coords) or x0 < 0 or y0 < 0 or x1 <= x0 or y1 <= y0:
+                raise ValueError(f"{path}:{line_no}: box {coords} of {name} is not a box: coordinates must be finite "
+                                 f"pixels with 0 <= x0 < x1 and 0 <= y0 < y1 (x1, y1 exclusive)")
             boxes[name].append(coords)
     return dict(boxes)
 
@@ -196,10 +221,13 @@ def folder_split(root: Path, split: str, include=None, exclude=None, boxes_file:
         boxes_file = Path(boxes_file) if boxes_file else root / f"{split}_boxes.csv"
         if boxes_file.is_file():
             boxes = read_box_csv(boxes_file)
-    records = [
-        (p, label, boxes.get(p.relative_to(split_dir).as_posix(), []))
-        for label, c in enumerate(classes) for p in _images_in(split_dir / c)
-    ]
+    records = _class_records(split_dir, classes, boxes)
+    named = {p.relative_to(split_dir).as_posix() for p, _, _ in records}
+    all_classes = set(_class_folders(split_dir))
+    unknown = [n for n in boxes if n not in named and n.split("/", 1)[0] not in set(all_classes) - set(classes)]
+    if unknown:
+        raise ValueError(f"{boxes_file}: {len(unknown)} row(s) name images that are not in {split_dir} "
+                         f"(e.g. {unknown[:3]}); paths are relative to {split_dir}")
     return BoxedImageDataset(keep_per_class(records, samples_per_class, seed), classes, transform, skip_corrupt)
 
 
@@ -253,7 +281,7 @@ def imagenet_split(root: Path, split: str, include=None, exclude=None, boxes_fil
     train_dir = root / "train"
     if split == "train":
         classes = select_classes(_class_folders(_require_dir(train_dir, "ImageNet train folder")), include, exclude)
-        records = [(p, i, []) for i, c in enumerate(classes) for p in _images_in(train_dir / c)]
+        records = _class_records(train_dir, classes)
         return BoxedImageDataset(keep_per_class(records, samples_per_class, seed), classes, transform, skip_corrupt)
 
     val_dir = _require_dir(root / split, "ImageNet val folder")

@@ -198,6 +198,7 @@ class Evaluator:
         self.judge_accuracy = {name: MeanMetric() for name in self.judges}  # clean top-1, method-independent
         self.lficam_accuracy = MeanMetric()
         self.scores: dict[str, MethodScores] = {}
+        self.skipped_images = 0  # unreadable images left out (data.skip_corrupt)
         # the figure: images picked across classes (dataset index -> image, boxes, and each method's map)
         self.figure_rows: set[int] = set()
         self._figure_samples: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
@@ -230,6 +231,7 @@ class Evaluator:
             self.figure_rows = set(figure_picks(labels[:total] if labels else list(range(total)), cfg.figure_images))
             bar = tqdm(total=total, unit="img", disable=not progress, desc="evaluating")
             for batch in loader:
+                self.skipped_images += int(batch["skipped"])
                 if seen >= total:
                     break
                 take = min(len(batch["image"]), total - seen)
@@ -431,6 +433,8 @@ def evaluate(cfg: DictConfig, progress: bool = True, trained: tuple[CASMModule, 
         accuracy = float(evaluator.lficam_accuracy.compute()) if known else float("nan")
         notes.append(f"lficam explains LFI-CAM's own classifier (clean top-1 {accuracy:.1f} %): "
                      f"its correct-class boxes, faithfulness curves and 'own' judge use that classifier")
+    if evaluator.skipped_images:
+        notes.append(f"{evaluator.skipped_images} unreadable validation image(s) were skipped (data.skip_corrupt)")
     if not any("le" in r for r in results.values()):
         notes.append("the validation data has no boxes: localization metrics (LE, OM, F1, sweep, pointing) skipped")
     for name, r in results.items():

@@ -86,6 +86,7 @@ class CASMModule(pl.LightningModule):
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
         self.skipped_images = 0
+        self.skipped_val_images = 0  # unreadable validation images of the last validation (data.skip_corrupt)
         self._saved_buffers: list[Tensor] = []
         self._warned_no_boxes = False
 
@@ -276,6 +277,7 @@ class CASMModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.skipped_val_images += int(batch["skipped"])
         x, y, gt, valid = batch["image"], batch["label"], batch["boxes"], batch["box_valid"]
         if x.numel() == 0:
             return
@@ -306,6 +308,9 @@ class CASMModule(pl.LightningModule):
         }, prog_bar=True)
         for metric in (self.val_accuracy, self.val_masked_out_accuracy, self.val_mask_mean):
             metric.reset()
+        if self.skipped_val_images:
+            self.log("val/skipped_images", float(self.skipped_val_images), reduce_fx="sum", sync_dist=True)
+            self.skipped_val_images = 0
         if self.val_localization.total == 0 and not self._warned_no_boxes:
             rank_zero_info("casm: the validation set has no boxes; localization error is not computed")
             self._warned_no_boxes = True
