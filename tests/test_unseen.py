@@ -312,3 +312,26 @@ def test_fake_imagenet_split_train_evaluate(tmp_path):
     cell = report["runs"]["E-F"]["subsets"]["A"]
     assert not cell["seen"] and cell["images"] == 2 and cell["images_seen"] == 0 and "acc_masked_out@judge" in cell
     assert report["runs"]["B-F"]["subsets"]["F"]["images_seen"] == 2
+
+
+def test_report_pools_subsets_by_images_with_binomial_errors(tmp_path):
+    """Seen LE pools the seen subsets' images: (0.5 * 10 + 0.2 * 30) / 40; its error sqrt(p (1 - p) / n)."""
+    from types import SimpleNamespace
+
+    from casm.experiments.unseen_report import collect
+
+    split = ClassSplit({"A": ["a"], "B": ["b"], "C": ["c"]}, {}, 0, {}, None)
+    run_dir = tmp_path / "run"
+    for subset, le, images in (("A", 0.9, 20), ("B", 0.5, 10), ("C", 0.2, 30)):
+        (run_dir / "eval" / subset).mkdir(parents=True)
+        row = {"le": le, "images": images, "images_seen": images if subset != "A" else 0}
+        (run_dir / "eval" / subset / "metrics.json").write_text(json.dumps(
+            {"results": {"casm": row, "centre_box": {"le": 0.7, "images": images}}, "clean_top1": {"own": 50.0}}))
+    run = SimpleNamespace(label="B-C", subsets=["B", "C"], run_dir=run_dir,
+                          config=OmegaConf.create({"data": {"samples_per_class": None}}))
+    le = collect(split, [run], None)["runs"]["B-C"]["le"]
+    seen = (0.5 * 10 + 0.2 * 30) / 40
+    assert le["seen"] == pytest.approx(seen) and le["unseen"] == pytest.approx(0.9)
+    assert le["gap"] == pytest.approx(0.9 - seen)
+    assert le["seen_se"] == pytest.approx((seen * (1 - seen) / 40) ** 0.5)
+    assert le["gap_se"] == pytest.approx((seen * (1 - seen) / 40 + 0.9 * 0.1 / 20) ** 0.5)

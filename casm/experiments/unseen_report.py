@@ -4,12 +4,16 @@ centred-box reference as a row, a plot of seen and unseen LE against the fractio
 ``metrics.json`` and TensorBoard scalars.
 
 "Seen" and "unseen" pool the images of the seen (unseen) subsets, so a subset weighs by its number
-of validation images, as if the subsets' images had been scored together.
+of validation images, as if the subsets' images had been scored together. LE is a share of images, so
+its sampling error is binomial: the report gives ``sqrt(p (1 - p) / n)`` for seen and unseen and their
+root sum of squares for the gap. It measures the finite validation set, not the spread over training
+seeds (one model per row).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -42,6 +46,11 @@ def pooled(cells: dict[str, dict], key: str, weight: str, seen: bool) -> float |
     return sum(v * w for v, w in pairs) / total if total else None
 
 
+def standard_error(share: float | None, images: int) -> float | None:
+    """Binomial standard error of a share of ``images`` images."""
+    return None if share is None or images == 0 else math.sqrt(share * (1 - share) / images)
+
+
 def collect(split: ClassSplit, runs: list, judge: str | None) -> dict:
     """Every run's casm scores per subset, seen and unseen pooled, and the centred-box reference."""
     total_classes = sum(len(c) for c in split.subsets.values())
@@ -62,6 +71,12 @@ def collect(split: ClassSplit, runs: list, judge: str | None) -> dict:
             entry[key] = {"seen": pooled(cells, key, weight, True), "unseen": pooled(cells, key, weight, False)}
             if entry[key]["seen"] is not None and entry[key]["unseen"] is not None:
                 entry[key]["gap"] = entry[key]["unseen"] - entry[key]["seen"]
+        le = entry["le"]
+        for which, is_seen in (("seen", True), ("unseen", False)):
+            images = sum(c["images"] for c in cells.values() if c["seen"] == is_seen)
+            le[f"{which}_se"] = standard_error(le[which], images)
+        if le.get("gap") is not None:
+            le["gap_se"] = math.hypot(le["seen_se"], le["unseen_se"])
         out["runs"][run.label] = entry
     ref = out["reference"]
     out["reference_le"] = pooled(ref, "le", "images", False)
@@ -86,9 +101,15 @@ def table(data: dict, key: str, names: list[str]) -> str:
             cells.append(text if cell["seen"] or text == "—" else f"*{text}*")
         summary = run.get(key, {})
         gap = summary.get("gap")
+
+        def with_se(which: str, text: str) -> str:
+            se = summary.get(f"{which}_se")
+            return text if se is None or text == "—" else f"{text} ± {se:.3f}"
+
+        gap_text = "—" if gap is None else f"{gap:+.3f}" if not key.startswith("acc_") else f"{gap:+.1f}"
         lines.append(f"| {label} | {100 * run['fraction_seen']:.0f} % | " + " | ".join(cells) +
-                     f" | {_fmt(summary.get('seen'), key)} | {_fmt(summary.get('unseen'), key)} | "
-                     f"{'—' if gap is None else f'{gap:+.3f}' if not key.startswith('acc_') else f'{gap:+.1f}'} |")
+                     f" | {with_se('seen', _fmt(summary.get('seen'), key))} | "
+                     f"{with_se('unseen', _fmt(summary.get('unseen'), key))} | {with_se('gap', gap_text)} |")
     if key == "le":
         ref = data["reference"]
         lines.append("| centred box (reference) | — | " + " | ".join(_fmt(ref[n].get("le"), key) for n in names) +
@@ -136,7 +157,8 @@ def write_unseen_report(out: Path, split: ClassSplit, runs: list, data_cfg: Dict
     parts = ["# Unseen-class experiment\n",
              f"Split {split.path}: " + ", ".join(f"{n} {len(c)}" for n, c in split.subsets.items()) +
              " classes. Cells of subsets a model never saw are in *italics*; seen and unseen pool the images "
-             "of those subsets.\n"]
+             "of those subsets; ± is the binomial standard error over validation images (one model per row, "
+             "not a spread over training seeds).\n"]
     accuracy = {label: r["subsets"] for label, r in data["runs"].items()}
     parts.append("Classifier top-1 on the validation images of its own classes: " + ", ".join(
         f"{label} {sum(c['clean_top1'] * c['images'] for c in cells.values() if c['clean_top1'] is not None) / max(1, sum(c['images'] for c in cells.values() if c['clean_top1'] is not None)):.1f} %"  # noqa: E501
