@@ -335,3 +335,20 @@ def test_report_pools_subsets_by_images_with_binomial_errors(tmp_path):
     assert le["gap"] == pytest.approx(0.9 - seen)
     assert le["seen_se"] == pytest.approx((seen * (1 - seen) / 40) ** 0.5)
     assert le["gap_se"] == pytest.approx((seen * (1 - seen) / 40 + 0.9 * 0.1 / 20) ** 0.5)
+
+
+def test_a_run_config_from_an_older_casm_is_the_same_config(tmp_path):
+    """A key a later casm adds (at its default) does not make a started run 'another config'."""
+    from casm.experiments.unseen import UnseenExperiment
+
+    cfg = load_config(CONFIG_DIR / "unseen.yaml", TINY + EXPERIMENT + [f"logging.out_dir={tmp_path}"])
+    experiment = UnseenExperiment(cfg)
+    run = experiment.plan(experiment.split())[0]
+    experiment._write_config(run)
+    older = run.config_file.read_text().replace("  flip: null\n", "")
+    assert older != run.config_file.read_text()
+    run.config_file.write_text(older)
+    experiment._write_config(run)  # accepted
+    run.config_file.write_text(older.replace("max_epochs: 2", "max_epochs: 5"))
+    with pytest.raises(ConfigError, match="started with another config"):
+        experiment._write_config(run)

@@ -115,7 +115,8 @@ class UnseenExperiment:
         if u.judge:
             epochs = self.cfg.trainer.max_epochs  # every epoch a warm-up epoch: a plain classifier
             runs.append(self._planned("judge", "judge", None, {"seed": self.cfg.seed + u.judge_seed_offset,
-                                                               "casm": {"warmup_epochs": epochs}}))
+                                                               "casm": {"warmup_epochs": epochs,
+                                                                        "warmup_accuracy": None}}))
         for run in runs:
             if run.subsets is not None and len(split.classes_of(run.subsets, self.all_classes)) < 2:
                 raise ConfigError(f"training set {run.label} holds one class of {split.path}: a classifier needs "
@@ -138,11 +139,17 @@ class UnseenExperiment:
                           self.root / "configs" / f"{folder}.yaml")
 
     def _write_config(self, run: PlannedRun) -> None:
-        """Write the run's config, refusing to continue a run that was started with another one."""
+        """Write the run's config, refusing to continue a run that was started with another one. Both are
+        compared through the schema, so a key added by a later casm version (at its default) is no change."""
         text = to_yaml(run.config)
-        if run.config_file.is_file() and run.config_file.read_text() != text:
-            raise ConfigError(f"{run.run_dir} was started with another config ({run.config_file}); give the "
-                              f"experiment a new logging.name, or delete that run's folder and config to redo it")
+        if run.config_file.is_file():
+            try:
+                started_with = to_yaml(load_config(run.config_file))
+            except ConfigError:
+                started_with = None
+            if started_with != text:
+                raise ConfigError(f"{run.run_dir} was started with another config ({run.config_file}); give the "
+                                  f"experiment a new logging.name, or delete that run's folder and config to redo it")
         run.config_file.parent.mkdir(parents=True, exist_ok=True)
         run.config_file.write_text(text)
 
