@@ -1,5 +1,6 @@
 """Export -> load -> identical masks; explain new images; bad exports and images fail cleanly."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -84,11 +85,55 @@ def test_not_an_export_and_tampered_weights(trained_checkpoint, tmp_path):
     with pytest.raises(ExportError, match="SHA-256"):
         load_masker(out)
     weights.write_bytes(bytes(data[: len(data) // 2]))
-    manifest = json.loads((out / "masker.json").read_text())
-    manifest["weights_sha256"] = ""  # no checksum to hide behind: the truncated file itself must fail
-    (out / "masker.json").write_text(json.dumps(manifest))
-    with pytest.raises(ExportError, match="cannot be read"):
+    _reseal(out, weights_sha256=hashlib.sha256(weights.read_bytes()).hexdigest())  # checksums that agree
+    with pytest.raises(ExportError, match="cannot be read"):  # the truncated file itself must fail
         load_masker(out)
+
+
+def _reseal(out, **changes):
+    """Change manifest fields and recompute its own checksum, as a careful forger would."""
+    from casm.export.standalone import manifest_digest
+
+    manifest = dict(json.loads((out / "masker.json").read_text()), **changes)
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    (out / "masker.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="module")
+def exported(trained_checkpoint, tmp_path_factory):
+    return export_masker(trained_checkpoint, tmp_path_factory.mktemp("export") / "masker")
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"image_size": 0}, "image_size=0 must be an integer"), ({"image_size": -5}, "image_size=-5"),
+    ({"image_size": "abc"}, "image_size='abc'"), ({"image_size": 60000}, "image_size=60000"),
+    ({"std": [0, 0, 0]}, "std=.* must be positive"), ({"mean": [0.5, 0.5]}, "mean=.* three finite numbers"),
+    ({"format_version": 9}, "format_version 9"), ({"weights_sha256": ""}, "weights_sha256 is missing"),
+])
+def test_a_faulty_manifest_is_refused_naming_the_field(exported, tmp_path, changes, message):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(exported, out)
+    _reseal(out, **changes)
+    with pytest.raises(ExportError, match=message):
+        load_masker(out)
+
+
+def test_an_edited_manifest_or_a_list_is_refused(exported, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(exported, out)
+    manifest = json.loads((out / "masker.json").read_text())
+    (out / "masker.json").write_text(json.dumps(dict(manifest, image_size=128)))  # without resealing
+    with pytest.raises(ExportError, match="edited after export"):
+        load_masker(out)
+    (out / "masker.json").write_text("[1, 2]")
+    with pytest.raises(ExportError, match="expected a JSON object, got a list"):
+        load_masker(out)
+    (out / "masker.json").write_text(json.dumps(dict(manifest, format_version=1, manifest_sha256="")))
+    assert load_masker(out) is not None  # an export of format 1 (before manifest checksums) still loads
 
 
 def test_export_refuses_a_checkpoint_without_masker(tmp_path):

@@ -6,14 +6,17 @@ An export is a folder with two files:
   when the encoder was shared), so it keeps working whatever later happens to the classifier.
   safetensors holds tensors only: loading a file cannot run code.
 * ``masker.json``: everything needed to rebuild and feed it (architecture, head, input size,
-  normalization, class names, casm version) and the weights' SHA-256, so a tampered or truncated
-  weights file fails cleanly.
+  normalization, class names, casm version), the weights' SHA-256, so a tampered or truncated
+  weights file fails cleanly, and its own SHA-256 (format 2), so an edited manifest (say, another
+  ``image_size``, which would silently change every mask) fails too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -31,7 +34,8 @@ from casm.training.module import load_trained
 WEIGHTS_FILE = "masker.safetensors"
 MANIFEST_FILE = "masker.json"
 FORMAT = "casm-masker"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest carries its own SHA-256; 1 (older exports) still loads
+MAX_IMAGE_SIZE = 4096  # a masker input side beyond this is a corrupt manifest, not a model (memory grows with it)
 
 
 class ExportError(ValueError):
@@ -55,6 +59,54 @@ class MaskerManifest:
     weights_sha256: str = ""
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
+    manifest_sha256: str = ""  # of every other field (manifest_digest)
+
+
+def manifest_digest(fields: dict) -> str:
+    """SHA-256 of a manifest's canonical JSON, its own checksum field left out."""
+    body = {k: v for k, v in fields.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _is_int(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def read_manifest(path: Path) -> MaskerManifest:
+    """Parse and check ``masker.json``; every fault is an :class:`ExportError` naming the field."""
+    try:
+        raw = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ExportError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(raw, dict):
+        raise ExportError(f"{path}: expected a JSON object, got a {type(raw).__name__}")
+    if raw.get("format") != FORMAT:
+        raise ExportError(f"{path}: format is {raw.get('format')!r}, not {FORMAT!r}: not a casm masker manifest")
+    version = raw.get("format_version")
+    if version not in (1, FORMAT_VERSION):
+        raise ExportError(f"{path}: format_version {version!r}; this casm reads 1 and {FORMAT_VERSION} "
+                          f"(an export from a newer casm? upgrade casm, or export again with this one)")
+    if version >= 2 and raw.get("manifest_sha256") != manifest_digest(raw):
+        raise ExportError(f"{path}: edited after export (its manifest_sha256 does not match its contents); "
+                          f"export the checkpoint again")
+    if not (isinstance(raw.get("weights_sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", raw["weights_sha256"])):
+        raise ExportError(f"{path}: weights_sha256 is missing or malformed, so corrupted weights could not be "
+                          f"detected; export the checkpoint again")
+    for key, high in (("image_size", MAX_IMAGE_SIZE), ("resize", 2 * MAX_IMAGE_SIZE), ("width", 1024),
+                      ("hidden", 8192)):
+        if not _is_int(raw.get(key), 1, high):
+            raise ExportError(f"{path}: {key}={raw.get(key)!r} must be an integer from 1 to {high}")
+    for key in ("mean", "std"):
+        values = raw.get(key)
+        if not (isinstance(values, list) and len(values) == 3 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+            raise ExportError(f"{path}: {key}={values!r} must be three finite numbers (R, G, B)")
+    if any(v <= 0 for v in raw["std"]):
+        raise ExportError(f"{path}: std={raw['std']} must be positive (images are divided by it)")
+    try:
+        return MaskerManifest(**raw)
+    except TypeError as err:
+        raise ExportError(f"{path}: not a valid masker manifest ({err})") from err
 
 
 class StandaloneMasker(nn.Module):
@@ -107,6 +159,7 @@ def export_masker(checkpoint_path: str | Path, out_dir: str | Path, onnx: bool =
     save_file({k: v.contiguous() for k, v in model.masker.state_dict().items()}, str(weights),
               metadata={"format": FORMAT})
     model.manifest.weights_sha256 = _sha256(weights)
+    model.manifest.manifest_sha256 = manifest_digest(asdict(model.manifest))
     (out / MANIFEST_FILE).write_text(json.dumps(asdict(model.manifest), indent=2))
     if onnx:
         from casm.export.onnx import export_onnx
@@ -122,14 +175,8 @@ def load_masker(export_dir: str | Path, device: str | torch.device = "cpu") -> S
     if not manifest_path.is_file() or not weights.is_file():
         raise ExportError(f"{folder}: not a casm masker export (expected {MANIFEST_FILE} and {WEIGHTS_FILE}); "
                           f"create one with: python -m casm export CHECKPOINT {folder}")
-    try:
-        raw = json.loads(manifest_path.read_text())
-        if raw.get("format") != FORMAT:
-            raise ValueError(f"format is {raw.get('format')!r}")
-        manifest = MaskerManifest(**raw)
-    except (ValueError, TypeError) as err:
-        raise ExportError(f"{manifest_path}: not a valid masker manifest ({err})") from err
-    if manifest.weights_sha256 and _sha256(weights) != manifest.weights_sha256:
+    manifest = read_manifest(manifest_path)
+    if _sha256(weights) != manifest.weights_sha256:
         raise ExportError(f"{weights}: contents do not match the SHA-256 in {MANIFEST_FILE} "
                           f"(file modified or truncated); export it again")
     try:
