@@ -72,3 +72,12 @@ def test_out_of_range_values_are_refused_before_anything_is_built(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=f"{key}=-?[0-9.]+ must be"):
         load_config(None, [override])
+
+
+def test_long_error_texts_keep_their_end():
+    from casm.training.run import shorten
+
+    text = "start " + "x" * 1000 + " the key at fault"
+    short = shorten(text, 100)
+    assert len(short) <= 100 and short.startswith("start") and short.endswith("the key at fault")
+    assert shorten("a\nb  c") == "a b c"

@@ -372,7 +372,7 @@ class CASMModule(pl.LightningModule):
 def load_trained(checkpoint: str | Path) -> tuple[CASMModule, dict]:
     """The CASM module of a training checkpoint (eval mode) and the checkpoint's saved config.
     The original pretrained-weight paths are dropped: the checkpoint holds the weights."""
-    from casm.training.run import read_checkpoint  # run.py imports this module
+    from casm.training.run import read_checkpoint, shorten  # run.py imports this module
 
     ckpt = read_checkpoint(checkpoint)
     hp = ckpt.get("hyper_parameters", {})
@@ -388,5 +388,5 @@ def load_trained(checkpoint: str | Path) -> tuple[CASMModule, dict]:
     except RuntimeError as err:  # e.g. a head whose layout changed between casm versions
         head = config["masker"]["head"]
         raise ValueError(f"{checkpoint}: its weights do not fit a {config['model']['arch']} with the {head} head of "
-                         f"this casm version ({' '.join(str(err).split())[:240]})") from err
+                         f"this casm version ({shorten(err)})") from err
     return module.eval(), config

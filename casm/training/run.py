@@ -23,6 +23,13 @@ ARCHITECTURE_KEYS = ("model.arch", "model.width", "masker.head", "masker.encoder
 _VERSION_ENV = "CASM_RUN_VERSION"  # shared by DDP ranks, which Lightning starts as new processes
 
 
+def shorten(text: str, limit: int = 300) -> str:
+    """One line of at most ``limit`` characters that keeps both ends (the useful part of a long error
+    message is often its end: the key or file at fault)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else f"{text[: limit // 2 - 2]} ... {text[-(limit // 2 - 3):]}"
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """Load a Lightning checkpoint safely (``weights_only=True``), with a one-line error on failure."""
     path = Path(path)
@@ -31,7 +38,7 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path}: not a readable casm checkpoint ({type(err).__name__}: {str(err)[:200]})") from err
+        raise ValueError(f"{path}: not a readable casm checkpoint ({type(err).__name__}: {shorten(err)})") from err
 
 
 def check_resume_compatible(cfg: DictConfig, checkpoint: dict, path: str) -> None:
