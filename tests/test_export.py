@@ -165,3 +165,18 @@ def test_every_head_exports_exactly(head, tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(masker(x), _training_masks(ckpt, x))
+
+
+def test_explain_keeps_same_named_images_apart_and_reads_gifs(exported, tmp_path):
+    from casm.export.explain import output_stems, write_explanations
+
+    for folder in ("a", "b"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(tmp_path / "in" / folder / "same.png")
+    frames = [Image.fromarray(np.full((16, 16, 3), v, np.uint8)) for v in (0, 255)]
+    frames[0].save(tmp_path / "in" / "anim.gif", save_all=True, append_images=frames[1:])
+    written, errors = write_explanations(load_masker(exported), [tmp_path / "in"], tmp_path / "out", progress=False)
+    assert written == 3 and not errors
+    assert {p.name for p in (tmp_path / "out").glob("*_box.json")} == {
+        "anim_box.json", "a__same.png_box.json", "b__same.png_box.json"}
+    assert output_stems([tmp_path / "x.png", tmp_path / "x.jpg"]) == ["x.png", "x.jpg"]

@@ -9,6 +9,8 @@ the masks are resized back to each image's own size. The box is the tight box of
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence, Union
@@ -97,6 +99,16 @@ def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
+def output_stems(files: Sequence[Path]) -> list[str]:
+    """Output name per input: its stem, or where two inputs share a stem (``a/same.png``, ``b/same.png``,
+    ``same.jpg``) its path below their common folder with ``__`` for ``/``, so no output overwrites another."""
+    counts = Counter(p.stem for p in files)
+    resolved = [p.resolve() for p in files]
+    common = Path(os.path.commonpath([p.parent for p in resolved])) if resolved else Path()
+    return [p.stem if counts[p.stem] == 1 else "__".join(r.relative_to(common).parts)
+            for p, r in zip(files, resolved)]
+
+
 def write_explanations(masker: StandaloneMasker, paths: Sequence[str | Path], out_dir: str | Path,
                        mask_format: str = "png", batch_size: int = 32, amp: bool = False,
                        progress: bool = True) -> tuple[int, list[str]]:
@@ -108,6 +120,7 @@ def write_explanations(masker: StandaloneMasker, paths: Sequence[str | Path], ou
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = expand_inputs(paths)
+    stems = dict(zip(files, output_stems(files)))
     errors: list[str] = []
     written = 0
     bar = tqdm(total=len(files), unit="img", disable=not progress)
@@ -120,7 +133,7 @@ def write_explanations(masker: StandaloneMasker, paths: Sequence[str | Path], ou
             except (CorruptImageError, FileNotFoundError, OSError, ValueError) as err:
                 errors.append(f"skipped {path}: {err}")
         for path, array, result in zip(chunk, arrays, explain(masker, arrays, batch_size, amp)):
-            stem = out / path.stem
+            stem = out / stems[path]
             if mask_format == "npy":
                 np.save(f"{stem}_mask.npy", result.mask.astype(np.float32))
             elif mask_format == "png16":
