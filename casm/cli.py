@@ -7,9 +7,22 @@ import functools
 import sys
 
 from casm.config import CONFIG_DIR, ConfigError, load_config
+from casm.errors import CheckpointWriteError
 
-# bad input: a one-line message, exit code 2
-USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError)
+# bad input or a full disk: a one-line message (two when one fault led to another), exit code 2
+USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError, CheckpointWriteError)
+
+
+def _earlier_write_errors(err: BaseException) -> list[BaseException]:
+    """Checkpoint write failures during whose handling ``err`` was raised, oldest first."""
+    found, seen = [], {id(err)}
+    context = err.__context__
+    while context is not None and id(context) not in seen:
+        seen.add(id(context))
+        if isinstance(context, CheckpointWriteError):
+            found.append(context)
+        context = context.__context__
+    return found[::-1]
 
 
 def reports_user_errors(main):
@@ -23,6 +36,8 @@ def reports_user_errors(main):
             # an error raised in a DataLoader worker carries the worker's traceback: its last line says it
             lines = str(err).strip().splitlines() or [type(err).__name__]
             message = lines[-1].split(": ", 1)[-1] if "Original Traceback" in str(err) else " ".join(lines)
+            for earlier in _earlier_write_errors(err):  # e.g. the epoch checkpoint before interrupted.ckpt
+                print(f"error: {earlier}", file=sys.stderr)
             print(f"error: {message}", file=sys.stderr)
             return 2
 

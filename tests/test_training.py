@@ -195,3 +195,32 @@ def _flat(prefix: str, node: dict):
     for key, value in node.items():
         if value is not None and not isinstance(value, (dict, list)):
             yield f"{prefix}.{key}", value
+
+
+def test_a_full_disk_leaves_no_half_written_checkpoint(tiny_overrides, monkeypatch, capsys):
+    """torch.save writes part of the file, then the disk is full: no checkpoint appears under its name
+    (nor a partial file beside it), the user reads which checkpoint failed and why, and an earlier
+    checkpoint stays intact."""
+    import errno
+
+    from casm.cli import train_main
+    from casm.training import checkpoint_io
+    from casm.training.run import read_checkpoint
+
+    real_save = torch.save
+    calls = []
+
+    def disk_full_after_first(obj, f):
+        calls.append(1)
+        if len(calls) == 1:
+            return real_save(obj, f)
+        f.write(b"partial bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", disk_full_after_first)
+    assert train_main(tiny_overrides + ["trainer.max_epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert "could not write checkpoint" in err and "epoch001.ckpt" in err and "No space left" in err
+    folder = next(iter(__import__("pathlib").Path(tiny_overrides[-1].split("=", 1)[1]).rglob("checkpoints")))
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch000.ckpt", "last.ckpt"]
+    assert read_checkpoint(folder / "last.ckpt")["epoch"] == 0  # the earlier checkpoint is whole

@@ -13,6 +13,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from casm.config import ConfigError, to_yaml
 from casm.data.datamodule import LocalizationDataModule
+from casm.training.checkpoint_io import AtomicCheckpointIO
 from casm.training.console import EpochSummary
 from casm.training.lficam_module import LFICAMModule
 from casm.training.module import CASMModule
@@ -99,6 +100,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bo
         log_every_n_steps=t.log_every_n_steps,
         logger=logger,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],  # a checkpoint appears complete or not at all
         enable_progress_bar=cfg.logging.progress_bar,
         deterministic=False,
         num_sanity_val_steps=0,
