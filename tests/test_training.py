@@ -13,6 +13,7 @@ import torch
 import casm.training.module as module_lib
 from casm.config import ConfigError, load_config
 from casm.data.datamodule import LocalizationDataModule
+from casm.models import ResNetClassifier
 from casm.training.module import CASMModule, NonFiniteLossError
 from casm.training.run import check_resume_compatible, read_checkpoint, train
 
@@ -224,3 +225,22 @@ def test_a_full_disk_leaves_no_half_written_checkpoint(tiny_overrides, monkeypat
     folder = next(iter(__import__("pathlib").Path(tiny_overrides[-1].split("=", 1)[1]).rglob("checkpoints")))
     assert sorted(p.name for p in folder.iterdir()) == ["epoch000.ckpt", "last.ckpt"]
     assert read_checkpoint(folder / "last.ckpt")["epoch"] == 0  # the earlier checkpoint is whole
+
+
+def test_an_overflowing_batchnorm_statistic_skips_the_step(tiny_cfg, monkeypatch):
+    """Diverging weights can overflow BatchNorm's running variance while the loss stays finite: the step
+    is skipped, the statistics restored, so no checkpoint ever holds them."""
+    calls = {"n": 0}
+    original = ResNetClassifier.forward
+
+    def overflow_once(self, x):
+        out = original(self, x)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            self.trunk.bn1.running_var.data.fill_(float("inf"))  # .data: autograd keeps its saved copy
+        return out
+
+    monkeypatch.setattr(ResNetClassifier, "forward", overflow_once)
+    module = fit(tiny_cfg("casm.thinning=L"), steps=3)
+    assert module.nonfinite_total == 1
+    assert all(torch.isfinite(b).all() for b in module.classifier.buffers() if b.is_floating_point())

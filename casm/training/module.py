@@ -231,12 +231,18 @@ class CASMModule(pl.LightningModule):
 
     def _apply_gradients(self, groups: dict[int, tuple[list[Tensor], tuple[Tensor, ...]]], losses: list[Tensor],
                          clip: dict[int, float] | None = None, lr_scale: dict[int, float] | None = None) -> bool:
-        """Average gradients across ranks, skip the step if any is non-finite, else clip and step.
+        """Average gradients across ranks, skip the step if any (or a BatchNorm statistic) is non-finite,
+        else clip and step.
 
         ``groups`` maps an optimizer index to its parameters and their gradients. The losses travel in
         the same all-reduce, so every rank reaches the same skip decision."""
         order = sorted(groups)
-        flat = [g for i in order for g in groups[i][1]] + [loss.reshape(1) for loss in losses]
+        # BatchNorm statistics can overflow while loss and gradients stay finite (diverging weights):
+        # one flag, inf when any is non-finite, travels in the same all-reduce as the gradients
+        statistics = [b for b in self._batchnorm_buffers() if b.is_floating_point()]
+        finite_statistics = torch.stack([torch.isfinite(b).all() for b in statistics]).all()
+        flag = torch.where(finite_statistics, 0.0, float("inf")).reshape(1).to(losses[0].device)
+        flat = [g for i in order for g in groups[i][1]] + [loss.reshape(1) for loss in losses] + [flag]
         reduced = all_reduce_mean(flat)
         if not all(bool(torch.isfinite(t).all()) for t in reduced):
             self._skip_nonfinite(losses)
