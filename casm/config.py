@@ -325,8 +325,8 @@ def validate_data(data: DictConfig) -> None:
                           "to keep (e.g. data.split_subsets=[C,D,E,F])")
     if data.split_file and (data.include_classes is not None or data.exclude_classes is not None):
         raise ConfigError("data.split_file selects the classes: drop data.include_classes / data.exclude_classes")
-    low, high = (list(data.crop_scale) + [None, None])[:2]
-    if len(data.crop_scale) != 2 or not 0 < low <= high <= 1:
+    scale = list(data.crop_scale)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise ConfigError(f"data.crop_scale={list(data.crop_scale)} must be [low, high] with 0 < low <= high <= 1")
     if data.samples_per_class is not None and data.samples_per_class < 1:
         raise ConfigError(f"data.samples_per_class={data.samples_per_class} must be at least 1 (or null: all)")
@@ -342,8 +342,8 @@ def evaluation_data(saved: dict, overrides: list[str], config_file: str | None =
     a training-only limit, never applies."""
     data = dict(saved, samples_per_class=None)
     named = [o.split("=", 1)[0] for o in overrides]
-    if config_file:
-        named += [f"data.{k}" for k in (OmegaConf.load(config_file).get("data") or {})]
+    for layer, _ in _read_yaml(Path(config_file)) if config_file else []:  # inherited files included
+        named += [f"data.{k}" for k in (layer.get("data") or {})]
     if any(f"data.{k}" in named for k in CLASS_SELECTION_KEYS):
         data.update({k: None for k in CLASS_SELECTION_KEYS})
     return data

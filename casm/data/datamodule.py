@@ -35,9 +35,12 @@ def photo_defaults(data: DictConfig) -> bool:
 
 
 def eval_geometry(data: DictConfig) -> list:
-    """Resize + centre crop (boxes follow). Default resize: 256/224 x size for ImageNet (the paper), the
-    input size itself for folders, so a square image already at that size loses no pixel."""
+    """Resize + centre crop (boxes follow); none for the built-in data, generated at its final size.
+    Default resize: 256/224 x size for ImageNet (the paper), the input size itself for folders, so a
+    square image already at that size loses no pixel."""
     size = data.image_size
+    if data.name == "synthetic":
+        return []
     if not data.center_crop:
         return [v2.Resize((size, size), antialias=True)]
     resize = data.resize or (round(size * 256 / 224) if data.name == "imagenet" else size)
@@ -49,15 +52,15 @@ def train_transform(data: DictConfig) -> v2.Compose:
     flips by default for photos (the paper's); the evaluation geometry when ``random_crop`` is off."""
     crop = photo_defaults(data) if data.random_crop is None else data.random_crop
     flip = photo_defaults(data) if data.flip is None else data.flip
-    steps = [v2.RandomResizedCrop(data.image_size, scale=tuple(data.crop_scale), antialias=True)] if crop else (
-        eval_geometry(data) if data.name != "synthetic" else [])
+    steps = [v2.RandomResizedCrop(data.image_size, scale=tuple(data.crop_scale), antialias=True)] if crop else \
+        eval_geometry(data)
     if flip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose([*steps, *normalize()])
 
 
 def eval_transform(data: DictConfig) -> v2.Compose:
-    return v2.Compose([*(eval_geometry(data) if data.name != "synthetic" else []), *normalize()])
+    return v2.Compose([*eval_geometry(data), *normalize()])
 
 
 def collate_with_boxes(samples: list[dict | None]) -> dict:
@@ -121,7 +124,7 @@ class LocalizationDataModule(pl.LightningDataModule):
     def classes(self) -> list[str]:
         """The kept classes, in label order."""
         self._build()
-        return (self.train_set or self.val_set).classes
+        return (self.train_set if self.train_set is not None else self.val_set).classes
 
     @property
     def num_classes(self) -> int:

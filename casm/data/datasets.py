@@ -223,8 +223,8 @@ def folder_split(root: Path, split: str, include=None, exclude=None, boxes_file:
             boxes = read_box_csv(boxes_file)
     records = _class_records(split_dir, classes, boxes)
     named = {p.relative_to(split_dir).as_posix() for p, _, _ in records}
-    all_classes = set(_class_folders(split_dir))
-    unknown = [n for n in boxes if n not in named and n.split("/", 1)[0] not in set(all_classes) - set(classes)]
+    left_out = set(_class_folders(split_dir)) - set(classes)  # rows of classes not selected are fine
+    unknown = [n for n in boxes if n not in named and n.split("/", 1)[0] not in left_out]
     if unknown:
         raise ValueError(f"{boxes_file}: {len(unknown)} row(s) name images that are not in {split_dir} "
                          f"(e.g. {unknown[:3]}); paths are relative to {split_dir}")
@@ -286,8 +286,7 @@ def imagenet_split(root: Path, split: str, include=None, exclude=None, boxes_fil
 
     val_dir = _require_dir(root / split, "ImageNet val folder")
     annotations = _imagenet_annotations(root, boxes_file)
-    all_synsets = _class_folders(train_dir) if train_dir.is_dir() else sorted({s for s, _ in annotations.values()})
-    classes = select_classes(all_synsets, include, exclude)
+    classes = select_classes(_imagenet_synsets(root, annotations), include, exclude)
     index = {c: i for i, c in enumerate(classes)}
     records = []
     for path in _images_in(val_dir):
@@ -297,14 +296,21 @@ def imagenet_split(root: Path, split: str, include=None, exclude=None, boxes_fil
     return BoxedImageDataset(records, classes, transform, skip_corrupt)
 
 
+def _imagenet_synsets(root: Path, annotations: dict | None = None, boxes_file: Path | None = None) -> list[str]:
+    """The synsets: ROOT/train's folders, or those the validation annotations name when there is none."""
+    if (root / "train").is_dir():
+        return _class_folders(root / "train")
+    annotations = annotations if annotations is not None else _imagenet_annotations(root, boxes_file)
+    return sorted({synset for synset, _ in annotations.values()} - {""})
+
+
 def dataset_classes(data) -> list[str]:
     """Every class of the configured dataset (a ``data`` config), before any selection: what a split
     file is made from and checked against. Lists class folders only, never the images."""
     if data.name == "synthetic":
         return list(synthetic.class_names(data.synthetic_classes))
     root = _require_dir(Path(data.root), f"{data.name} dataset root")
-    if (root / "train").is_dir():
-        return _class_folders(root / "train")
-    if data.name == "folder":
-        return _class_folders(_require_dir(root / "val", "folder dataset's train or val folder"))
-    return sorted({synset for synset, _ in _imagenet_annotations(root, data.boxes_file).values()} - {""})
+    if data.name == "imagenet":
+        return _imagenet_synsets(root, boxes_file=data.boxes_file)
+    return _class_folders(root / "train" if (root / "train").is_dir() else
+                          _require_dir(root / "val", "folder dataset's train or val folder"))

@@ -61,12 +61,15 @@ def collect(split: ClassSplit, runs: list, judge: str | None) -> dict:
         for subset in split.names:
             scores = _read(run.run_dir, subset)
             seen = subset in run.subsets
-            cells[subset] = dict(scores["casm"], seen=seen, clean_top1=scores["clean_top1"] if seen else None)
+            cells[subset] = dict(scores["casm"], seen=seen)
+            if seen and scores["clean_top1"] is not None:  # a classifier's top-1 exists on its own classes only
+                cells[subset]["clean_top1"] = scores["clean_top1"]
             if subset not in out["reference"]:
                 out["reference"][subset] = dict(scores["centre_box"], seen=False)
         seen_classes = sum(len(split.subsets[s]) for s in run.subsets)
         entry = {"trained_on": run.subsets, "fraction_seen": seen_classes / total_classes,
-                 "samples_per_class": run.config.data.samples_per_class, "subsets": cells}
+                 "samples_per_class": run.config.data.samples_per_class, "subsets": cells,
+                 "clean_top1": pooled(cells, "clean_top1", "images", True)}
         for key, weight in keys:
             entry[key] = {"seen": pooled(cells, key, weight, True), "unseen": pooled(cells, key, weight, False)}
             if entry[key]["seen"] is not None and entry[key]["unseen"] is not None:
@@ -159,10 +162,8 @@ def write_unseen_report(out: Path, split: ClassSplit, runs: list, data_cfg: Dict
              " classes. Cells of subsets a model never saw are in *italics*; seen and unseen pool the images "
              "of those subsets; ± is the binomial standard error over validation images (one model per row, "
              "not a spread over training seeds).\n"]
-    accuracy = {label: r["subsets"] for label, r in data["runs"].items()}
     parts.append("Classifier top-1 on the validation images of its own classes: " + ", ".join(
-        f"{label} {sum(c['clean_top1'] * c['images'] for c in cells.values() if c['clean_top1'] is not None) / max(1, sum(c['images'] for c in cells.values() if c['clean_top1'] is not None)):.1f} %"  # noqa: E501
-        for label, cells in accuracy.items()) + ".\n")
+        f"{label} {_fmt(run['clean_top1'], 'acc_')} %" for label, run in data["runs"].items()) + ".\n")
     for key, title, lower, _ in METRICS:
         if "{judge}" in key and not judge:
             continue
