@@ -352,3 +352,16 @@ def test_a_run_config_from_an_older_casm_is_the_same_config(tmp_path):
     run.config_file.write_text(older.replace("max_epochs: 2", "max_epochs: 5"))
     with pytest.raises(ConfigError, match="started with another config"):
         experiment._write_config(run)
+
+
+def test_an_evaluation_from_an_older_casm_is_not_redone(tmp_path):
+    """An earlier evaluation's settings are compared through the schema: a missing key at its default
+    is the same evaluation, another value is not."""
+    from casm.config import EvalConfig
+    from casm.experiments.unseen import _same_settings
+
+    wanted = load_config(None, ["methods=[casm]", "max_images=16"], schema_class=EvalConfig)
+    saved = OmegaConf.to_container(wanted, resolve=True)
+    del saved["data"]["flip"]
+    assert _same_settings(saved, wanted)
+    assert not _same_settings(dict(saved, max_images=32), wanted) and not _same_settings(None, wanted)

@@ -71,6 +71,16 @@ class PlannedRun:
         return argv + ([f"resume={self.checkpoint}"] if self.status == "resume" else [])
 
 
+def _same_settings(saved: dict | None, wanted: DictConfig) -> bool:
+    """Whether an earlier evaluation used ``wanted``'s settings, compared through the schema (as run
+    configs are): a key a later casm adds, at its default, is no change."""
+    try:
+        saved_cfg = load_config(None, [], schema_class=EvalConfig, base=saved or {})
+    except ConfigError:
+        return False
+    return OmegaConf.to_container(saved_cfg, resolve=True) == OmegaConf.to_container(wanted, resolve=True)
+
+
 class UnseenExperiment:
     """Plans and runs the protocol for a training config that carries an ``unseen`` section."""
 
@@ -224,8 +234,7 @@ class UnseenExperiment:
         for subset in split.names:
             cfg = self.eval_config(run, subset, judge)
             report = Path(cfg.out_dir) / "metrics.json"
-            wanted = OmegaConf.to_container(cfg, resolve=True)
-            if report.is_file() and json.loads(report.read_text()).get("eval_config") == wanted:
+            if report.is_file() and _same_settings(json.loads(report.read_text()).get("eval_config"), cfg):
                 continue
             trained = trained or load_trained(run.checkpoint)
             log(f"[{run.label}] evaluating on subset {subset} ({'seen' if subset in run.subsets else 'unseen'})")
