@@ -7,6 +7,7 @@ import functools
 import sys
 
 from casm.config import CONFIG_DIR, ConfigError, load_config
+from casm.data.images import DEFAULT_MAX_PIXELS
 from casm.errors import CheckpointWriteError
 
 # bad input or a full disk: a one-line message (two when one fault led to another), exit code 2
@@ -102,13 +103,17 @@ def explain_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
+                        help="larger images are skipped unread (decompression-bomb guard; default %(default).0f)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.max_megapixels <= 0:
+        parser.error("--batch-size and --max-megapixels must be positive")
     from casm.export import load_masker, write_explanations
 
     masker = load_masker(args.export_dir, device=args.device)
     written, errors = write_explanations(masker, args.images, args.out, args.format, args.batch_size, args.amp,
-                                         progress=not args.no_progress)
+                                         progress=not args.no_progress, max_pixels=int(args.max_megapixels * 1e6))
     for message in errors:
         print(message, file=sys.stderr)
     print(f"{written} image(s) explained in {args.out}" + (f", {len(errors)} skipped" if errors else ""))

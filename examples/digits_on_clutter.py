@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX,
-         cv2.FONT_HERSHEY_SCRIPT_SIMPLEX)
+DIGIT_FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX)
+FONTS = DIGIT_FONTS + (cv2.FONT_HERSHEY_SCRIPT_SIMPLEX,)
 LETTERS = "ACEFHKLMPRTUVWXY"
 
 
@@ -26,9 +26,22 @@ def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(0, 256, 3))
 
 
+def _luminance(colour) -> float:
+    return float(np.dot(colour, (0.299, 0.587, 0.114)))
+
+
+def _legible_ink(background: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, int, int]:
+    """A random ink colour that differs from the paper's by at least 80 grey levels, as legible writing does."""
+    while True:
+        ink = _colour(rng)
+        if abs(_luminance(ink) - _luminance(background)) >= 80:
+            return ink
+
+
 def render(digit: int, rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, list[int]]:
     """One image (H, W, 3 uint8) of ``digit`` and the digit's tight box [x0, y0, x1, y1) in pixels."""
-    img = np.full((size, size, 3), _colour(rng), np.uint8)
+    background = _colour(rng)
+    img = np.full((size, size, 3), background, np.uint8)
     for _ in range(rng.integers(4, 9)):  # clutter: lines, discs and letters in random colours
         kind = rng.integers(3)
         x, y = (int(v) for v in rng.integers(0, size, 2))
@@ -40,7 +53,7 @@ def render(digit: int, rng: np.random.Generator, size: int = 64) -> tuple[np.nda
         else:
             cv2.putText(img, LETTERS[rng.integers(len(LETTERS))], (x - 6, y + 6), FONTS[rng.integers(len(FONTS))],
                         size / 128 * rng.uniform(0.6, 1.0), _colour(rng), 1, cv2.LINE_AA)
-    font, scale = FONTS[rng.integers(len(FONTS))], size / 64 * rng.uniform(0.9, 1.5)
+    font, scale = DIGIT_FONTS[rng.integers(len(DIGIT_FONTS))], size / 64 * rng.uniform(1.1, 1.6)
     thickness = int(rng.integers(2, 4))
     (w, h), base = cv2.getTextSize(str(digit), font, scale, thickness)
     x = int(rng.integers(0, max(1, size - w)))
@@ -50,7 +63,7 @@ def render(digit: int, rng: np.random.Generator, size: int = 64) -> tuple[np.nda
     angle = rng.uniform(-15, 15)  # a slight slant, as handwriting has
     rotation = cv2.getRotationMatrix2D((x + w / 2, y - h / 2), angle, 1.0)
     alpha = cv2.warpAffine(alpha, rotation, (size, size))
-    ink = np.array(_colour(rng), np.float32)
+    ink = np.array(_legible_ink(background, rng), np.float32)
     a = alpha[..., None].astype(np.float32) / 255
     img = (img * (1 - a) + ink * a + rng.normal(0, 6, img.shape)).clip(0, 255).astype(np.uint8)
     ys, xs = np.nonzero(alpha > 127)

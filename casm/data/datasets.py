@@ -18,19 +18,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from casm.data import synthetic
+from casm.data.images import IMAGE_EXTENSIONS, CorruptImageError, load_rgb  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")  # GIF: its first frame
-
-
-class CorruptImageError(ValueError):
-    """An image file that cannot be decoded; the message names the file and the way past it."""
 
 
 def select_classes(all_classes: Sequence[str], include: Sequence[str] | None = None,
@@ -45,16 +40,6 @@ def select_classes(all_classes: Sequence[str], include: Sequence[str] | None = N
     if not kept:
         raise ValueError("data.include_classes/exclude_classes leave no class to train on")
     return kept
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """Open any image as RGB (greyscale, palette and RGBA are converted); name the file on failure."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise CorruptImageError(f"cannot read image {path}: {err} (data.skip_corrupt=true skips unreadable "
-                                f"images and counts them)") from err
 
 
 def _box_tensor(boxes: Sequence[Sequence[float]], height: int, width: int) -> tv_tensors.BoundingBoxes:

@@ -13,7 +13,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar, Union
 
 import cv2
 import numpy as np
@@ -21,11 +21,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from casm.data.datasets import IMAGE_EXTENSIONS, CorruptImageError, load_rgb
+from casm.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, CorruptImageError, load_rgb, three_channels, to_uint8
 from casm.export.standalone import StandaloneMasker
 from casm.metrics.localization import predicted_boxes
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
+T = TypeVar("T")
+PIXEL_BUDGET = 32 * 1024 * 1024  # pixels of full-size images held per batch (~100 MB as RGB)
 
 
 @dataclass
@@ -34,21 +36,16 @@ class Explanation:
     box: list[float]  # [x0, y0, x1, y1] in the image's pixels, exclusive ends
 
 
-def to_rgb_array(image: ImageInput) -> np.ndarray:
-    """A path, PIL image or uint8 array (H, W), (H, W, 3) or (H, W, 4) -> (H, W, 3) uint8 RGB."""
+def to_rgb_array(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A path, PIL image or array (H, W), (H, W, 3) or (H, W, 4) of any depth -> (H, W, 3) uint8 RGB
+    (16-bit and float scaled as :mod:`casm.data.images` says)."""
     if isinstance(image, (str, Path)):
-        return np.asarray(load_rgb(Path(image)))
+        return np.asarray(load_rgb(Path(image), max_pixels))
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
     array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise ValueError(f"image arrays must be uint8, got {array.dtype}")
-    if array.ndim == 2:
-        return np.repeat(array[..., None], 3, axis=2)
-    if array.ndim == 3 and array.shape[2] == 4:
-        return array[..., :3]
-    if array.ndim == 3 and array.shape[2] == 3:
-        return array
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4)):
+        return three_channels(to_uint8(array, "the image array"))
     raise ValueError(f"image arrays must be (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
 
 
@@ -63,29 +60,58 @@ def preprocess(images: Sequence[np.ndarray], masker: StandaloneMasker) -> torch.
     return (batch - mean) / std
 
 
+def batches(items: Iterable[T], sizes: Callable[[T], int], batch_size: int,
+            pixel_budget: int = PIXEL_BUDGET) -> Iterator[list[T]]:
+    """Consecutive groups of at most ``batch_size`` items whose pixels add up to at most ``pixel_budget``
+    (a group always takes one item), so a folder of 24 MP photos is held one or two at a time, not 32."""
+    group: list[T] = []
+    pixels = 0
+    for item in items:
+        n = sizes(item)
+        if group and (len(group) == batch_size or pixels + n > pixel_budget):
+            yield group
+            group, pixels = [], 0
+        group.append(item)
+        pixels += n
+    if group:
+        yield group
+
+
 @torch.inference_mode()
-def explain(masker: StandaloneMasker, images: Iterable[ImageInput], batch_size: int = 32,
-            amp: bool = False) -> list[Explanation]:
-    """Masks and boxes for ``images`` (paths, PIL images or uint8 arrays), in their own sizes."""
+def explain_arrays(masker: StandaloneMasker, arrays: Sequence[np.ndarray], amp: bool = False) -> list[Explanation]:
+    """One forward pass for RGB uint8 ``arrays``; masks and boxes at each array's own size."""
     device = next(masker.parameters()).device
-    arrays = [to_rgb_array(img) for img in images]
-    results: list[Explanation] = []
-    for start in range(0, len(arrays), batch_size):
-        chunk = arrays[start: start + batch_size]
-        batch = preprocess(chunk, masker).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            masks = masker(batch).float()  # (B, 1, S, S)
-        for array, mask in zip(chunk, masks):
-            full = F.interpolate(mask[None], size=array.shape[:2], mode="bilinear", align_corners=False)[0, 0]
-            box = predicted_boxes(full[None].cpu())[0].tolist()
-            results.append(Explanation(full.clamp(0, 1).cpu().numpy(), box))
+    batch = preprocess(arrays, masker).to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        masks = masker(batch).float()  # (B, 1, S, S)
+    results = []
+    for array, mask in zip(arrays, masks):
+        full = F.interpolate(mask[None], size=array.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+        box = predicted_boxes(full[None])[0].tolist()
+        results.append(Explanation(full.clamp_(0, 1).cpu().numpy(), box))
     return results
 
 
+def iter_explanations(masker: StandaloneMasker, images: Iterable[ImageInput], batch_size: int = 32,
+                      amp: bool = False) -> Iterator[tuple[np.ndarray, Explanation]]:
+    """(RGB array, explanation) per image, read and explained a batch at a time (see :func:`batches`)."""
+    arrays = (to_rgb_array(img) for img in images)
+    for group in batches(arrays, lambda a: a.shape[0] * a.shape[1], batch_size):
+        yield from zip(group, explain_arrays(masker, group, amp))
+
+
+def explain(masker: StandaloneMasker, images: Iterable[ImageInput], batch_size: int = 32,
+            amp: bool = False) -> list[Explanation]:
+    """Masks and boxes for ``images`` (paths, PIL images or arrays), in their own sizes."""
+    return [result for _, result in iter_explanations(masker, images, batch_size, amp)]
+
+
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """A JET heat map of ``mask`` blended over the RGB image (OpenCV colour map)."""
-    heat = cv2.applyColorMap((mask * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-    return (image * (1 - alpha) + heat * alpha).astype(np.uint8)
+    """A JET heat map of ``mask`` blended over the RGB image (OpenCV colour map; uint8 throughout, so a
+    24 MP photo needs no float copies)."""
+    heat = cv2.applyColorMap(np.round(mask * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    cv2.cvtColor(heat, cv2.COLOR_BGR2RGB, dst=heat)
+    return cv2.addWeighted(image, 1 - alpha, heat, alpha, 0)
 
 
 def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
@@ -111,10 +137,10 @@ def output_stems(files: Sequence[Path]) -> list[str]:
 
 def write_explanations(masker: StandaloneMasker, paths: Sequence[str | Path], out_dir: str | Path,
                        mask_format: str = "png", batch_size: int = 32, amp: bool = False,
-                       progress: bool = True) -> tuple[int, list[str]]:
+                       progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, list[str]]:
     """For each image: ``NAME_mask.png`` (8-bit; ``png16``: 16-bit; ``npy``: float32),
-    ``NAME_overlay.png`` and ``NAME_box.json``. Unreadable images are reported and skipped.
-    Returns (images written, error messages)."""
+    ``NAME_overlay.png`` and ``NAME_box.json``. Unreadable or too large images are reported and
+    skipped; the others are still written. Returns (images written, error messages)."""
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
@@ -124,15 +150,17 @@ def write_explanations(masker: StandaloneMasker, paths: Sequence[str | Path], ou
     errors: list[str] = []
     written = 0
     bar = tqdm(total=len(files), unit="img", disable=not progress)
-    for start in range(0, len(files), batch_size):
-        chunk, arrays = [], []
-        for path in files[start: start + batch_size]:
+
+    def readable() -> Iterator[tuple[Path, np.ndarray]]:
+        for path in files:
             try:
-                arrays.append(to_rgb_array(path))
-                chunk.append(path)
-            except (CorruptImageError, FileNotFoundError, OSError, ValueError) as err:
+                yield path, to_rgb_array(path, max_pixels)
+            except (CorruptImageError, OSError, ValueError) as err:
                 errors.append(f"skipped {path}: {err}")
-        for path, array, result in zip(chunk, arrays, explain(masker, arrays, batch_size, amp)):
+                bar.update(1)
+
+    for group in batches(readable(), lambda item: item[1].shape[0] * item[1].shape[1], batch_size):
+        for (path, array), result in zip(group, explain_arrays(masker, [a for _, a in group], amp)):
             stem = out / stems[path]
             if mask_format == "npy":
                 np.save(f"{stem}_mask.npy", result.mask.astype(np.float32))
@@ -140,10 +168,10 @@ def write_explanations(masker: StandaloneMasker, paths: Sequence[str | Path], ou
                 cv2.imwrite(f"{stem}_mask.png", np.round(result.mask * 65535).astype(np.uint16))
             else:
                 cv2.imwrite(f"{stem}_mask.png", np.round(result.mask * 255).astype(np.uint8))
-            cv2.imwrite(f"{stem}_overlay.png", overlay(array, result.mask)[..., ::-1])
+            cv2.imwrite(f"{stem}_overlay.png", cv2.cvtColor(overlay(array, result.mask), cv2.COLOR_RGB2BGR))
             Path(f"{stem}_box.json").write_text(json.dumps({"image": str(path), "box_xyxy": result.box,
                                                             "width": array.shape[1], "height": array.shape[0]}))
             written += 1
-        bar.update(len(files[start: start + batch_size]))
+            bar.update(1)
     bar.close()
     return written, errors
