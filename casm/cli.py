@@ -8,10 +8,10 @@ import sys
 
 from casm.config import CONFIG_DIR, ConfigError, load_config
 from casm.data.images import DEFAULT_MAX_PIXELS
-from casm.errors import CheckpointWriteError
+from casm.errors import CheckpointWriteError, NonFiniteLossError
 
 # bad input or a full disk: a one-line message (two when one fault led to another), exit code 2
-USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError, CheckpointWriteError)
+USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError, CheckpointWriteError, NonFiniteLossError)
 
 
 def _earlier_write_errors(err: BaseException) -> list[BaseException]:

@@ -35,6 +35,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.utils import make_grid
 
 from casm.data.datamodule import denormalize
+from casm.errors import NonFiniteLossError, TrainingDivergedError
 from casm.metrics.localization import LocalizationError, reference_boxes
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
 from casm.models.modes import evaluation_mode
@@ -42,10 +43,6 @@ from casm.training.distributed import all_reduce_mean, assert_same_on_all_ranks
 from casm.training.losses import masker_loss, remove_masked
 from casm.training.pool import ClassifierPool, resolve_strategy
 from casm.training.regularization import LambdaController
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised when the loss stays NaN/inf for too many consecutive steps."""
 
 
 def build_models(cfg: DictConfig, num_classes: int) -> tuple[ResNetClassifier, Masker]:
@@ -85,6 +82,7 @@ class CASMModule(pl.LightningModule):
         self.casm_step = 0  # masker steps taken; drives the snapshot schedule
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
+        self.diverging = False  # the skipped steps' losses were finite but above casm.divergence_loss
         self.skipped_images = 0
         self.skipped_val_images = 0  # unreadable validation images of the last validation (data.skip_corrupt)
         self._saved_buffers: list[Tensor] = []
@@ -231,23 +229,28 @@ class CASMModule(pl.LightningModule):
 
     def _apply_gradients(self, groups: dict[int, tuple[list[Tensor], tuple[Tensor, ...]]], losses: list[Tensor],
                          clip: dict[int, float] | None = None, lr_scale: dict[int, float] | None = None) -> bool:
-        """Average gradients across ranks, skip the step if any (or a BatchNorm statistic) is non-finite,
-        else clip and step.
+        """Average gradients across ranks, skip the step if any (or a BatchNorm statistic) is non-finite
+        or a loss is above ``casm.divergence_loss``, else clip and step.
 
         ``groups`` maps an optimizer index to its parameters and their gradients. The losses travel in
         the same all-reduce, so every rank reaches the same skip decision."""
         order = sorted(groups)
-        # BatchNorm statistics can overflow while loss and gradients stay finite (diverging weights):
-        # one flag, inf when any is non-finite, travels in the same all-reduce as the gradients
+        # BatchNorm statistics can overflow while loss and gradients stay finite, and exploding weights
+        # give huge but finite losses: one flag, inf when either happens, travels in the same all-reduce
         statistics = [b for b in self._batchnorm_buffers() if b.is_floating_point()]
-        finite_statistics = torch.stack([torch.isfinite(b).all() for b in statistics]).all()
-        flag = torch.where(finite_statistics, 0.0, float("inf")).reshape(1).to(losses[0].device)
+        healthy = torch.stack([torch.isfinite(b).all() for b in statistics]).all()
+        bound = self.cfg.casm.divergence_loss
+        largest_loss = torch.stack([loss.reshape(()) for loss in losses]).abs().max()
+        if bound is not None:
+            healthy = healthy & ~(largest_loss > bound)
+        flag = torch.where(healthy, 0.0, float("inf")).reshape(1).to(losses[0].device)
         flat = [g for i in order for g in groups[i][1]] + [loss.reshape(1) for loss in losses] + [flag]
         reduced = all_reduce_mean(flat)
         if not all(bool(torch.isfinite(t).all()) for t in reduced):
-            self._skip_nonfinite(losses)
+            reduced_losses = torch.cat(reduced[-len(losses) - 1: -1])
+            self._skip_nonfinite(losses, diverging=bool(torch.isfinite(reduced_losses).all()))
             return False
-        self.nonfinite_streak = 0
+        self.nonfinite_streak, self.diverging = 0, False
         optimizers = self.optimizers()
         it = iter(reduced)
         for i in order:
@@ -265,16 +268,26 @@ class CASMModule(pl.LightningModule):
             optimizers[i].zero_grad(set_to_none=True)
         return True
 
-    def _skip_nonfinite(self, losses: list[Tensor]) -> None:
+    def _skip_nonfinite(self, losses: list[Tensor], diverging: bool = False) -> None:
         with torch.no_grad():
             for buffer, saved in zip(self._batchnorm_buffers(), self._saved_buffers):
                 buffer.copy_(saved)
         self.nonfinite_streak += 1
         self.nonfinite_total += 1
+        self.diverging = diverging
         self.log("train/nonfinite_steps", float(self.nonfinite_total))
         limit = self.cfg.casm.max_nonfinite_steps
-        rank_zero_info(f"casm: non-finite loss or gradient at step {self.global_step} "
-                       f"(losses {[float(v) for v in losses]}); step skipped ({self.nonfinite_streak} in a row)")
+        values = [float(v) for v in losses]
+        what = f"a loss above casm.divergence_loss={self.cfg.casm.divergence_loss:g}" if diverging \
+            else "non-finite loss, gradient or BatchNorm statistic"
+        rank_zero_info(f"casm: {what} at step {self.global_step} (losses {values}); step skipped "
+                       f"({self.nonfinite_streak} in a row)")
+        if self.nonfinite_streak >= limit and diverging:
+            raise TrainingDivergedError(
+                f"training diverged: the loss stayed above casm.divergence_loss={self.cfg.casm.divergence_loss:g} "
+                f"for {limit} consecutive steps (last losses {values}), so the weights have exploded. They are "
+                f"not saved (no interrupted.ckpt); the epoch checkpoints written before are intact. Lower "
+                f"optim.classifier_lr / optim.masker_lr and train again.")
         if self.nonfinite_streak >= limit:
             raise NonFiniteLossError(
                 f"the loss was NaN/inf for {limit} consecutive steps (last losses {[float(v) for v in losses]}); "
@@ -354,6 +367,11 @@ class CASMModule(pl.LightningModule):
         experiment.add_image(tag, make_grid(tiles.float().cpu(), nrow=4, padding=1), self.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["state_dict"]
+        broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if broken:  # a checkpoint must be usable: refuse rather than write weights no one can load and run
+            raise NonFiniteLossError(f"not writing a checkpoint with non-finite weights ({len(broken)} tensors, "
+                                     f"e.g. {broken[:3]}); the checkpoints written before are intact")
         checkpoint["casm_state"] = {
             "pool": self.pool.state_dict(),
             "lambda_r": self.lambda_r.state_dict(),

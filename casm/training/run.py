@@ -13,6 +13,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from casm.config import ConfigError, to_yaml
 from casm.data.datamodule import LocalizationDataModule
+from casm.errors import TrainingDivergedError
 from casm.training.checkpoint_io import AtomicCheckpointIO
 from casm.training.console import EpochSummary
 from casm.training.lficam_module import LFICAMModule
@@ -69,6 +70,15 @@ def _run_dir(cfg: DictConfig) -> tuple[str, str, str]:
     return cfg.logging.out_dir, cfg.logging.name, version
 
 
+class SaneExceptionCheckpoint(OnExceptionCheckpoint):
+    """``interrupted.ckpt`` on a crash or Ctrl-C, but not after divergence: those weights have exploded,
+    and a checkpoint that cannot be used is worse than none (the epoch checkpoints stay)."""
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, TrainingDivergedError):
+            super().on_exception(trainer, pl_module, exception)
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bool) -> pl.Trainer:
     t = cfg.trainer
     ckpt_dir = run_dir / "checkpoints"
@@ -78,7 +88,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bo
         # last.ckpt links to it
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                         save_last="link", save_top_k=1, every_n_epochs=1),
-        OnExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
+        SaneExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
         LearningRateMonitor(logging_interval="epoch"),
         timer,
         EpochSummary(timer),  # after the timer: it prints this epoch's time
