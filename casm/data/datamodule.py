@@ -47,11 +47,18 @@ def eval_geometry(data: DictConfig) -> list:
     return [v2.Resize(resize, antialias=True), v2.CenterCrop(size)]
 
 
-def train_transform(data: DictConfig) -> v2.Compose:
-    """The training augmentation ``data`` asks for: RandomResizedCrop(``crop_scale``) and horizontal
-    flips by default for photos (the paper's); the evaluation geometry when ``random_crop`` is off."""
+def random_augmentation(data: DictConfig) -> tuple[bool, bool]:
+    """(random crop, horizontal flip) in training: both by default for photos (the paper's), neither for
+    the built-in data; ``data.random_crop`` / ``data.flip`` decide when set."""
     crop = photo_defaults(data) if data.random_crop is None else data.random_crop
     flip = photo_defaults(data) if data.flip is None else data.flip
+    return crop, flip
+
+
+def train_transform(data: DictConfig) -> v2.Compose:
+    """The training augmentation ``data`` asks for: RandomResizedCrop(``crop_scale``) and horizontal
+    flips (see :func:`random_augmentation`); the evaluation geometry when ``random_crop`` is off."""
+    crop, flip = random_augmentation(data)
     steps = [v2.RandomResizedCrop(data.image_size, scale=tuple(data.crop_scale), antialias=True)] if crop else \
         eval_geometry(data)
     if flip:
@@ -96,6 +103,7 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __init__(self, length: int, seed: int) -> None:
         self.length, self.seed, self.epoch = length, seed, 0
+        self.resume_at: tuple[int, int] | None = None  # (epoch, indices already consumed) after a mid-epoch resume
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -105,7 +113,11 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.length, generator=g).tolist())
+        order = torch.randperm(self.length, generator=g).tolist()
+        if self.resume_at is not None and self.resume_at[0] == self.epoch:
+            order = order[self.resume_at[1]:]  # the resumed epoch goes on where the checkpoint left it
+            self.resume_at = None
+        return iter(order)
 
 
 class LocalizationDataModule(pl.LightningDataModule):

@@ -27,14 +27,14 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.func import functional_call
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.utils import make_grid
 
-from casm.data.datamodule import denormalize
+from casm.data.datamodule import EpochShuffleSampler, denormalize, random_augmentation
 from casm.errors import NonFiniteLossError, TrainingDivergedError
 from casm.metrics.localization import LocalizationError, reference_boxes
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
@@ -87,6 +87,7 @@ class CASMModule(pl.LightningModule):
         self.skipped_val_images = 0  # unreadable validation images of the last validation (data.skip_corrupt)
         self._saved_buffers: list[Tensor] = []
         self._warned_no_boxes = False
+        self._resume_batches = 0  # batches of the current epoch done before a mid-epoch checkpoint
 
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_masked_out_accuracy = MulticlassAccuracy(num_classes, average="micro")
@@ -118,6 +119,9 @@ class CASMModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.pool.to(self.device)
+        if self._resume_batches:
+            fast_forward(self.trainer, self.current_epoch, self._resume_batches, self.cfg.data.batch_size)
+            self._resume_batches = 0
 
     def on_train_epoch_start(self) -> None:
         # F: after the warm-up the classifier is frozen: eval mode, no gradients.
@@ -385,12 +389,39 @@ class CASMModule(pl.LightningModule):
         state = checkpoint.get("casm_state")
         if state is None:
             raise ValueError("checkpoint has no CASM training state (pool, lambda_R); was it written by casm?")
+        self._resume_batches = batches_done_mid_epoch(checkpoint)
+        if any(random_augmentation(self.cfg.data)):
+            rank_zero_warn("casm: resuming a run with random augmentation (data.random_crop / data.flip): the data "
+                           "order, weights, optimizers, pool and lambda_R continue exactly, but the crops and flips "
+                           "are drawn afresh, so the continuation is statistically the same as, not bit-identical "
+                           "to, an uninterrupted run")
         self.pool.load_state_dict(state["pool"])
         self.lambda_r.load_state_dict(state["lambda_r"])
         self.casm_step = int(state["casm_step"])
         self.warmup_end_epoch = int(state.get("warmup_end_epoch", self.warmup_end_epoch))
         self.nonfinite_total = int(state["nonfinite_total"])
         self.skipped_images = int(state["skipped_images"])
+
+
+def batches_done_mid_epoch(checkpoint: dict) -> int:
+    """Training batches of its epoch a step checkpoint (``trainer.checkpoint_every_n_steps``) was written
+    after; 0 for an end-of-epoch checkpoint."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    return 0 if progress.get("is_last_batch", True) else int(progress.get("current", {}).get("processed", 0))
+
+
+def fast_forward(trainer: pl.Trainer, epoch: int, batches: int, batch_size: int) -> None:
+    """Let the epoch's sampler skip what the interrupted run already trained on: Lightning restarts a
+    resumed epoch's DataLoader from its first batch, which would train on those batches twice.
+    Under DDP Lightning splits our order across ranks (index i to rank i mod world), so the whole
+    world's consumed indices are skipped."""
+    sampler = getattr(trainer.train_dataloader, "sampler", None)
+    base = getattr(getattr(sampler, "dataset", None), "_sampler", sampler)  # unwrap DistributedSamplerWrapper
+    if not isinstance(base, EpochShuffleSampler):
+        rank_zero_warn(f"casm: cannot fast-forward a {type(base).__name__} after a mid-epoch resume; the rest of "
+                       f"epoch {epoch} starts again from its first batches")
+        return
+    base.resume_at = (epoch, batches * batch_size * trainer.world_size)
 
 
 def load_trained(checkpoint: str | Path) -> tuple[CASMModule, dict]:

@@ -19,6 +19,10 @@ class EpochTimer(pl.Callback):
         self._train_seconds: float | None = None
         self.last_epoch_seconds: float | None = None  # the last finished epoch's, for the console line
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a run resumed mid-epoch enters its epoch without on_train_epoch_start
+        self._epoch_start = time.perf_counter()
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
         self._train_seconds = None

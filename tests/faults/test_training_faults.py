@@ -45,3 +45,37 @@ def test_divergence_check_can_be_switched_off(tiny_cfg):
     cfg = tiny_cfg("casm.divergence_loss=null", "trainer.max_epochs=1")
     assert cfg.casm.divergence_loss is None
     train(cfg)
+
+
+def test_resume_from_a_mid_epoch_checkpoint_continues_exactly(tiny_cfg):
+    """3 epochs straight == the same run killed after step 6 (mid-epoch 1) and resumed from that step
+    checkpoint: weights, pool and lambda_R bit-identical (Lightning restarts the epoch's loader; casm
+    fast-forwards its sampler past the batches already trained on)."""
+    common = ["casm.thinning=L100", "casm.snapshot_every=3", "casm.pool_size=2", "casm.lambda_mode=target_area",
+              "casm.warmup_epochs=1", "trainer.max_epochs=3", "trainer.checkpoint_every_n_steps=3"]
+    straight = train(tiny_cfg(*common, "logging.name=straight"))
+    first = train(tiny_cfg(*common, "logging.name=killed", "trainer.max_epochs=2"))
+    step = first / "checkpoints" / "step0000006.ckpt"  # warm-up epoch = 4 steps; step 6 = 2nd batch of epoch 1
+    assert read_checkpoint(step)["epoch"] == 1
+    resumed = train(tiny_cfg(*common, f"resume={step}"))
+    a, b = (read_checkpoint(r / "checkpoints" / "last.ckpt") for r in (straight, resumed))
+    assert a["global_step"] == b["global_step"] and a["casm_state"]["casm_step"] == b["casm_state"]["casm_step"]
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    assert a["casm_state"]["lambda_r"] == b["casm_state"]["lambda_r"]
+    assert a["casm_state"]["pool"]["snapshot_steps"] == b["casm_state"]["pool"]["snapshot_steps"]
+
+
+def test_resume_with_random_augmentation_says_it_is_not_bit_identical(tiny_cfg, tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            for i in range(16 if split == "train" else 2):
+                (tmp_path / "data" / split / c).mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (32, 32), (i * 8, 0, 0) if c == "a" else (0, i * 8, 0)).save(
+                    tmp_path / "data" / split / c / f"{i}.png")
+    data = ["data.name=folder", f"data.root={tmp_path / 'data'}", "data.num_workers=0", "trainer.max_epochs=1"]
+    first = train(tiny_cfg(*data))
+    with pytest.warns(UserWarning, match="crops and flips are drawn afresh"):
+        train(tiny_cfg(*data, "trainer.max_epochs=2", f"resume={first / 'checkpoints' / 'last.ckpt'}"))
