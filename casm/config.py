@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -241,6 +241,17 @@ _CHOICES = {
 
 
 @dataclass
+class JudgeConfig:
+    """A judge from outside casm (SPEC 4.4): ``builder(**kwargs)`` with the state dict in ``weights``."""
+
+    builder: str = MISSING  # importable callable: torchvision.models.resnet50 or my_package.models:build
+    weights: str = MISSING  # state dict: .pt/.pth (read with weights_only=True) or .safetensors
+    kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {num_classes: 10}
+    classes: Optional[str] = None  # text file, a class name per line in output order; null: the evaluated data's
+    name: Optional[str] = None  # null: the builder's last name
+
+
+@dataclass
 class EvalConfig:
     """``evaluate.py``: which methods, on which data, with which metric settings (SPEC 2 and 4)."""
 
@@ -258,6 +269,7 @@ class EvalConfig:
     faithfulness_steps: int = 32  # deletion / insertion steps
     pointing_tolerance: int = 15
     classifiers: list[str] = field(default_factory=list)  # more classifier checkpoints for SPEC 4.4
+    judges: list[JudgeConfig] = field(default_factory=list)  # ... and classifiers from outside casm
     baseline_classifiers: list[str] = field(default_factory=list)  # also run the baselines on these
     figure_images: int = 8
     out_dir: Optional[str] = None  # null: RUN/eval next to the checkpoint

@@ -169,3 +169,54 @@ def test_baseline_rows_are_scored_against_the_classifier_they_explain(trained_ch
     with torch.no_grad():
         masked_in = (model(x * keep)[0].argmax(1) == y).float().mean().item() * 100
     assert payload["results"]["gradcam@other"]["acc_masked_in"] == pytest.approx(masked_in, abs=1e-4)
+
+
+def test_a_judge_from_outside_casm_scores_masked_images(trained_checkpoint, tmp_path):
+    """judges=[{builder: torchvision.models.resnet18, weights: FILE, kwargs: {...}}]: its masked-out top-1
+    is recomputed here by hand from the masks casm wrote; a class list names its outputs."""
+    import torchvision
+    from omegaconf import OmegaConf
+
+    from casm.data.datamodule import LocalizationDataModule
+    from casm.metrics.localization import binarize
+    from casm.training.module import load_trained
+
+    torch.manual_seed(3)
+    judge = torchvision.models.resnet18(num_classes=10).eval()
+    torch.save(judge.state_dict(), tmp_path / "judge.pth")
+    spec = f"{{builder: torchvision.models.resnet18, weights: {tmp_path / 'judge.pth'}, kwargs: {{num_classes: 10}}}}"
+    out = tmp_path / "eval"
+    assert evaluate_main(["--checkpoint", str(trained_checkpoint), f"judges=[{spec}]", "methods=[casm]",
+                          f"out_dir={out}", *FAST]) == 0
+    payload = json.loads((out / "metrics.json").read_text())
+    module, _ = load_trained(trained_checkpoint)
+    data = LocalizationDataModule(OmegaConf.create(payload["eval_config"]["data"]), splits=("val",))
+    data.setup()
+    x = torch.stack([data.val_set[i]["image"] for i in range(16)])
+    y = torch.tensor([data.val_set[i]["label"] for i in range(16)])
+    with torch.no_grad():
+        logits, feats = module.classifier(x)
+        keep = binarize(module.masker(x, feats)[:, 0])[:, None].float()
+        masked_out = (judge(x * (1 - keep)).argmax(1) == y).float().mean().item() * 100
+        clean = (judge(x).argmax(1) == y).float().mean().item() * 100
+    assert payload["results"]["casm"]["acc_masked_out@resnet18"] == pytest.approx(masked_out, abs=1e-4)
+    assert payload["clean_top1"]["resnet18"] == pytest.approx(clean, abs=1e-4)
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("{builder: torchvision.models.resnet18, weights: WEIGHTS}", "does not fit torchvision.models.resnet18"),
+    ("{builder: torchvision.models.no_such_net, weights: WEIGHTS}", "has no callable 'no_such_net'"),
+    ("{builder: torchvision.models.resnet18}", r"judges\[0\].weights is missing"),
+    ("{builder: torchvision.models.resnet18, weights: SEVEN, kwargs: {num_classes: 7}}", "7 outputs"),
+])
+def test_a_judge_that_does_not_fit_is_refused_in_one_line(trained_checkpoint, tmp_path, capsys, spec, message):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "w.pth")
+    torch.save(torchvision.models.resnet18(num_classes=7).state_dict(), tmp_path / "w7.pth")
+    spec = spec.replace("WEIGHTS", str(tmp_path / "w.pth")).replace("SEVEN", str(tmp_path / "w7.pth"))
+    code = evaluate_main(["--checkpoint", str(trained_checkpoint), f"judges=[{spec}]", "methods=[casm]",
+                          f"out_dir={tmp_path / 'eval'}", *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert __import__("re").search(message, err[0]), err[0]

@@ -19,7 +19,10 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from casm.baselines import BASELINES, CAMMethod
+from casm.baselines.base import logits_of
+from casm.config import ConfigError
 from casm.data.datamodule import LocalizationDataModule
+from casm.evaluation.judges import Logits, build_judge, read_class_names
 from casm.metrics.faithfulness import (
     average_drop_increase,
     deletion_insertion,
@@ -59,8 +62,9 @@ class KnownClasses:
               who: str) -> "KnownClasses":
         if model_classes is None:  # a checkpoint from before casm saved class names
             if model.num_classes != len(data_classes):
-                raise ValueError(f"{who} has {model.num_classes} classes and no class names, the data "
-                                 f"{len(data_classes)}; evaluate it on the classes it was trained on")
+                raise ValueError(f"{who} has {model.num_classes} outputs and no class names, the data "
+                                 f"{len(data_classes)} classes; evaluate it on the classes it was trained on "
+                                 f"(a judge from outside casm: name its outputs with judges[i].classes)")
             model_classes = list(data_classes)
         index = {c: i for i, c in enumerate(model_classes)}
         return cls(model, torch.tensor([index.get(c, -1) for c in data_classes]))
@@ -97,6 +101,30 @@ def load_lficam(checkpoint: str | Path) -> tuple[nn.Module, list[str] | None]:
     return module.model.eval(), _class_names(ckpt)
 
 
+def load_foreign_judge(spec: DictConfig, index: int, image_size: int, taken: set[str] = frozenset()
+                       ) -> tuple[str, nn.Module, list[str] | None]:
+    """A judge from ``judges[index]`` (see :mod:`casm.evaluation.judges`): unique name, model, class names."""
+    for key in ("builder", "weights"):
+        if OmegaConf.is_missing(spec, key):
+            raise ConfigError(f"judges[{index}].{key} is missing: a judge needs builder (e.g. torchvision.models."
+                              f"resnet50) and weights (a state-dict file)")
+    model, outputs = build_judge(spec.builder, spec.weights, OmegaConf.to_container(spec.kwargs), image_size)
+    classes = read_class_names(spec.classes) if spec.classes else None
+    if classes is not None and len(classes) != outputs:
+        raise ValueError(f"judges[{index}]: {spec.classes} names {len(classes)} classes, {spec.builder} has "
+                         f"{outputs} outputs")
+    return unique_name(spec.name or spec.builder.replace(":", ".").rsplit(".", 1)[-1], taken), \
+        Logits(model, outputs), classes
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_2``, ``base_3``... when another classifier already has it."""
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}_{n}", n + 1
+    return name
+
+
 def load_classifier(checkpoint: str | Path, taken: set[str] = frozenset()
                     ) -> tuple[str, ResNetClassifier, list[str] | None]:
     """A classifier from a casm training checkpoint (its own architecture and classes), for SPEC 4.4 /
@@ -110,10 +138,7 @@ def load_classifier(checkpoint: str | Path, taken: set[str] = frozenset()
     classifier = ResNetClassifier(config["model"]["arch"], hp["num_classes"], config["model"]["width"])
     classifier.load_state_dict_from(ckpt, checkpoint)
     base = config.get("logging", {}).get("name") or Path(checkpoint).stem
-    name, n = base, 2
-    while name in taken:
-        name, n = f"{base}_{n}", n + 1
-    return name, classifier.eval(), _class_names(ckpt)
+    return unique_name(base, taken), classifier.eval(), _class_names(ckpt)
 
 
 @dataclass
@@ -185,6 +210,9 @@ class Evaluator:
         for path in cfg.classifiers:
             name, judge, classes = load_classifier(path, set(self.judges))
             self.judges[name] = match(judge, classes, path)
+        for index, spec in enumerate(cfg.judges):
+            name, judge, classes = load_foreign_judge(spec, index, cfg.data.image_size, set(self.judges))
+            self.judges[name] = match(judge, classes, f"judges[{index}] ({spec.builder})")
         self.baseline_models: dict[str, KnownClasses] = {"": self.own}
         for path in cfg.baseline_classifiers:
             name, model, classes = load_classifier(path, {n.lstrip("@") for n in self.baseline_models})
@@ -262,7 +290,7 @@ class Evaluator:
                 labels = judge.labels(y)
                 known = labels >= 0  # clean top-1 over the images of classes the judge was trained on
                 if known.any():
-                    judge_logits = logits if judge_name == "own" else judge.model(x)[0]
+                    judge_logits = logits if judge_name == "own" else logits_of(judge.model(x))
                     hits = (judge_logits.argmax(1) == labels)[known]
                     self.judge_accuracy[judge_name].update(hits.float().cpu() * 100)
         index = torch.arange(offset, offset + len(x), device=x.device)
