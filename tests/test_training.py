@@ -124,6 +124,9 @@ def test_resume_into_another_architecture_is_refused(tiny_cfg):
     cfg = tiny_cfg("model.arch=resnet34", f"resume={ckpt}")
     with pytest.raises(ConfigError, match="model.arch=resnet18"):
         check_resume_compatible(cfg, read_checkpoint(ckpt), str(ckpt))
+    cfg = tiny_cfg("optim.classifier_optimizer=adam", f"resume={ckpt}")  # its state would not fit (KeyError)
+    with pytest.raises(ConfigError, match="optim.classifier_optimizer=sgd"):
+        check_resume_compatible(cfg, read_checkpoint(ckpt), str(ckpt))
     (run / "broken.ckpt").write_bytes(b"truncated")
     with pytest.raises(ValueError, match="broken.ckpt"):
         read_checkpoint(run / "broken.ckpt")

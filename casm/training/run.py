@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_info
 
 from casm.config import ConfigError, to_yaml
 from casm.data.datamodule import LocalizationDataModule
@@ -20,8 +21,9 @@ from casm.training.lficam_module import LFICAMModule
 from casm.training.module import CASMModule
 from casm.training.timing import EpochTimer
 
-ARCHITECTURE_KEYS = ("model.arch", "model.width", "masker.head", "masker.encoder", "masker.hidden",
-                     "masker.feature_layer")
+# what a checkpoint's state only fits: the architecture, and the optimizer whose state it holds
+RESUME_FIXED_KEYS = ("model.arch", "model.width", "masker.head", "masker.encoder", "masker.hidden",
+                     "masker.feature_layer", "optim.classifier_optimizer")
 _VERSION_ENV = "CASM_RUN_VERSION"  # shared by DDP ranks, which Lightning starts as new processes
 
 
@@ -44,11 +46,11 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def check_resume_compatible(cfg: DictConfig, checkpoint: dict, path: str) -> None:
-    """Refuse, with the fix, to resume a checkpoint into a model of another architecture."""
+    """Refuse, with the fix, to resume a checkpoint into another architecture or optimizer."""
     saved = OmegaConf.create(checkpoint.get("hyper_parameters", {}).get("config", {}))
     if not saved:
         raise ValueError(f"{path}: not a casm training checkpoint (no saved config)")
-    for key in ARCHITECTURE_KEYS:
+    for key in RESUME_FIXED_KEYS:
         old, new = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
         if old != new:
             raise ConfigError(f"{path} was trained with {key}={old}, this run has {key}={new}; "
@@ -132,5 +134,8 @@ def train(cfg: DictConfig) -> Path:
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        for stale in (run_dir / "checkpoints").glob(".*.ckpt.tmp"):  # a write killed half-way (kill -9, power)
+            rank_zero_info(f"casm: removing {stale}, a checkpoint whose write was interrupted")
+            stale.unlink()
     trainer.fit(module, datamodule=datamodule, **({"ckpt_path": cfg.resume} if cfg.resume else {}))
     return run_dir
