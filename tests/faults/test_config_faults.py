@@ -1,0 +1,70 @@
+"""Fault injection in configs: YAML syntax errors, inherit cycles, wrong types, out-of-range values,
+unknown names. Each is one line naming the key or file (and the fix where there is one), exit code 2,
+and nothing is built or written: no run folder appears."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from casm.cli import main as cli_main
+
+YAML_FILES = {  # file name -> (text, expected message); files may inherit from each other
+    "syntax.yaml": ("data:\n  batch_size: [1, 2\n", r"syntax\.yaml: not valid YAML.*line"),
+    "tabs.yaml": ("data:\n\tbatch_size: 8\n", r"tabs\.yaml: not valid YAML"),
+    "cycle_a.yaml": ("inherit: cycle_b.yaml\n", r"cycle_a\.yaml: inherits itself"),
+    "self.yaml": ("inherit: self.yaml\n", r"self\.yaml: inherits itself"),
+    "missing_parent.yaml": ("inherit: nowhere.yaml\n", r"nowhere\.yaml"),
+    "wrong_type.yaml": ("data:\n  batch_size: abc\n", r"wrong_type\.yaml: bad value for data\.batch_size"),
+    "typo.yaml": ("casm:\n  tinning: F\n", r"typo\.yaml.*casm\.tinning.*did you mean casm\.thinning"),
+    "a_list.yaml": ("- data\n- model\n", r"a_list\.yaml"),
+}
+SUPPORT_FILES = {"cycle_b.yaml": "inherit: cycle_a.yaml\n"}
+
+OVERRIDES = [  # (override, expected message)
+    ("casm.p_pool=2", r"casm\.p_pool=2\.0 must be in \[0, 1\]"),
+    ("data.batch_size=0", r"data\.batch_size=0 must be above 0"),
+    ("data.batch_size=abc", r"bad value for data\.batch_size"),
+    ("data.image_size=0", r"data\.image_size=0"),
+    ("casm.pool_size=-1", r"casm\.pool_size=-1"),
+    ("casm.snapshot_every=0", r"casm\.snapshot_every=0"),
+    ("casm.lambda_r=-5", r"casm\.lambda_r=-5"),
+    ("casm.divergence_loss=0", r"casm\.divergence_loss=0"),
+    ("model.width=0", r"model\.width=0"),
+    ("trainer.max_epochs=-3", r"trainer\.max_epochs=-3"),
+    ("optim.classifier_lr=-1", r"optim\.classifier_lr=-1"),
+    ("casm.thinning=L10", r"casm\.thinning='L10' is not one of"),
+    ("model.arch=resnet7", r"model\.arch='resnet7' is not one of"),
+    ("data.bogus=1", r"unknown config key 'data\.bogus'"),
+    ("casm.thinning", r"not of the form key=value"),
+]
+
+
+def _run(argv, capsys):
+    code = cli_main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.mark.parametrize("name", list(YAML_FILES))
+def test_a_broken_yaml_is_one_line_naming_the_file(tmp_path, capsys, name):
+    for file, text in {**{k: v[0] for k, v in YAML_FILES.items()}, **SUPPORT_FILES}.items():
+        (tmp_path / file).write_text(text)
+    code, err = _run(["train", "--config", str(tmp_path / name), f"logging.out_dir={tmp_path / 'runs'}"], capsys)
+    assert code == 2 and len(err) == 1 and re.search(YAML_FILES[name][1], err[0]), err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("override,message", OVERRIDES)
+def test_a_bad_override_is_one_line_naming_the_key_before_anything_is_written(tmp_path, capsys, override, message):
+    code, err = _run(["train", override, f"logging.out_dir={tmp_path / 'runs'}"], capsys)
+    assert code == 2 and len(err) == 1 and re.search(message, err[0]), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_bad_evaluation_override_is_one_line(trained_checkpoint, tmp_path, capsys):
+    code, err = _run(["evaluate", "--checkpoint", str(trained_checkpoint), "methods=[casm,gradcom]",
+                      f"out_dir={tmp_path / 'eval'}"], capsys)
+    assert code == 2 and len(err) == 1 and "gradcom" in err[0]
+    assert not (tmp_path / "eval").exists()
