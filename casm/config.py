@@ -100,8 +100,9 @@ class TrainerConfig:
     max_epochs: int = 10
     accelerator: str = "auto"
     devices: Any = 1
+    num_nodes: int = 1  # machines; devices per machine x num_nodes processes in all
     strategy: str = "auto"
-    precision: str = "32-true"  # or bf16-mixed on GPUs
+    precision: str = "32-true"  # or bf16-mixed on GPUs (16-mixed is refused: see validate)
     limit_train_batches: Any = 1.0  # the paper uses 20 % of ImageNet per epoch: 0.2
     limit_val_batches: Any = 1.0
     log_every_n_steps: int = 10
@@ -288,7 +289,7 @@ _RANGES = {
     "optim.classifier_lr": (0, True), "optim.masker_lr": (0, True),
     "optim.classifier_momentum": (0, False), "optim.classifier_weight_decay": (0, False),
     "optim.masker_weight_decay": (0, False), "optim.lr_step_epochs": (0, True), "optim.lr_gamma": (0, True),
-    "trainer.max_epochs": (0, True), "trainer.log_every_n_steps": (0, True),
+    "trainer.max_epochs": (0, True), "trainer.num_nodes": (0, True), "trainer.log_every_n_steps": (0, True),
     "trainer.checkpoint_every_n_steps": (0, True), "logging.image_every_n_steps": (0, False),
 }
 
@@ -298,6 +299,9 @@ def _check_ranges(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and (value <= low if strict else value < low):
             raise ConfigError(f"{key}={value} must be {'above' if strict else 'at least'} {low}")
+
+
+FP16_PRECISIONS = ("16-mixed", "16", "16-true", "transformer-engine-float16")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -314,6 +318,10 @@ def validate(cfg: DictConfig) -> None:
         check_feature_layer(cfg.masker.head, cfg.masker.feature_layer)
     except ValueError as err:
         raise ConfigError(str(err)) from err
+    if str(cfg.trainer.precision) in FP16_PRECISIONS:
+        raise ConfigError(f"trainer.precision={cfg.trainer.precision} is not supported: fp16 needs loss scaling, "
+                          f"and casm's gradients (torch.autograd.grad) never pass through Lightning's scaler, which "
+                          f"would only unscale them: training silently wrong. Use trainer.precision=bf16-mixed")
     if cfg.casm.p_pool is not None and not 0 <= cfg.casm.p_pool <= 1:
         raise ConfigError(f"casm.p_pool={cfg.casm.p_pool} must be in [0, 1]")
     accuracy = cfg.casm.warmup_accuracy

@@ -84,6 +84,7 @@ class CASMModule(pl.LightningModule):
         self.nonfinite_total = 0
         self.diverging = False  # the skipped steps' losses were finite but above casm.divergence_loss
         self.skipped_images = 0
+        self.empty_batches = 0  # steps skipped on every rank because a rank's batch was empty
         self.skipped_val_images = 0  # unreadable validation images of the last validation (data.skip_corrupt)
         self._saved_buffers: list[Tensor] = []
         self._warned_no_boxes = False
@@ -151,12 +152,25 @@ class CASMModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         self.skipped_images += int(batch["skipped"])
         x, y = batch["image"], batch["label"]
-        if x.numel() == 0:
+        if self._empty_on_any_rank(x):
             return
         if self.in_warmup:
             self._warmup_step(x, y)
         else:
             self._casm_step(x, y)
+
+    def _empty_on_any_rank(self, x: Tensor) -> bool:
+        """A batch whose every image was unreadable (``data.skip_corrupt``) has nothing to train on. Under
+        DDP the other ranks would wait forever in the gradient all-reduce this rank never joins, so all
+        ranks learn of it (one 1-element all-reduce) and skip the step together."""
+        empty = torch.tensor([float(x.numel() == 0)], device=self.device)
+        if not bool(all_reduce_mean([empty])[0] > 0):
+            return False
+        self.empty_batches += 1
+        self.log("train/empty_batches", float(self.empty_batches))
+        rank_zero_info(f"casm: a batch was empty on some rank (all its images unreadable) at step {self.global_step}; "
+                       f"every rank skips this step")
+        return True
 
     def _batchnorm_buffers(self) -> list[Tensor]:
         """BatchNorm statistics: forward passes change them, so a skipped step must put them back."""

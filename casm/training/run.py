@@ -105,6 +105,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bo
         max_epochs=t.max_epochs,
         accelerator=t.accelerator,
         devices=t.devices,
+        num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=t.precision,
         limit_train_batches=t.limit_train_batches,

@@ -38,6 +38,8 @@ OVERRIDES = [  # (override, expected message)
     ("model.arch=resnet7", r"model\.arch='resnet7' is not one of"),
     ("data.bogus=1", r"unknown config key 'data\.bogus'"),
     ("casm.thinning", r"not of the form key=value"),
+    ("trainer.precision=16-mixed", r"trainer\.precision=16-mixed is not supported.*bf16-mixed"),
+    ("trainer.num_nodes=0", r"trainer\.num_nodes=0 must be above 0"),
 ]
 
 
