@@ -107,6 +107,8 @@ class TrainerConfig:
     limit_val_batches: Any = 1.0
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: Optional[int] = None  # also checkpoint mid-epoch (optimizer steps: 2 per CASM batch)
+    keep_step_checkpoints: int = 2  # the newest N step checkpoints are kept (each holds the whole pool)
+    check_val_every_n_epoch: int = 1  # validate after epochs N, 2N, ... (a cap on images: limit_val_batches)
 
 
 @dataclass
@@ -290,7 +292,8 @@ _RANGES = {
     "optim.classifier_momentum": (0, False), "optim.classifier_weight_decay": (0, False),
     "optim.masker_weight_decay": (0, False), "optim.lr_step_epochs": (0, True), "optim.lr_gamma": (0, True),
     "trainer.max_epochs": (0, True), "trainer.num_nodes": (0, True), "trainer.log_every_n_steps": (0, True),
-    "trainer.checkpoint_every_n_steps": (0, True), "logging.image_every_n_steps": (0, False),
+    "trainer.checkpoint_every_n_steps": (0, True), "trainer.keep_step_checkpoints": (0, True),
+    "trainer.check_val_every_n_epoch": (0, True), "logging.image_every_n_steps": (0, False),
 }
 
 

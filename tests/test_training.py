@@ -247,3 +247,19 @@ def test_an_overflowing_batchnorm_statistic_skips_the_step(tiny_cfg, monkeypatch
     module = fit(tiny_cfg("casm.thinning=L"), steps=3)
     assert module.nonfinite_total == 1
     assert all(torch.isfinite(b).all() for b in module.classifier.buffers() if b.is_floating_point())
+
+
+def test_validation_every_n_epochs_and_bounded_step_checkpoints(tiny_cfg, capsys):
+    """check_val_every_n_epoch=2 validates after epoch 1 only, the console says so for the others
+    instead of repeating stale numbers, every epoch is still checkpointed (Lightning's default would
+    skip the unvalidated last one), and only the newest keep_step_checkpoints step files remain."""
+    run = train(tiny_cfg("trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2",
+                         "trainer.checkpoint_every_n_steps=1", "trainer.keep_step_checkpoints=2"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert "no validation" in lines[0] and "LE " not in lines[0] and "no validation" in lines[2]
+    assert "LE " in lines[1] and "no validation" not in lines[1]
+    steps = sorted(p.name for p in (run / "checkpoints").glob("step*.ckpt"))
+    last = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    final_step = last["global_step"]
+    assert last["epoch"] == 2 and final_step == 24  # 3 epochs x 4 batches x 2 optimizer steps
+    assert steps == [f"step{final_step - 2:07d}.ckpt", f"step{final_step:07d}.ckpt"]

@@ -19,15 +19,23 @@ class EpochSummary(pl.Callback):
 
     def __init__(self, timer: EpochTimer) -> None:
         self.timer = timer  # placed before this callback, so its figures are this epoch's
+        self.validated_epoch = -1  # trainer.check_val_every_n_epoch > 1 leaves epochs without validation
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.validated_epoch = trainer.current_epoch
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             tqdm.write(self.line(trainer, pl_module))
 
     def line(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        validated = self.validated_epoch == trainer.current_epoch  # else the metrics are an earlier epoch's
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and validated}
         phase = "warm-up" if getattr(pl_module, "in_warmup", False) else getattr(pl_module.cfg, "mode", "casm").upper()
         parts = [f"epoch {trainer.current_epoch}/{trainer.max_epochs - 1} {phase}"]
+        if not validated:
+            parts.append("no validation (trainer.check_val_every_n_epoch)")
         for key, title in (("val/accuracy", "top-1"), ("val/masked_out_accuracy", "masked-out"),
                            ("val/mask_mean", "mask")):
             if key in metrics:

@@ -88,16 +88,20 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bo
     callbacks = [
         # the newest epoch only (a checkpoint holds the whole classifier pool, tens of MB per snapshot);
         # last.ckpt links to it
+        # save_on_train_epoch_end: else, with check_val_every_n_epoch > 1, Lightning saves only after
+        # validation and an epoch without one (the last, say) is never checkpointed
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-                        save_last="link", save_top_k=1, every_n_epochs=1),
+                        save_last="link", save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True),
         SaneExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
         LearningRateMonitor(logging_interval="epoch"),
         timer,
         EpochSummary(timer),  # after the timer: it prints this epoch's time
     ]
     if t.checkpoint_every_n_steps:
+        # the newest keep_step_checkpoints: "step" is a monitor Lightning always provides
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", auto_insert_metric_name=False,
-                                         every_n_train_steps=t.checkpoint_every_n_steps, save_top_k=-1))
+                                         every_n_train_steps=t.checkpoint_every_n_steps,
+                                         save_top_k=t.keep_step_checkpoints, monitor="step", mode="max"))
     if cfg.logging.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     return pl.Trainer(
@@ -110,6 +114,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bo
         precision=t.precision,
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,
+        check_val_every_n_epoch=t.check_val_every_n_epoch,
         log_every_n_steps=t.log_every_n_steps,
         logger=logger,
         callbacks=callbacks,
