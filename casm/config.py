@@ -93,6 +93,7 @@ class OptimConfig:
     masker_weight_decay: float = 1e-4
     lr_step_epochs: int = 20  # both learning rates x lr_gamma every lr_step_epochs epochs
     lr_gamma: float = 0.1
+    masker_lr_gamma: Optional[float] = None  # the masker's own factor (null: lr_gamma; 1: never decayed)
 
 
 @dataclass
@@ -291,6 +292,7 @@ _RANGES = {
     "optim.classifier_lr": (0, True), "optim.masker_lr": (0, True),
     "optim.classifier_momentum": (0, False), "optim.classifier_weight_decay": (0, False),
     "optim.masker_weight_decay": (0, False), "optim.lr_step_epochs": (0, True), "optim.lr_gamma": (0, True),
+    "optim.masker_lr_gamma": (0, True),
     "trainer.max_epochs": (0, True), "trainer.num_nodes": (0, True), "trainer.log_every_n_steps": (0, True),
     "trainer.checkpoint_every_n_steps": (0, True), "trainer.keep_step_checkpoints": (0, True),
     "trainer.check_val_every_n_epoch": (0, True), "logging.image_every_n_steps": (0, False),

@@ -263,3 +263,40 @@ def test_validation_every_n_epochs_and_bounded_step_checkpoints(tiny_cfg, capsys
     final_step = last["global_step"]
     assert last["epoch"] == 2 and final_step == 24  # 3 epochs x 4 batches x 2 optimizer steps
     assert steps == [f"step{final_step - 2:07d}.ckpt", f"step{final_step:07d}.ckpt"]
+
+
+def test_the_masker_can_keep_its_learning_rate_while_the_classifier_decays(tiny_cfg):
+    """optim.masker_lr_gamma=1: only the classifier's lr steps down (the default run's damping)."""
+    run = train(tiny_cfg("optim.lr_step_epochs=1", "optim.masker_lr_gamma=1.0", "optim.classifier_lr=0.01",
+                         "optim.masker_lr=0.002"))
+    classifier_opt, masker_opt = read_checkpoint(run / "checkpoints" / "last.ckpt")["optimizer_states"]
+    assert classifier_opt["param_groups"][0]["lr"] == pytest.approx(0.01 * 0.1 ** 2)
+    assert masker_opt["param_groups"][0]["lr"] == pytest.approx(0.002)
+
+
+def test_masked_out_images_leave_the_classifier_running_statistics_alone(tiny_cfg, monkeypatch):
+    """BatchNorm running statistics track clean images only: with the current classifier as evaluator
+    (p_pool=0), one CASM step changes them exactly as one clean forward pass does."""
+    from casm.models.modes import frozen_batchnorm_statistics
+
+    bn = torch.nn.BatchNorm1d(3)
+    x = torch.randn(8, 3) * 5 + 2
+    with frozen_batchnorm_statistics(bn):
+        out = bn(x)
+    assert torch.equal(bn.running_mean, torch.zeros(3)) and int(bn.num_batches_tracked) == 0
+    assert torch.allclose(out.mean(0), torch.zeros(3), atol=1e-5)  # still normalized with the batch's statistics
+    assert bn.momentum == 0.1
+
+    cfg = tiny_cfg("casm.thinning=L", "casm.p_pool=0")
+    seen = []
+    original = module_lib.remove_masked
+    monkeypatch.setattr(module_lib, "remove_masked", lambda x, mask: seen.append(x.clone()) or original(x, mask))
+    pl.seed_everything(0, verbose=False)
+    start = CASMModule(dict(cfg), 10)
+    trained = fit(cfg, steps=1)
+    start.classifier.train()
+    with torch.no_grad():
+        start.classifier(seen[0])  # the same clean batch, once
+    for key, value in start.classifier.state_dict().items():
+        if "running" in key:
+            assert torch.allclose(value, trained.classifier.state_dict()[key], atol=1e-6), key

@@ -38,7 +38,7 @@ from casm.data.datamodule import EpochShuffleSampler, denormalize, random_augmen
 from casm.errors import NonFiniteLossError, TrainingDivergedError
 from casm.metrics.localization import LocalizationError, reference_boxes
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
-from casm.models.modes import evaluation_mode
+from casm.models.modes import evaluation_mode, frozen_batchnorm_statistics
 from casm.training.distributed import all_reduce_mean, assert_same_on_all_ranks
 from casm.training.losses import masker_loss, remove_masked
 from casm.training.pool import ClassifierPool, resolve_strategy
@@ -107,7 +107,9 @@ class CASMModule(pl.LightningModule):
             opt_c = torch.optim.SGD(self.classifier.parameters(), lr=o.classifier_lr,
                                     momentum=o.classifier_momentum, weight_decay=o.classifier_weight_decay)
         opt_m = torch.optim.Adam(self.masker.parameters(), lr=o.masker_lr, weight_decay=o.masker_weight_decay)
-        schedulers = [torch.optim.lr_scheduler.StepLR(opt, o.lr_step_epochs, o.lr_gamma) for opt in (opt_c, opt_m)]
+        masker_gamma = o.lr_gamma if o.masker_lr_gamma is None else o.masker_lr_gamma
+        schedulers = [torch.optim.lr_scheduler.StepLR(opt_c, o.lr_step_epochs, o.lr_gamma),
+                      torch.optim.lr_scheduler.StepLR(opt_m, o.lr_step_epochs, masker_gamma)]
         return [opt_c, opt_m], schedulers
 
     @property
@@ -198,8 +200,9 @@ class CASMModule(pl.LightningModule):
         x_out = remove_masked(x, mask)
 
         pool_index = self.pool.draw_evaluator()
-        if pool_index is None:
-            logits_out, _ = self.classifier(x_out)
+        if pool_index is None:  # running statistics stay those of clean images (see frozen_batchnorm_statistics)
+            with frozen_batchnorm_statistics(self.classifier):
+                logits_out, _ = self.classifier(x_out)
         else:
             with evaluation_mode(self.classifier):
                 logits_out, _ = functional_call(self.classifier, self.pool.snapshots[pool_index], (x_out,))
