@@ -82,7 +82,6 @@ class CASMModule(pl.LightningModule):
         self.casm_step = 0  # masker steps taken; drives the snapshot schedule
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
-        self.diverging = False  # the skipped steps' losses were finite but above casm.divergence_loss
         self.skipped_images = 0
         self.empty_batches = 0  # steps skipped on every rank because a rank's batch was empty
         self.skipped_val_images = 0  # unreadable validation images of the last validation (data.skip_corrupt)
@@ -271,7 +270,7 @@ class CASMModule(pl.LightningModule):
             reduced_losses = torch.cat(reduced[-len(losses) - 1: -1])
             self._skip_nonfinite(losses, diverging=bool(torch.isfinite(reduced_losses).all()))
             return False
-        self.nonfinite_streak, self.diverging = 0, False
+        self.nonfinite_streak = 0
         optimizers = self.optimizers()
         it = iter(reduced)
         for i in order:
@@ -295,7 +294,6 @@ class CASMModule(pl.LightningModule):
                 buffer.copy_(saved)
         self.nonfinite_streak += 1
         self.nonfinite_total += 1
-        self.diverging = diverging
         self.log("train/nonfinite_steps", float(self.nonfinite_total))
         limit = self.cfg.casm.max_nonfinite_steps
         values = [float(v) for v in losses]
@@ -311,7 +309,7 @@ class CASMModule(pl.LightningModule):
                 f"optim.classifier_lr / optim.masker_lr and train again.")
         if self.nonfinite_streak >= limit:
             raise NonFiniteLossError(
-                f"the loss was NaN/inf for {limit} consecutive steps (last losses {[float(v) for v in losses]}); "
+                f"the loss was NaN/inf for {limit} consecutive steps (last losses {values}); "
                 f"training stopped with the weights of the last good step. Lower optim.classifier_lr / "
                 f"optim.masker_lr, or check the data; resume from the last checkpoint with resume=PATH.")
 
