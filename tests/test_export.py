@@ -180,3 +180,13 @@ def test_explain_keeps_same_named_images_apart_and_reads_gifs(exported, tmp_path
     assert {p.name for p in (tmp_path / "out").glob("*_box.json")} == {
         "anim_box.json", "a__same.png_box.json", "b__same.png_box.json"}
     assert output_stems([tmp_path / "x.png", tmp_path / "x.jpg"]) == ["x.png", "x.jpg"]
+
+
+def test_loading_an_export_does_not_import_lightning(exported):
+    """A deployed masker needs torch, not the training stack."""
+    import subprocess
+    import sys
+
+    code = (f"import sys, casm; casm.load_masker({str(exported)!r}); "
+            f"sys.exit(1 if 'pytorch_lightning' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -11,10 +11,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from casm.data.datasets import SyntheticShapes, folder_split, imagenet_split
+from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
 from casm.data.splits import class_selection
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def normalize() -> list:

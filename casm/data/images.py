@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalization every casm model sees its input in
+IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")  # GIF: its first frame
 DEFAULT_MAX_PIXELS = 2 * 89_478_485  # Pillow's decompression-bomb error threshold (~179 MP)
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")

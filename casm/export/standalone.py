@@ -27,9 +27,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import casm
-from casm.data.datamodule import IMAGENET_MEAN, IMAGENET_STD
+from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
 from casm.models import Masker, ResNetTrunk, build_head
-from casm.training.module import load_trained
 
 WEIGHTS_FILE = "masker.safetensors"
 MANIFEST_FILE = "masker.json"
@@ -134,6 +133,8 @@ def _sha256(path: Path) -> str:
 def masker_from_checkpoint(checkpoint_path: str | Path) -> StandaloneMasker:
     """Rebuild the trained masker of a casm training checkpoint as a standalone module (eval mode)."""
     try:
+        from casm.training.module import load_trained  # Lightning: only to read a training checkpoint
+
         module, config = load_trained(checkpoint_path)
     except ValueError as err:
         raise ExportError(str(err)) from err

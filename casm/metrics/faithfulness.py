@@ -92,7 +92,7 @@ def masked_classification(model: nn.Module, images: Tensor, binary: Tensor, labe
                           inpaint: bool = True) -> dict[str, Tensor]:
     """SPEC 4.4, per image: is ``model`` right on the masked-in ``b*x``, the masked-out ``(1-b)*x``,
     and the masked-out image inpainted by OpenCV's Telea method (radius 3, uint8 pixel space)?"""
-    from casm.data.datamodule import IMAGENET_MEAN, IMAGENET_STD
+    from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
 
     b = (binary if binary.dim() == 4 else binary[:, None]).float()
     variants = {"masked_in": images * b, "masked_out": images * (1 - b)}
