@@ -67,6 +67,14 @@ def three_channels(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array[..., :3])
 
 
+def rgb_image(img: Image.Image, source: Path | str = "image") -> Image.Image:
+    """A PIL image of any mode as 8-bit RGB: high-depth modes scaled by :func:`to_uint8`, the rest by
+    Pillow's own conversion (greyscale, palette, RGBA, CMYK)."""
+    if img.mode in _HIGH_DEPTH_MODES:
+        return Image.fromarray(three_channels(to_uint8(np.asarray(img), source)))
+    return img.convert("RGB")
+
+
 def _read_with_opencv(path: Path) -> Image.Image:
     """Files Pillow cannot open (e.g. 3-channel float32 TIFF); OpenCV returns BGR(A)."""
     array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -92,9 +100,7 @@ def load_rgb(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
                         f"image {path} is {img.width}x{img.height} = {pixels / 1e6:g} MP, above the "
                         f"{max_pixels / 1e6:g} MP limit that guards against decompression bombs (casm explain "
                         f"--max-megapixels raises it; {_SKIP_HINT})")
-                if img.mode in _HIGH_DEPTH_MODES:
-                    return Image.fromarray(three_channels(to_uint8(np.asarray(img), path)))
-                return img.convert("RGB")
+                return rgb_image(img, path)
     except UnidentifiedImageError as err:
         if path.suffix.lower() in (".tif", ".tiff"):
             return _read_with_opencv(path)

@@ -21,7 +21,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from casm.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, CorruptImageError, load_rgb, three_channels, to_uint8
+from casm.data.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    CorruptImageError,
+    load_rgb,
+    rgb_image,
+    three_channels,
+    to_uint8,
+)
 from casm.export.standalone import StandaloneMasker
 from casm.metrics.localization import predicted_boxes
 
@@ -42,7 +50,7 @@ def to_rgb_array(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     if isinstance(image, (str, Path)):
         return np.asarray(load_rgb(Path(image), max_pixels))
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(rgb_image(image, "the PIL image"))
     array = np.asarray(image)
     if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4)):
         return three_channels(to_uint8(array, "the image array"))

@@ -19,13 +19,23 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from casm.errors import CheckpointWriteError
 
 
+def partial_path(path: Path) -> Path:
+    """Where ``path`` is written before its rename: ``.NAME.tmp`` beside it."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def stale_partials(folder: Path) -> list[Path]:
+    """Partial checkpoints a killed write (kill -9, power loss) left in ``folder``."""
+    return sorted(folder.glob(".*.ckpt.tmp"))
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         if "://" in str(path):  # remote storage: its own transactions apply
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.tmp")
+        partial = partial_path(path)
         try:
             with open(partial, "wb") as f:
                 torch.save(checkpoint, f)

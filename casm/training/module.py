@@ -39,7 +39,7 @@ from casm.errors import NonFiniteLossError, TrainingDivergedError
 from casm.metrics.localization import LocalizationError, reference_boxes
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
 from casm.models.modes import evaluation_mode, frozen_batchnorm_statistics
-from casm.training.distributed import all_reduce_mean, assert_same_on_all_ranks
+from casm.training.distributed import all_reduce_mean, assert_same_on_all_ranks, world_size
 from casm.training.losses import masker_loss, remove_masked
 from casm.training.pool import ClassifierPool, resolve_strategy
 from casm.training.regularization import LambdaController
@@ -164,8 +164,10 @@ class CASMModule(pl.LightningModule):
         """A batch whose every image was unreadable (``data.skip_corrupt``) has nothing to train on. Under
         DDP the other ranks would wait forever in the gradient all-reduce this rank never joins, so all
         ranks learn of it (one 1-element all-reduce) and skip the step together."""
-        empty = torch.tensor([float(x.numel() == 0)], device=self.device)
-        if not bool(all_reduce_mean([empty])[0] > 0):
+        empty = x.numel() == 0
+        if world_size() > 1:
+            empty = bool(all_reduce_mean([torch.tensor([float(empty)], device=self.device)])[0] > 0)
+        if not empty:
             return False
         self.empty_batches += 1
         self.log("train/empty_batches", float(self.empty_batches))
@@ -260,9 +262,8 @@ class CASMModule(pl.LightningModule):
         statistics = [b for b in self._batchnorm_buffers() if b.is_floating_point()]
         healthy = torch.stack([torch.isfinite(b).all() for b in statistics]).all()
         bound = self.cfg.casm.divergence_loss
-        largest_loss = torch.stack([loss.reshape(()) for loss in losses]).abs().max()
         if bound is not None:
-            healthy = healthy & ~(largest_loss > bound)
+            healthy = healthy & ~(torch.stack([loss.reshape(()) for loss in losses]).abs().max() > bound)
         flag = torch.where(healthy, 0.0, float("inf")).reshape(1).to(losses[0].device)
         flat = [g for i in order for g in groups[i][1]] + [loss.reshape(1) for loss in losses] + [flag]
         reduced = all_reduce_mean(flat)

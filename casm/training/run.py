@@ -15,7 +15,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from casm.config import ConfigError, to_yaml
 from casm.data.datamodule import LocalizationDataModule
 from casm.errors import TrainingDivergedError
-from casm.training.checkpoint_io import AtomicCheckpointIO
+from casm.training.checkpoint_io import AtomicCheckpointIO, stale_partials
 from casm.training.console import EpochSummary
 from casm.training.lficam_module import LFICAMModule
 from casm.training.module import CASMModule
@@ -140,7 +140,7 @@ def train(cfg: DictConfig) -> Path:
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        for stale in (run_dir / "checkpoints").glob(".*.ckpt.tmp"):  # a write killed half-way (kill -9, power)
+        for stale in stale_partials(run_dir / "checkpoints"):
             rank_zero_info(f"casm: removing {stale}, a checkpoint whose write was interrupted")
             stale.unlink()
     trainer.fit(module, datamodule=datamodule, **({"ckpt_path": cfg.resume} if cfg.resume else {}))

@@ -94,9 +94,11 @@ def test_non_finite_float_images_are_refused(tmp_path):
         load_rgb(tmp_path / "nan.tif")
 
 
-def test_arrays_of_any_depth_are_scaled_like_files():
+def test_arrays_and_pil_images_of_any_depth_are_scaled_like_files():
     assert to_rgb_array(np.full((2, 2), 65535, np.uint16))[0, 0].tolist() == [255, 255, 255]
     assert to_rgb_array(np.full((2, 2, 3), 0.25, np.float32))[0, 0].tolist() == [64, 64, 64]
+    sixteen_bit = Image.fromarray(np.full((2, 2), 32768, np.uint16))  # a PIL image in memory, mode I;16
+    assert to_rgb_array(sixteen_bit)[0, 0].tolist() == [128, 128, 128]
     with pytest.raises(ValueError, match=r"\(2, 2, 5\)"):
         to_rgb_array(np.zeros((2, 2, 5), np.uint8))
 
