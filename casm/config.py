@@ -42,7 +42,7 @@ class DataConfig:
     split_file: Optional[str] = None  # a class split (python -m casm split) ...
     split_subsets: Optional[list[str]] = None  # ... and the subsets of it to keep, e.g. [C, D, E, F]
     samples_per_class: Optional[int] = None  # training split only: at most N images per class (data scarcity)
-    batch_size: int = 64
+    batch_size: int = 64  # the GLOBAL batch: images per step over all devices and nodes (each loads its share)
     num_workers: int = 2
     pin_memory: bool = True
     skip_corrupt: bool = False  # skip unreadable images (counted in the log) instead of failing
@@ -68,7 +68,7 @@ class MaskerConfig:
 class CasmConfig:
     thinning: str = "L100"  # F | L | FL | L100 | L1000 (SPEC 1.3)
     p_pool: Optional[float] = None  # null: the strategy's value
-    snapshot_every: Optional[int] = None  # null: the strategy's value (steps)
+    snapshot_every: Optional[int] = None  # null: the strategy's value (steps at optim.lr_reference_batch)
     pool_size: Optional[int] = None  # null: the strategy's value
     score: str = "E"  # E (entropy) | C (classification)
     lambda_mode: str = "paper"  # paper (fixed lambda_r) | target_area (lambda_r adapted online)
@@ -94,6 +94,11 @@ class OptimConfig:
     lr_step_epochs: int = 20  # both learning rates x lr_gamma every lr_step_epochs epochs
     lr_gamma: float = 0.1
     masker_lr_gamma: Optional[float] = None  # the masker's own factor (null: lr_gamma; 1: never decayed)
+    # the global batch the lrs (and casm.snapshot_every) are stated for; a larger data.batch_size scales the lrs
+    # by the rules below and counts snapshot intervals in images (null: data.batch_size; see training/batching.py)
+    lr_reference_batch: Optional[int] = None
+    classifier_lr_scaling: str = "linear"  # linear | sqrt | none (linear: Goyal et al. 2017, for SGD)
+    masker_lr_scaling: str = "sqrt"  # linear | sqrt | none (sqrt: the square-root rule for Adam)
 
 
 @dataclass
@@ -240,6 +245,8 @@ _CHOICES = {
     "casm.score": ("E", "C"),
     "casm.lambda_mode": ("paper", "target_area"),
     "optim.classifier_optimizer": ("sgd", "adam"),
+    "optim.classifier_lr_scaling": ("linear", "sqrt", "none"),
+    "optim.masker_lr_scaling": ("linear", "sqrt", "none"),
     "mode": ("casm", "lficam"),
 }
 
@@ -292,7 +299,7 @@ _RANGES = {
     "optim.classifier_lr": (0, True), "optim.masker_lr": (0, True),
     "optim.classifier_momentum": (0, False), "optim.classifier_weight_decay": (0, False),
     "optim.masker_weight_decay": (0, False), "optim.lr_step_epochs": (0, True), "optim.lr_gamma": (0, True),
-    "optim.masker_lr_gamma": (0, True),
+    "optim.masker_lr_gamma": (0, True), "optim.lr_reference_batch": (0, True),
     "trainer.max_epochs": (0, True), "trainer.num_nodes": (0, True), "trainer.log_every_n_steps": (0, True),
     "trainer.checkpoint_every_n_steps": (0, True), "trainer.keep_step_checkpoints": (0, True),
     "trainer.check_val_every_n_epoch": (0, True), "logging.image_every_n_steps": (0, False),

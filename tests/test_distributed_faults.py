@@ -44,5 +44,5 @@ def test_an_empty_batch_on_one_rank_skips_the_step_on_all(tmp_path, tiny_overrid
     assert result.returncode == 0, result.stderr[-3000:]
     assert "every rank skips this step" in result.stdout + result.stderr
     state = read_checkpoint(next((tmp_path / "runs").rglob("last.ckpt")))
-    # 2 batches per rank and epoch, one of them skipped on both ranks: 1 CASM step in the CASM epoch
-    assert state["epoch"] == 1 and state["casm_state"]["casm_step"] == 1
+    # 4 batches of 8 per rank and epoch (global batch 16), one of them skipped on both ranks: 3 CASM steps
+    assert state["epoch"] == 1 and state["casm_state"]["casm_step"] == 3

@@ -7,9 +7,10 @@ from torch import nn
 from casm.training.pool import STRATEGIES, ClassifierPool, ThinningStrategy, resolve_strategy
 
 
-def _run(strategy: ThinningStrategy, steps: int) -> tuple[ClassifierPool, nn.Linear]:
+def _run(strategy: ThinningStrategy, steps: int, batch: int = 1, reference: int | None = None
+         ) -> tuple[ClassifierPool, nn.Linear]:
     model = nn.Linear(1, 1, bias=False)
-    pool = ClassifierPool(strategy, seed=0)
+    pool = ClassifierPool(strategy, 0, batch, reference)
     for step in range(steps):
         with torch.no_grad():
             model.weight.fill_(step)  # the weight records the step a snapshot was taken at
@@ -78,3 +79,14 @@ def test_a_retried_step_does_not_snapshot_twice():
     assert pool.wants_snapshot(0)
     pool.add(model, 0)
     assert not pool.wants_snapshot(0) and pool.wants_snapshot(100)
+
+
+@pytest.mark.parametrize("batch, expected", [
+    (128, [0, 1000, 2000, 3000]),  # the paper's batch: every 1000 steps
+    (1024, [0, 125, 250, 375]),  # 8x the batch: every 125 steps = the same 128 000 images
+    (384, [0, 334, 667, 1000]),  # 3x: the first step whose images reach each multiple of 128 000
+    (64, [0, 2000, 4000, 6000]),  # half the batch: twice the steps
+])
+def test_snapshot_interval_counts_images_at_the_reference_batch(batch, expected):
+    pool, _ = _run(resolve_strategy("L1000", capacity=100), 448_000 // batch, batch=batch, reference=128)
+    assert pool.snapshot_steps == expected

@@ -98,7 +98,7 @@ def _final_state(run_dir: Path) -> dict:
 
 def test_resume_continues_exactly(tiny_cfg, tmp_path):
     """2 epochs straight == 1 epoch, killed, resumed for a 2nd: weights, optimizers, pool, lambda_R."""
-    common = ["casm.thinning=L100", "casm.snapshot_every=3", "casm.pool_size=2", "casm.lambda_mode=target_area",
+    common = ["casm.thinning=L100", "casm.snapshot_every=2", "casm.pool_size=2", "casm.lambda_mode=target_area",
               "casm.warmup_epochs=1", "trainer.max_epochs=3"]
     straight = train(tiny_cfg(*common, "logging.name=straight"))
     first = train(tiny_cfg(*common, "logging.name=resumed", "trainer.max_epochs=2"))
@@ -157,20 +157,29 @@ def test_repeated_nonfinite_steps_stop_the_run_and_keep_the_weights(tiny_cfg, mo
     assert all(torch.equal(saved["state_dict"][k], v) for k, v in before.items() if k in saved["state_dict"])
 
 
+DDP_RUN = ["trainer.devices=2", "trainer.strategy=ddp", "casm.thinning=L100", "casm.snapshot_every=2",
+           "casm.pool_size=3", "casm.lambda_mode=target_area"]
+
+
 def test_ddp_on_two_cpu_processes(tmp_path, tiny_overrides):
     """Two ranks train, agree on weights/pool/lambda_R every epoch (checked in the module), checkpoint."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("CASM_RUN_VERSION", None)
-    cmd = [sys.executable, str(REPO / "train.py"), *tiny_overrides, "trainer.devices=2", "trainer.strategy=ddp",
-           "casm.thinning=L100", "casm.snapshot_every=1", "casm.pool_size=3", "casm.lambda_mode=target_area"]
+    cmd = [sys.executable, str(REPO / "train.py"), *tiny_overrides, *DDP_RUN]
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpts = list((tmp_path / "runs").rglob("last.ckpt"))
     assert len(ckpts) == 1
     state = read_checkpoint(ckpts[0])
     assert state["epoch"] == 1 and len(state["casm_state"]["pool"]["snapshots"]) == 3
-    # each rank sees half of the 64 training images: 2 batches of 16 per epoch and rank
-    assert state["casm_state"]["casm_step"] == 4
+    # data.batch_size=16 is the global batch (8 per rank): 4 steps per epoch, as on one process, and the
+    # snapshot schedule and pool sampling are those of the same run on one process
+    single = read_checkpoint(train(load_config(None, [*tiny_overrides, *DDP_RUN[2:], "logging.name=single"]))
+                             / "checkpoints" / "last.ckpt")
+    for saved in (state, single):
+        assert saved["casm_state"]["casm_step"] == 8
+    assert state["casm_state"]["pool"]["snapshot_steps"] == single["casm_state"]["pool"]["snapshot_steps"]
+    assert torch.equal(state["casm_state"]["pool"]["generator"], single["casm_state"]["pool"]["generator"])
     # the logged validation LE is the whole validation set's, reduced across the two ranks
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 from casm.data.datasets import SyntheticShapes, folder_split, imagenet_split
 from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
 from casm.data.splits import class_selection
+from casm.training.batching import per_device_batch
 
 
 def normalize() -> list:
@@ -168,11 +169,15 @@ class LocalizationDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._build()
 
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
     def _loader(self, dataset: Dataset, sampler: Sampler | None) -> DataLoader:
         workers = 0 if self.cfg.name == "synthetic" else self.cfg.num_workers  # in memory: workers only cost
         return DataLoader(
             dataset,
-            batch_size=self.cfg.batch_size,
+            batch_size=per_device_batch(self.cfg.batch_size, self.world_size),  # data.batch_size is the global batch
             sampler=sampler,
             num_workers=workers,
             pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),

@@ -39,6 +39,7 @@ from casm.errors import NonFiniteLossError, TrainingDivergedError
 from casm.metrics.localization import LocalizationError, reference_boxes
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
 from casm.models.modes import evaluation_mode, frozen_batchnorm_statistics
+from casm.training.batching import batch_plan
 from casm.training.distributed import all_reduce_mean, assert_same_on_all_ranks, world_size
 from casm.training.losses import masker_loss, remove_masked
 from casm.training.pool import ClassifierPool, resolve_strategy
@@ -69,7 +70,9 @@ class CASMModule(pl.LightningModule):
         c = self.cfg.casm
         self.classifier, self.masker = build_models(self.cfg, num_classes)
         self.strategy = resolve_strategy(c.thinning, c.p_pool, c.snapshot_every, c.pool_size)
-        self.pool = ClassifierPool(self.strategy, seed=self.cfg.seed)
+        self.batch_plan = batch_plan(self.cfg)
+        self.pool = ClassifierPool(self.strategy, self.cfg.seed, self.batch_plan.global_batch,
+                                   self.batch_plan.reference_batch)
         paper_lambda = self.strategy.lambda_r_entropy if c.score == "E" else self.strategy.lambda_r_classification
         self.lambda_r = LambdaController(
             c.lambda_r if c.lambda_r is not None else paper_lambda,
@@ -98,14 +101,15 @@ class CASMModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- set-up
     def configure_optimizers(self):
-        o = self.cfg.optim
+        o, plan = self.cfg.optim, self.batch_plan
+        rank_zero_info(plan.describe(self._trainer.world_size if self._trainer else 1, o))
         if o.classifier_optimizer == "adam":
-            opt_c = torch.optim.Adam(self.classifier.parameters(), lr=o.classifier_lr,
+            opt_c = torch.optim.Adam(self.classifier.parameters(), lr=plan.classifier_lr,
                                      weight_decay=o.classifier_weight_decay)
         else:
-            opt_c = torch.optim.SGD(self.classifier.parameters(), lr=o.classifier_lr,
+            opt_c = torch.optim.SGD(self.classifier.parameters(), lr=plan.classifier_lr,
                                     momentum=o.classifier_momentum, weight_decay=o.classifier_weight_decay)
-        opt_m = torch.optim.Adam(self.masker.parameters(), lr=o.masker_lr, weight_decay=o.masker_weight_decay)
+        opt_m = torch.optim.Adam(self.masker.parameters(), lr=plan.masker_lr, weight_decay=o.masker_weight_decay)
         masker_gamma = o.lr_gamma if o.masker_lr_gamma is None else o.masker_lr_gamma
         schedulers = [torch.optim.lr_scheduler.StepLR(opt_c, o.lr_step_epochs, o.lr_gamma),
                       torch.optim.lr_scheduler.StepLR(opt_m, o.lr_step_epochs, masker_gamma)]
@@ -426,18 +430,18 @@ def batches_done_mid_epoch(checkpoint: dict) -> int:
     return 0 if progress.get("is_last_batch", True) else int(progress.get("current", {}).get("processed", 0))
 
 
-def fast_forward(trainer: pl.Trainer, epoch: int, batches: int, batch_size: int) -> None:
+def fast_forward(trainer: pl.Trainer, epoch: int, batches: int, global_batch: int) -> None:
     """Let the epoch's sampler skip what the interrupted run already trained on: Lightning restarts a
     resumed epoch's DataLoader from its first batch, which would train on those batches twice.
     Under DDP Lightning splits our order across ranks (index i to rank i mod world), so the whole
-    world's consumed indices are skipped."""
+    world's consumed indices (``global_batch`` per step) are skipped."""
     sampler = getattr(trainer.train_dataloader, "sampler", None)
     base = getattr(getattr(sampler, "dataset", None), "_sampler", sampler)  # unwrap DistributedSamplerWrapper
     if not isinstance(base, EpochShuffleSampler):
         rank_zero_warn(f"casm: cannot fast-forward a {type(base).__name__} after a mid-epoch resume; the rest of "
                        f"epoch {epoch} starts again from its first batches")
         return
-    base.resume_at = (epoch, batches * batch_size * trainer.world_size)
+    base.resume_at = (epoch, batches * global_batch)
 
 
 def load_trained(checkpoint: str | Path) -> tuple[CASMModule, dict]:

@@ -64,8 +64,11 @@ class ClassifierPool:
     same on every rank and continues exactly after a resume.
     """
 
-    def __init__(self, strategy: ThinningStrategy, seed: int = 0) -> None:
+    def __init__(self, strategy: ThinningStrategy, seed: int = 0, batch_size: int = 1,
+                 reference_batch: int | None = None) -> None:
         self.strategy = strategy
+        # the schedule counts images: "every N steps" means every N x reference_batch images (batching.py)
+        self.batch_size, self.reference_batch = batch_size, reference_batch or batch_size
         self.snapshots: list[dict[str, Tensor]] = []
         self.snapshot_steps: list[int] = []
         self.generator = torch.Generator().manual_seed(seed)
@@ -77,9 +80,10 @@ class ClassifierPool:
         s = self.strategy
         if s.capacity == 0 or (self.snapshot_steps and self.snapshot_steps[-1] == step):
             return False  # (the second case: a step skipped as non-finite is tried again; its snapshot exists)
-        if s.snapshot_every is None:
+        if s.snapshot_every is None or step == 0:
             return step == 0
-        return step % s.snapshot_every == 0
+        interval = s.snapshot_every * self.reference_batch  # images between snapshots
+        return step * self.batch_size // interval > (step - 1) * self.batch_size // interval
 
     def add(self, classifier: nn.Module, step: int) -> None:
         """Store a copy of ``classifier``'s weights, evicting a random snapshot when full."""
