@@ -28,7 +28,8 @@ def test_no_reference_batch_means_the_lrs_as_given(tiny_cfg):
     ("linear", "sqrt", 8, math.sqrt(8)), ("none", "linear", 1, 8), ("sqrt", "none", math.sqrt(8), 1)])
 def test_the_lr_rules_at_eight_times_the_reference_batch(tiny_cfg, c_rule, m_rule, c_factor, m_factor):
     cfg = tiny_cfg("data.batch_size=1024", "optim.lr_reference_batch=128", "optim.classifier_lr=0.001",
-                   "optim.masker_lr=0.002", f"optim.classifier_lr_scaling={c_rule}", f"optim.masker_lr_scaling={m_rule}")
+                   "optim.masker_lr=0.002", f"optim.classifier_lr_scaling={c_rule}",
+                   f"optim.masker_lr_scaling={m_rule}")
     plan = batch_plan(cfg)
     assert plan.classifier_lr == pytest.approx(0.001 * c_factor)
     assert plan.masker_lr == pytest.approx(0.002 * m_factor)

@@ -75,7 +75,7 @@ def test_out_of_range_values_are_refused_before_anything_is_built(override):
 
 
 def test_long_error_texts_keep_their_end():
-    from casm.training.run import shorten
+    from casm.errors import shorten
 
     text = "start " + "x" * 1000 + " the key at fault"
     short = shorten(text, 100)

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from casm.training.run import read_checkpoint
+from casm.checkpoints import read_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 import casm
+from casm.checkpoints import read_checkpoint
 from casm.cli import main as cli_main
 from casm.export import ExportError, explain, export_masker, load_masker, masker_from_checkpoint
 from casm.training.module import CASMModule
-from casm.training.run import read_checkpoint
 
 
 def _training_masks(ckpt, x):

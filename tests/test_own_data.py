@@ -72,7 +72,8 @@ def test_photo_defaults_and_synthetic_defaults():
 def test_warmup_waits_for_the_classifier(tiny_cfg):
     """Reached at once (the cap is 3 epochs): the masker starts after epoch 0. Never reached: the warm-up
     runs to its cap and the masker never steps in 2 epochs."""
-    from casm.training.run import read_checkpoint, train
+    from casm.checkpoints import read_checkpoint
+    from casm.training.run import train
 
     quick = train(tiny_cfg("casm.warmup_epochs=3", "casm.warmup_accuracy=0.01", "logging.name=quick"))
     state = read_checkpoint(quick / "checkpoints" / "last.ckpt")["casm_state"]

@@ -11,11 +11,12 @@ import pytorch_lightning as pl
 import torch
 
 import casm.training.module as module_lib
+from casm.checkpoints import read_checkpoint, read_pool
 from casm.config import ConfigError, load_config
 from casm.data.datamodule import LocalizationDataModule
 from casm.models import ResNetClassifier
 from casm.training.module import CASMModule, NonFiniteLossError
-from casm.training.run import check_resume_compatible, read_checkpoint, train
+from casm.training.run import check_resume_compatible, train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -111,7 +112,9 @@ def test_resume_continues_exactly(tiny_cfg, tmp_path):
     pa, pb = a["casm_state"]["pool"], b["casm_state"]["pool"]
     assert pa["snapshot_steps"] == pb["snapshot_steps"] and len(pa["snapshot_steps"]) == 2
     assert torch.equal(pa["generator"], pb["generator"])
-    for sa, sb in zip(pa["snapshots"], pb["snapshots"]):
+    snapshots_a, snapshots_b = (read_pool(run / "checkpoints" / "last.ckpt") for run in (straight, resumed))
+    assert len(snapshots_a) == 2
+    for sa, sb in zip(snapshots_a, snapshots_b):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a["casm_state"]["lambda_r"] == b["casm_state"]["lambda_r"]
     assert a["optimizer_states"][1]["state"][0]["exp_avg"].equal(b["optimizer_states"][1]["state"][0]["exp_avg"])
@@ -171,7 +174,7 @@ def test_ddp_on_two_cpu_processes(tmp_path, tiny_overrides):
     ckpts = list((tmp_path / "runs").rglob("last.ckpt"))
     assert len(ckpts) == 1
     state = read_checkpoint(ckpts[0])
-    assert state["epoch"] == 1 and len(state["casm_state"]["pool"]["snapshots"]) == 3
+    assert state["epoch"] == 1 and len(read_pool(ckpts[0])) == 3
     # data.batch_size=16 is the global batch (8 per rank): 4 steps per epoch, as on one process, and the
     # snapshot schedule and pool sampling are those of the same run on one process
     single = read_checkpoint(train(load_config(None, [*tiny_overrides, *DDP_RUN[2:], "logging.name=single"]))
@@ -216,9 +219,9 @@ def test_a_full_disk_leaves_no_half_written_checkpoint(tiny_overrides, monkeypat
     checkpoint stays intact."""
     import errno
 
+    from casm.checkpoints import read_checkpoint
     from casm.cli import train_main
     from casm.training import checkpoint_io
-    from casm.training.run import read_checkpoint
 
     real_save = torch.save
     calls = []

@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric
 
 from casm.baselines import BASELINES, CAMMethod
 from casm.baselines.base import logits_of
+from casm.checkpoints import read_checkpoint
 from casm.config import ConfigError
 from casm.data.datamodule import LocalizationDataModule
 from casm.evaluation.judges import Logits, build_judge, read_class_names
@@ -41,7 +42,6 @@ from casm.metrics.localization import (
 from casm.metrics.mask_statistics import MaskStatistics
 from casm.models import ResNetClassifier
 from casm.training.module import CASMModule, load_trained
-from casm.training.run import read_checkpoint
 
 SLOW_METHODS = ("scorecam",)
 REFERENCES = {"full_image": "full", "centre_box": "centre"}  # method name -> reference box kind

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from casm.baselines.base import logits_of
-from casm.models.resnet import load_state_dict_file
+from casm.checkpoints import read_weights
 
 
 def import_builder(spec: str) -> Callable[..., nn.Module]:
@@ -54,7 +54,7 @@ def build_judge(builder: str, weights: str, kwargs: dict | None, image_size: int
     model = import_builder(builder)(**(kwargs or {}))
     if not isinstance(model, nn.Module):
         raise ValueError(f"judges: builder {builder!r} returned a {type(model).__name__}, not an nn.Module")
-    state = load_state_dict_file(weights)
+    state = read_weights(weights)
     state = {k.removeprefix("module."): v for k, v in state.items()}  # weights saved from DataParallel/DDP
     try:
         model.load_state_dict(state)

@@ -2,7 +2,7 @@
 
 from casm.models.heads import HEADS, CasmeDecoder, DeconvDecoder, MaskHead, build_head
 from casm.models.masker import Masker
-from casm.models.resnet import FEATURE_NAMES, ResNetClassifier, ResNetTrunk, load_state_dict_file
+from casm.models.resnet import FEATURE_NAMES, ResNetClassifier, ResNetTrunk
 
 __all__ = ["HEADS", "CasmeDecoder", "DeconvDecoder", "MaskHead", "build_head", "Masker", "FEATURE_NAMES",
-           "ResNetClassifier", "ResNetTrunk", "load_state_dict_file"]
+           "ResNetClassifier", "ResNetTrunk"]

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from casm.checkpoints import read_weights
+
 FEATURE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 _ARCHS: dict[str, tuple[type[nn.Module], list[int]]] = {
@@ -97,7 +99,7 @@ class ResNetClassifier(nn.Module):
     def load_weights(self, path: str | Path) -> None:
         """Load a torchvision ResNet state dict, a casm classifier state dict or a casm Lightning
         checkpoint. A head of another size (e.g. 1000 ImageNet classes into 10) is left at its init."""
-        self.load_state_dict_from(load_state_dict_file(path), path)
+        self.load_state_dict_from(read_weights(path), path)
 
     def load_state_dict_from(self, state: dict, path: str | Path) -> None:
         """:meth:`load_weights` for a file already read (a state dict or a checkpoint dict)."""
@@ -121,26 +123,6 @@ class ResNetClassifier(nn.Module):
                 f"{path}: not a {self.arch} state dict (missing {missing[:3]}, unexpected {unexpected[:3]}). "
                 f"Give a torchvision ResNet weights file or a casm checkpoint of the same architecture."
             )
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
-    """Read a ``.pt``/``.pth``/``.ckpt`` (with ``weights_only=True``) or ``.safetensors`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors, truncated files, unsafe globals
-        raise ValueError(f"{path}: cannot be read as a weights file ({type(err).__name__}: {err})") from err
-    if isinstance(obj, dict) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(obj).__name__}")
-    return obj
 
 
 def _classifier_state_from(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -1,32 +1,26 @@
-"""Checkpoints that appear complete or not at all.
+"""Lightning's checkpoint writer, made atomic and aware of the pool's snapshot files.
 
 Lightning's default writer (through fsspec) stages the file in ``$TMPDIR`` and moves it into place:
 across filesystems the move is a copy, so a full disk leaves a half-written checkpoint under its
-final name, and ``last.ckpt`` can point at it. Here a local checkpoint is written beside its final
-place as ``.NAME.tmp``, flushed to disk, then renamed — a rename within one folder is atomic — and a
-failed write removes the partial file and says which checkpoint could not be written and why.
+final name, and ``last.ckpt`` can point at it. Here every local write goes through
+:func:`casm.checkpoints.write_atomically`. A casm checkpoint names its pool snapshots instead of
+holding them; after each write and each deletion (``save_top_k``), snapshots no checkpoint names any
+more are removed (:class:`casm.checkpoints.SnapshotFiles`).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from casm.errors import CheckpointWriteError
+from casm.checkpoints import POOL_FOLDER, SnapshotFiles, write_atomically
 
 
-def partial_path(path: Path) -> Path:
-    """Where ``path`` is written before its rename: ``.NAME.tmp`` beside it."""
-    return path.with_name(f".{path.name}.tmp")
-
-
-def stale_partials(folder: Path) -> list[Path]:
-    """Partial checkpoints a killed write (kill -9, power loss) left in ``folder``."""
-    return sorted(folder.glob(".*.ckpt.tmp"))
+def _snapshot_files(path: Path) -> SnapshotFiles:
+    return SnapshotFiles(path.parent.parent / POOL_FOLDER)  # RUN/checkpoints/x.ckpt -> RUN/pool
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -34,18 +28,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):  # remote storage: its own transactions apply
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = partial_path(path)
-        try:
-            with open(partial, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, path)
-        except BaseException as err:
-            partial.unlink(missing_ok=True)
-            if isinstance(err, OSError):
-                raise CheckpointWriteError(err.errno, f"could not write checkpoint {path} ({err.strerror or err}); "
-                                           f"nothing was written under that name: free space in {path.parent} or "
-                                           f"set logging.out_dir elsewhere") from err
-            raise
+        write_atomically(path, lambda f: torch.save(checkpoint, f))
+        files = checkpoint.get("casm_state", {}).get("pool", {}).get("files")
+        if files is not None:
+            snapshots = _snapshot_files(path)
+            snapshots.record(path, files)
+            snapshots.collect(path.parent)
+
+    def remove_checkpoint(self, path: str | Path) -> None:
+        super().remove_checkpoint(path)
+        path = Path(path)
+        if "://" not in str(path) and _snapshot_files(path).index.is_file():
+            _snapshot_files(path).collect(path.parent)

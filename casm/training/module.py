@@ -34,8 +34,9 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.utils import make_grid
 
+from casm.checkpoints import POOL_FOLDER, read_checkpoint
 from casm.data.datamodule import EpochShuffleSampler, denormalize, random_augmentation
-from casm.errors import NonFiniteLossError, TrainingDivergedError
+from casm.errors import NonFiniteLossError, TrainingDivergedError, shorten
 from casm.metrics.localization import LocalizationError, reference_boxes
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
 from casm.models.modes import evaluation_mode, frozen_batchnorm_statistics
@@ -122,6 +123,10 @@ class CASMModule(pl.LightningModule):
     @property
     def classifier_trains(self) -> bool:
         return self.in_warmup or self.strategy.train_classifier
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # before a checkpoint is restored: the pool reads its snapshots from RUN/pool
+            self.pool.attach(Path(self.trainer.default_root_dir) / POOL_FOLDER, writes=self.trainer.is_global_zero)
 
     def on_train_start(self) -> None:
         self.pool.to(self.device)
@@ -415,7 +420,7 @@ class CASMModule(pl.LightningModule):
                            "order, weights, optimizers, pool and lambda_R continue exactly, but the crops and flips "
                            "are drawn afresh, so the continuation is statistically the same as, not bit-identical "
                            "to, an uninterrupted run")
-        self.pool.load_state_dict(state["pool"])
+        self.pool.load_state_dict(state["pool"], source=self.trainer.ckpt_path or "the checkpoint")
         self.lambda_r.load_state_dict(state["lambda_r"])
         self.casm_step = int(state["casm_step"])
         self.warmup_end_epoch = int(state.get("warmup_end_epoch", self.warmup_end_epoch))
@@ -447,8 +452,6 @@ def fast_forward(trainer: pl.Trainer, epoch: int, batches: int, global_batch: in
 def load_trained(checkpoint: str | Path) -> tuple[CASMModule, dict]:
     """The CASM module of a training checkpoint (eval mode) and the checkpoint's saved config.
     The original pretrained-weight paths are dropped: the checkpoint holds the weights."""
-    from casm.training.run import read_checkpoint, shorten  # run.py imports this module
-
     ckpt = read_checkpoint(checkpoint)
     hp = ckpt.get("hyper_parameters", {})
     if "config" not in hp or not any(k.startswith("masker.") for k in ckpt.get("state_dict", {})):

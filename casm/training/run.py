@@ -6,16 +6,16 @@ import os
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
+from casm.checkpoints import POOL_FOLDER, read_checkpoint, stale_partials
 from casm.config import ConfigError, to_yaml
 from casm.data.datamodule import LocalizationDataModule
 from casm.errors import TrainingDivergedError
-from casm.training.checkpoint_io import AtomicCheckpointIO, stale_partials
+from casm.training.checkpoint_io import AtomicCheckpointIO
 from casm.training.console import EpochSummary
 from casm.training.lficam_module import LFICAMModule
 from casm.training.module import CASMModule
@@ -25,24 +25,6 @@ from casm.training.timing import EpochTimer
 RESUME_FIXED_KEYS = ("model.arch", "model.width", "masker.head", "masker.encoder", "masker.hidden",
                      "masker.feature_layer", "optim.classifier_optimizer")
 _VERSION_ENV = "CASM_RUN_VERSION"  # shared by DDP ranks, which Lightning starts as new processes
-
-
-def shorten(text: str, limit: int = 300) -> str:
-    """One line of at most ``limit`` characters that keeps both ends (the useful part of a long error
-    message is often its end: the key or file at fault)."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else f"{text[: limit // 2 - 2]} ... {text[-(limit // 2 - 3):]}"
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a Lightning checkpoint safely (``weights_only=True``), with a one-line error on failure."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable casm checkpoint ({type(err).__name__}: {shorten(err)})") from err
 
 
 def check_resume_compatible(cfg: DictConfig, checkpoint: dict, path: str) -> None:
@@ -140,8 +122,8 @@ def train(cfg: DictConfig) -> Path:
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        for stale in stale_partials(run_dir / "checkpoints"):
-            rank_zero_info(f"casm: removing {stale}, a checkpoint whose write was interrupted")
+        for stale in stale_partials(run_dir / "checkpoints") + stale_partials(run_dir / POOL_FOLDER):
+            rank_zero_info(f"casm: removing {stale}, a file whose write was interrupted")
             stale.unlink()
     trainer.fit(module, datamodule=datamodule, **({"ckpt_path": cfg.resume} if cfg.resume else {}))
     return run_dir

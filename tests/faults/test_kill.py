@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from casm.checkpoints import read_checkpoint
 from casm.cli import train_main
-from casm.training.run import read_checkpoint
 from tests.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from casm.checkpoints import read_checkpoint
 from casm.cli import main as cli_main
 from casm.errors import NonFiniteLossError, TrainingDivergedError
 from casm.training.module import CASMModule
-from casm.training.run import read_checkpoint, train
+from casm.training.run import train
 
 
 def test_an_exploding_learning_rate_stops_the_run_without_saving_its_weights(tiny_cfg):

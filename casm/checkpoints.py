@@ -1,0 +1,177 @@
+"""Every file of weights casm reads or writes: checkpoints, weights files and pool snapshots.
+
+Reading is safe by construction: ``torch.load(weights_only=True)`` or safetensors, neither of which
+can run code from the file. Writing is atomic: a file is written beside its final place as
+``.NAME.tmp``, flushed, then renamed (a rename within one folder is atomic), so a killed write or a
+full disk never leaves a half-written file under a real name. No Lightning here: ``casm.load_masker``
+and the export path import this module.
+
+Pool snapshots (``RUN/pool/stepNNNNNNN-XXXXXXXX.safetensors``) are written once, when taken;
+checkpoints hold their names and SHA-256 digests instead of copies (:class:`SnapshotFiles`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable
+
+import torch
+from torch import Tensor
+
+from casm.errors import CheckpointWriteError, shorten
+
+POOL_FOLDER = "pool"  # RUN/pool, beside RUN/checkpoints
+_REFERENCES = "references.json"  # in the pool folder: which checkpoint holds which snapshots
+
+
+# ------------------------------------------------------------------ reading
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a Lightning checkpoint safely (``weights_only=True``), with a one-line error on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable casm checkpoint ({type(err).__name__}: {shorten(err)})") from err
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """The state dict in a ``.pt``/``.pth``/``.ckpt`` (``weights_only=True``) or ``.safetensors`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors, truncated files, unsafe globals
+        raise ValueError(f"{path}: cannot be read as a weights file ({type(err).__name__}: {shorten(err)})") from err
+    if isinstance(obj, dict) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    return obj
+
+
+# ------------------------------------------------------------------ writing
+def partial_path(path: Path) -> Path:
+    """Where ``path`` is written before its rename: ``.NAME.tmp`` beside it."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def stale_partials(folder: Path) -> list[Path]:
+    """Partial files a killed write (kill -9, power loss) left in ``folder``."""
+    return sorted(folder.glob(".*.tmp"))
+
+
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None], what: str = "checkpoint") -> None:
+    """``write(file)`` to ``path`` so that the file appears complete or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(path)
+    try:
+        with open(partial, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except BaseException as err:
+        partial.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise CheckpointWriteError(err.errno, f"could not write {what} {path} ({err.strerror or err}); nothing "
+                                       f"was written under that name: free space in {path.parent} or set "
+                                       f"logging.out_dir elsewhere") from err
+        raise
+
+
+# ------------------------------------------------------------------ pool snapshots
+def write_snapshot(folder: Path, step: int, state: dict[str, Tensor]) -> tuple[str, str]:
+    """Write one classifier snapshot as safetensors; returns (file name, SHA-256 of its bytes).
+
+    The random suffix keeps a resumed run (which takes a snapshot at a step again) from overwriting
+    the file an abandoned later checkpoint refers to."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in state.items()})
+    name = f"step{step:07d}-{uuid.uuid4().hex[:8]}.safetensors"
+    write_atomically(folder / name, lambda f: f.write(data), what="pool snapshot")
+    return name, hashlib.sha256(data).hexdigest()
+
+
+def read_snapshot(folder: Path, name: str, sha256: str, checkpoint: str | Path = "the checkpoint") -> dict[str, Tensor]:
+    """A snapshot a checkpoint refers to, checked against its digest."""
+    from safetensors.torch import load
+
+    path = folder / name
+    fix = ("the pool folder must stay beside checkpoints/ (copy or move the whole run folder); resume from a "
+           "checkpoint whose snapshots are intact, or start again")
+    if not path.is_file():
+        raise FileNotFoundError(f"{checkpoint} refers to pool snapshot {path}, which is missing: {fix}")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{path}: pool snapshot is damaged (its SHA-256 differs from the one {checkpoint} "
+                         f"recorded): {fix}")
+    return load(data)
+
+
+def read_pool(path: str | Path) -> list[dict[str, Tensor]]:
+    """The classifier snapshots a training checkpoint's pool held, in pool order (read from RUN/pool, or
+    from the checkpoint itself if it carries them)."""
+    path = Path(path)
+    pool = read_checkpoint(path).get("casm_state", {}).get("pool")
+    if pool is None:
+        raise ValueError(f"{path}: not a casm training checkpoint (no classifier pool)")
+    if "files" not in pool:
+        return list(pool["snapshots"])
+    folder = path.resolve().parent.parent / POOL_FOLDER
+    return [read_snapshot(folder, name, digest, path) for name, digest in zip(pool["files"], pool["sha256"])]
+
+
+class SnapshotFiles:
+    """Which checkpoints refer to which snapshot files, so that a snapshot no checkpoint needs any more
+    (evicted from the pool, and every checkpoint that held it deleted) is removed from disk.
+
+    Kept in ``RUN/pool/references.json``; only the process that writes checkpoints (global rank 0)
+    touches it."""
+
+    def __init__(self, pool_folder: Path) -> None:
+        self.folder = pool_folder
+        self.index = self.folder / _REFERENCES
+
+    def _read(self) -> dict[str, list[str]]:
+        try:
+            return json.loads(self.index.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def record(self, checkpoint: Path, files: Iterable[str]) -> None:
+        references = self._read()
+        references[checkpoint.name] = list(files)
+        data = json.dumps(references, indent=1).encode()
+        write_atomically(self.index, lambda f: f.write(data), what="pool index")
+
+    def collect(self, checkpoint_folder: Path) -> list[Path]:
+        """Delete snapshot files no existing checkpoint refers to; returns them. Called right after a
+        checkpoint is written (it holds the whole current pool), so the pool in memory is covered.
+        A checkpoint the index does not know (copied in by hand) stops the collection: its references
+        are unknown."""
+        references = self._read()
+        existing = {p.name for p in checkpoint_folder.glob("*.ckpt") if not p.is_symlink()}
+        if existing - set(references):
+            return []
+        needed = {f for name, files in references.items() if name in existing for f in files}
+        removed = [p for p in self.folder.glob("step*.safetensors") if p.name not in needed]
+        for path in removed:
+            path.unlink(missing_ok=True)
+        live = {name: files for name, files in references.items() if name in existing}
+        if live != references:
+            data = json.dumps(live, indent=1).encode()
+            write_atomically(self.index, lambda f: f.write(data), what="pool index")
+        return removed
