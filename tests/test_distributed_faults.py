@@ -1,7 +1,9 @@
-"""DDP faults with two CPU processes: a batch emptied on one rank must not hang the others."""
+"""DDP faults with two CPU processes: a batch emptied on one rank must not hang the others; every epoch
+reshuffles even where Lightning does not forward ``set_epoch`` to casm's sampler."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +11,8 @@ import textwrap
 from pathlib import Path
 
 from casm.checkpoints import read_checkpoint
+from casm.config import load_config
+from casm.data.datamodule import EpochShuffleSampler, LocalizationDataModule
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,3 +50,51 @@ def test_an_empty_batch_on_one_rank_skips_the_step_on_all(tmp_path, tiny_overrid
     state = read_checkpoint(next((tmp_path / "runs").rglob("last.ckpt")))
     # 4 batches of 8 per rank and epoch (global batch 16), one of them skipped on both ranks: 3 CASM steps
     assert state["epoch"] == 1 and state["casm_state"]["casm_step"] == 3
+
+
+# Each rank writes the images it trained on (as checksums), step by step.
+RECORD_BATCHES = textwrap.dedent("""
+    import json, sys
+    from casm.cli import train_main
+    from casm.training.module import CASMModule
+
+    original = CASMModule.training_step
+
+    def training_step(self, batch, batch_idx):
+        with open(f"seen_rank{self.global_rank}.jsonl", "a") as f:
+            sums = batch["image"].float().sum(dim=(1, 2, 3)).round(decimals=1).tolist()
+            f.write(json.dumps([self.current_epoch, batch_idx, sums]) + "\\n")
+        return original(self, batch, batch_idx)
+
+    CASMModule.training_step = training_step
+    sys.exit(train_main(sys.argv[1:]))
+""")
+
+
+def test_two_ranks_train_on_one_process_global_batches_reshuffled_every_epoch(tmp_path, tiny_overrides):
+    script = tmp_path / "train_recorded.py"
+    script.write_text(RECORD_BATCHES)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+    env.pop("CASM_RUN_VERSION", None)
+    cmd = [sys.executable, str(script), *tiny_overrides, "trainer.devices=2", "trainer.strategy=ddp",
+           "trainer.max_epochs=3", "casm.warmup_epochs=1", "trainer.limit_val_batches=0"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen: dict[tuple[int, int], list[float]] = {}  # (epoch, step) -> both ranks' images
+    for rank in (0, 1):
+        for line in (tmp_path / f"seen_rank{rank}.jsonl").read_text().splitlines():
+            epoch, step, sums = json.loads(line)
+            assert len(sums) == 8  # global batch 16: 8 per rank
+            seen.setdefault((epoch, step), []).extend(round(v, 1) for v in sums)
+    # what one process would train on: the sampler's order for (seed, epoch), cut into batches of 16
+    dm = LocalizationDataModule(load_config(None, tiny_overrides).data)
+    dm.setup()
+    checksum = [round(float(dm.train_set[i]["image"].float().sum()), 1) for i in range(len(dm.train_set))]
+    sampler = EpochShuffleSampler(len(checksum), seed=0)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        order = [checksum[i] for i in sampler]
+        for step in range(4):
+            assert sorted(seen[(epoch, step)]) == sorted(order[16 * step: 16 * (step + 1)]), (epoch, step)
+    assert sorted(seen) == [(e, s) for e in range(3) for s in range(4)]
+    assert seen[(0, 0)] != seen[(1, 0)] != seen[(2, 0)]  # a new order every epoch

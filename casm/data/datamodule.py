@@ -97,26 +97,53 @@ def collate_with_boxes(samples: list[dict | None]) -> dict:
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """A random order that depends only on (seed, epoch): a resumed run sees the same batches as an
-    uninterrupted one. Lightning calls ``set_epoch`` each epoch (and wraps it for DDP)."""
+    """This process's share of a random order that depends only on (seed, epoch).
 
-    def __init__(self, length: int, seed: int) -> None:
+    Under DDP, rank r of W takes positions r, r+W, r+2W, ... of the one order, so step k's images over
+    all ranks are positions kB..(k+1)B-1 (B the global batch): *the same global batches as one process*,
+    whatever the number of GPUs, and a resumed run sees the batches an uninterrupted one would. casm
+    splits the order itself (the trainer runs with ``use_distributed_sampler=False``): Lightning's
+    ``DistributedSamplerWrapper`` would re-permute it with its own seed, and before Lightning 2.6.1
+    (Lightning-AI/pytorch-lightning#21456) did not forward ``set_epoch`` to the sampler it wraps."""
+
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         self.length, self.seed, self.epoch = length, seed, 0
-        self.resume_at: tuple[int, int] | None = None  # (epoch, indices already consumed) after a mid-epoch resume
+        self.rank, self.world_size = rank, world_size
+        self.resume_at: tuple[int, int] | None = None  # (epoch, positions already consumed) after a mid-epoch resume
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.length
+        return self.length // self.world_size  # every rank the same count (the tail is dropped, as drop_last)
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.length, generator=g).tolist()
+        order = torch.randperm(self.length, generator=g)[: len(self) * self.world_size].tolist()
         if self.resume_at is not None and self.resume_at[0] == self.epoch:
             order = order[self.resume_at[1]:]  # the resumed epoch goes on where the checkpoint left it
             self.resume_at = None
-        return iter(order)
+        return iter(order[self.rank:: self.world_size])
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation under DDP: rank r of W reads images r, r+W, ... once each (no padding, unlike
+    ``DistributedSampler``, so the metrics, summed over ranks, count every image exactly once)."""
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.indices = range(rank, length, world_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
+def epoch_sampler(loader: object) -> EpochShuffleSampler | None:
+    """The :class:`EpochShuffleSampler` of a training DataLoader (None for another sampler)."""
+    sampler = getattr(loader, "sampler", None)
+    return sampler if isinstance(sampler, EpochShuffleSampler) else None
 
 
 class LocalizationDataModule(pl.LightningDataModule):
@@ -173,6 +200,10 @@ class LocalizationDataModule(pl.LightningDataModule):
     def world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
 
+    @property
+    def rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
     def _loader(self, dataset: Dataset, sampler: Sampler | None) -> DataLoader:
         workers = 0 if self.cfg.name == "synthetic" else self.cfg.num_workers  # in memory: workers only cost
         return DataLoader(
@@ -183,14 +214,24 @@ class LocalizationDataModule(pl.LightningDataModule):
             pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
             persistent_workers=workers > 0,
             collate_fn=collate_with_boxes,
-            drop_last=sampler is not None,
+            drop_last=isinstance(sampler, EpochShuffleSampler),
         )
 
     def train_dataloader(self) -> DataLoader:
         if len(self.train_set) < self.cfg.batch_size:  # drop_last would leave no batch: nothing would train
             raise ValueError(f"the training split has {len(self.train_set)} images, fewer than data.batch_size="
                              f"{self.cfg.batch_size}: lower data.batch_size or keep more classes / images")
-        return self._loader(self.train_set, EpochShuffleSampler(len(self.train_set), self.seed))
+        sampler = EpochShuffleSampler(len(self.train_set), self.seed, self.rank, self.world_size)
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is not None:
+            # Lightning makes a resumed run's first iterator before any epoch hook runs (and worker processes
+            # draw indices as soon as it exists): the sampler must start at the restored epoch, and skip
+            # what a mid-epoch checkpoint's run already trained on (else Lightning restarts the epoch at
+            # batch 0 and those batches train twice): global batches x data.batch_size positions.
+            sampler.set_epoch(self.trainer.current_epoch)
+            sampler.resume_at = getattr(module, "resume_position", None)
+        return self._loader(self.train_set, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, None)
+        shard = ShardSampler(len(self.val_set), self.rank, self.world_size) if self.world_size > 1 else None
+        return self._loader(self.val_set, shard)

@@ -35,7 +35,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.utils import make_grid
 
 from casm.checkpoints import POOL_FOLDER, read_checkpoint
-from casm.data.datamodule import EpochShuffleSampler, denormalize, random_augmentation
+from casm.data.datamodule import denormalize, epoch_sampler, random_augmentation
 from casm.errors import NonFiniteLossError, TrainingDivergedError, shorten
 from casm.metrics.localization import LocalizationError, reference_boxes
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
@@ -91,7 +91,8 @@ class CASMModule(pl.LightningModule):
         self.skipped_val_images = 0  # unreadable validation images of the last validation (data.skip_corrupt)
         self._saved_buffers: list[Tensor] = []
         self._warned_no_boxes = False
-        self._resume_batches = 0  # batches of the current epoch done before a mid-epoch checkpoint
+        # (epoch, images of it already trained on) after a mid-epoch resume: the datamodule's sampler skips them
+        self.resume_position: tuple[int, int] | None = None
 
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_masked_out_accuracy = MulticlassAccuracy(num_classes, average="micro")
@@ -130,11 +131,11 @@ class CASMModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.pool.to(self.device)
-        if self._resume_batches:
-            fast_forward(self.trainer, self.current_epoch, self._resume_batches, self.cfg.data.batch_size)
-            self._resume_batches = 0
 
     def on_train_epoch_start(self) -> None:
+        sampler = epoch_sampler(self.trainer.train_dataloader)
+        if sampler is not None:  # Lightning does it too; explicit, so the order never depends on its version
+            sampler.set_epoch(self.current_epoch)
         # F: after the warm-up the classifier is frozen: eval mode, no gradients.
         self.classifier.requires_grad_(self.classifier_trains)
         self.classifier.train(self.classifier_trains)
@@ -414,7 +415,8 @@ class CASMModule(pl.LightningModule):
         state = checkpoint.get("casm_state")
         if state is None:
             raise ValueError("checkpoint has no CASM training state (pool, lambda_R); was it written by casm?")
-        self._resume_batches = batches_done_mid_epoch(checkpoint)
+        done = batches_done_mid_epoch(checkpoint)
+        self.resume_position = (int(checkpoint["epoch"]), done * self.cfg.data.batch_size) if done else None
         if any(random_augmentation(self.cfg.data)):
             rank_zero_warn("casm: resuming a run with random augmentation (data.random_crop / data.flip): the data "
                            "order, weights, optimizers, pool and lambda_R continue exactly, but the crops and flips "
@@ -433,20 +435,6 @@ def batches_done_mid_epoch(checkpoint: dict) -> int:
     after; 0 for an end-of-epoch checkpoint."""
     progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
     return 0 if progress.get("is_last_batch", True) else int(progress.get("current", {}).get("processed", 0))
-
-
-def fast_forward(trainer: pl.Trainer, epoch: int, batches: int, global_batch: int) -> None:
-    """Let the epoch's sampler skip what the interrupted run already trained on: Lightning restarts a
-    resumed epoch's DataLoader from its first batch, which would train on those batches twice.
-    Under DDP Lightning splits our order across ranks (index i to rank i mod world), so the whole
-    world's consumed indices (``global_batch`` per step) are skipped."""
-    sampler = getattr(trainer.train_dataloader, "sampler", None)
-    base = getattr(getattr(sampler, "dataset", None), "_sampler", sampler)  # unwrap DistributedSamplerWrapper
-    if not isinstance(base, EpochShuffleSampler):
-        rank_zero_warn(f"casm: cannot fast-forward a {type(base).__name__} after a mid-epoch resume; the rest of "
-                       f"epoch {epoch} starts again from its first batches")
-        return
-    base.resume_at = (epoch, batches * global_batch)
 
 
 def load_trained(checkpoint: str | Path) -> tuple[CASMModule, dict]:

@@ -104,6 +104,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bo
         enable_progress_bar=cfg.logging.progress_bar,
         deterministic=False,
         num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # casm's samplers split the data across ranks (see EpochShuffleSampler)
     )
 
 
