@@ -18,13 +18,11 @@ TOLERANCE = 1e-4  # max abs difference of maps in [0, 1]
 
 
 def _trained(model, steps=30):
-    from torchvision.transforms import v2
-
-    from casm.data.datamodule import normalize
+    from casm.data.datamodule import normalize_images
     from casm.data.datasets import SyntheticShapes
 
-    ds = SyntheticShapes("train", 64, 64, transform=v2.Compose(normalize()))
-    x = torch.stack([ds[i]["image"].as_subclass(torch.Tensor) for i in range(64)])
+    ds = SyntheticShapes("train", 64, 64)
+    x = normalize_images(torch.stack([ds[i]["image"].as_subclass(torch.Tensor) for i in range(64)]))
     y = torch.tensor([ds[i]["label"] for i in range(64)])
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     for _ in range(steps):

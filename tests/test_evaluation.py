@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from casm.cli import evaluate_main
+from casm.data.datamodule import normalize_images
 from casm.data.datasets import SyntheticShapes
 from casm.data.synthetic import CLASS_NAMES as SYNTHETIC_NAMES
 
@@ -118,7 +119,7 @@ def test_lficam_trains_and_is_evaluated_beside_the_baselines(trained_checkpoint,
     lficam, _ = load_lficam(run / "checkpoints" / "last.ckpt")
     data = LocalizationDataModule(OmegaConf.create(payload["eval_config"]["data"]), payload["eval_config"]["seed"])
     data.setup()
-    x = torch.stack([data.val_set[i]["image"] for i in range(16)])
+    x = normalize_images(torch.stack([data.val_set[i]["image"] for i in range(16)]))
     y = torch.tensor([data.val_set[i]["label"] for i in range(16)])
     with torch.no_grad():
         kept = binarize(lficam.explain(x))[:, None].float()
@@ -162,7 +163,7 @@ def test_baseline_rows_are_scored_against_the_classifier_they_explain(trained_ch
     _, model, _ = load_classifier(other)
     data = LocalizationDataModule(OmegaConf.create(payload["eval_config"]["data"]), splits=("val",))
     data.setup()
-    x = torch.stack([data.val_set[i]["image"] for i in range(16)])
+    x = normalize_images(torch.stack([data.val_set[i]["image"] for i in range(16)]))
     y = torch.tensor([data.val_set[i]["label"] for i in range(16)])
     with GradCAM(model, None) as cam:
         keep = binarize(cam(x))[:, None].float()
@@ -192,7 +193,7 @@ def test_a_judge_from_outside_casm_scores_masked_images(trained_checkpoint, tmp_
     module, _ = load_trained(trained_checkpoint)
     data = LocalizationDataModule(OmegaConf.create(payload["eval_config"]["data"]), splits=("val",))
     data.setup()
-    x = torch.stack([data.val_set[i]["image"] for i in range(16)])
+    x = normalize_images(torch.stack([data.val_set[i]["image"] for i in range(16)]))
     y = torch.tensor([data.val_set[i]["label"] for i in range(16)])
     with torch.no_grad():
         logits, feats = module.classifier(x)

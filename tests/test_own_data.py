@@ -55,7 +55,7 @@ def test_flips_only_when_asked(tmp_path, flip):
     dm = LocalizationDataModule(_data(name="folder", root=str(_folder(tmp_path)), image_size=64, random_crop=False,
                                       flip=flip, num_workers=0))
     dm.setup()
-    lefts = {float(dm.train_set[0]["image"][0, :, :8].mean()) > 0 for _ in range(40)}
+    lefts = {float(dm.train_set[0]["image"][0, :, :8].float().mean()) > 127 for _ in range(40)}
     assert lefts == ({True, False} if flip else {True})  # white stays left unless flipped
 
 

@@ -13,7 +13,7 @@ import torch
 import casm.training.module as module_lib
 from casm.checkpoints import read_checkpoint, read_pool
 from casm.config import ConfigError, load_config
-from casm.data.datamodule import LocalizationDataModule
+from casm.data.datamodule import LocalizationDataModule, normalize_images
 from casm.models import ResNetClassifier
 from casm.training.module import CASMModule, NonFiniteLossError
 from casm.training.run import check_resume_compatible, train
@@ -202,8 +202,9 @@ def _single_process_le(ckpt: Path) -> float:
     metric = LocalizationError()
     with torch.no_grad():
         for batch in dm.val_dataloader():
-            _, feats = module.classifier(batch["image"])
-            metric.update(batch["boxes"], batch["box_valid"], maps=module.masker(batch["image"], feats))
+            x = normalize_images(batch["image"])
+            _, feats = module.classifier(x)
+            metric.update(batch["boxes"], batch["box_valid"], maps=module.masker(x, feats))
     return float(metric.compute()["le"])
 
 

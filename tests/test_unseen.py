@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from casm.cli import evaluate_main, split_main
 from casm.config import CONFIG_DIR, ConfigError, DataConfig, evaluation_data, load_config
 from casm.data import synthetic
-from casm.data.datamodule import LocalizationDataModule
+from casm.data.datamodule import LocalizationDataModule, normalize_images
 from casm.data.datasets import SyntheticShapes, dataset_classes, keep_per_class
 from casm.data.splits import ClassSplit, fingerprint, make_split
 from casm.evaluation.harness import KnownClasses
@@ -171,7 +171,7 @@ def _hand_scores(checkpoint, data_overrides):
                            OmegaConf.from_dotlist(data_overrides).get("data", {}))
     dm = LocalizationDataModule(data, splits=("val",))
     dm.setup()
-    x = torch.stack([dm.val_set[i]["image"] for i in range(16)])
+    x = normalize_images(torch.stack([dm.val_set[i]["image"] for i in range(16)]))
     y = torch.tensor([dm.val_set[i]["label"] for i in range(16)])
     names = module.hparams["class_names"]
     mapped = torch.tensor([names.index(dm.classes[int(v)]) if dm.classes[int(v)] in names else -1 for v in y])

@@ -22,7 +22,7 @@ from casm.baselines import BASELINES, CAMMethod
 from casm.baselines.base import logits_of
 from casm.checkpoints import read_checkpoint
 from casm.config import ConfigError
-from casm.data.datamodule import LocalizationDataModule
+from casm.data.datamodule import LocalizationDataModule, normalize_images
 from casm.evaluation.judges import Logits, build_judge, read_class_names
 from casm.metrics.faithfulness import (
     average_drop_increase,
@@ -263,8 +263,9 @@ class Evaluator:
                 if seen >= total:
                     break
                 take = min(len(batch["image"]), total - seen)
-                self._batch({k: (v[:take].to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()},
-                            seen, baselines)
+                batch = {k: (v[:take].to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
+                         for k, v in batch.items()}
+                self._batch(dict(batch, image=normalize_images(batch["image"])), seen, baselines)
                 seen += take
                 bar.update(take)
             bar.close()
