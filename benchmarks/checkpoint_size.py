@@ -87,9 +87,11 @@ def main() -> None:
 
     mb = 1e6
     b, a = min(before_times), min(after_times)
-    print(f"{args.arch}, {args.classes} classes, a full pool of {args.pool} snapshots ({snapshot_size / mb:.0f} MB each)")
+    print(f"{args.arch}, {args.classes} classes, a full pool of {args.pool} snapshots "
+          f"({snapshot_size / mb:.0f} MB each)")
     print(f"{'':28s}{'before (pool inline)':>22s}{'after (pool on disk)':>22s}{'ratio':>8s}")
-    print(f"{'checkpoint size':28s}{before_size / mb:>19.0f} MB{after_size / mb:>19.0f} MB{before_size / after_size:>7.1f}x")
+    ratio = before_size / after_size
+    print(f"{'checkpoint size':28s}{before_size / mb:>19.0f} MB{after_size / mb:>19.0f} MB{ratio:>7.1f}x")
     print(f"{'checkpoint save (best of ' + str(args.repeats) + ')':28s}{b:>20.2f} s{a:>20.2f} s{b / a:>7.1f}x")
     print(f"{'one snapshot, written once':28s}{'-':>22s}{snapshot_time:>20.2f} s")
     print(f"{'resume read (ckpt + pool)':28s}{before_read:>20.2f} s{after_read:>20.2f} s")

@@ -183,3 +183,17 @@ def test_a_corrupt_training_image_is_one_line_with_the_fix(tmp_path, capsys):
                               "data.batch_size=4", "data.num_workers=1", "trainer.max_epochs=1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "3.png" in err[0] and "data.skip_corrupt=true" in err[0]
+
+
+def test_normalizing_on_the_device_gives_the_bits_of_torchvision_in_the_workers():
+    import torch
+    from torchvision.transforms import v2
+
+    from casm.data.datamodule import normalize_images
+    from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
+
+    images = torch.randint(0, 256, (4, 3, 17, 23), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    workers = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    assert torch.equal(normalize_images(images), torch.stack([workers(i) for i in images]))
+    with pytest.raises(TypeError, match="uint8"):
+        normalize_images(images.float())

@@ -221,3 +221,29 @@ def test_a_judge_that_does_not_fit_is_refused_in_one_line(trained_checkpoint, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert __import__("re").search(message, err[0]), err[0]
+
+
+def test_two_processes_under_torchrun_give_the_one_process_numbers(report, trained_checkpoint, tmp_path):
+    """``torchrun --nproc_per_node=2 evaluate.py``: each rank explains half of the images, the metrics are
+    reduced over both, rank 0 writes the report: every number equals the one-process evaluation's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, single = report
+    out = tmp_path / "two"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "casm",
+           "evaluate", "--checkpoint", str(trained_checkpoint), f"out_dir={out}", *FAST]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    double = json.loads((out / "metrics.json").read_text())
+    assert set(double["results"]) == set(single["results"])
+    for method, metrics in single["results"].items():
+        assert set(double["results"][method]) == set(metrics), method
+        for key, value in metrics.items():
+            if key != "ms_per_image":
+                assert double["results"][method][key] == pytest.approx(value, abs=1e-5), (method, key)
+    assert double["results"]["casm"]["images"] == 16 and double["results"]["scorecam"]["images"] == 4
+    assert (out / "figure.png").is_file()

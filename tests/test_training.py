@@ -313,3 +313,20 @@ def test_masked_out_images_leave_the_classifier_running_statistics_alone(tiny_cf
     for key, value in start.classifier.state_dict().items():
         if "running" in key:
             assert torch.allclose(value, trained.classifier.state_dict()[key], atol=1e-6), key
+
+
+@pytest.mark.parametrize("env, version", [
+    ({"WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "abc", "LOCAL_RANK": "1"}, "job_abc"),  # torchrun, rank 1
+    ({"SLURM_NTASKS": "16", "SLURM_JOB_ID": "4242"}, "job_4242"),  # srun, any rank
+    ({"WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "none"}, "version_0"),  # no shared id: the next free folder
+    ({"SLURM_NTASKS": "1", "SLURM_JOB_ID": "4242"}, "version_0"),  # one process: as on a laptop
+])
+def test_ranks_started_by_a_cluster_launcher_share_one_run_folder(tiny_cfg, monkeypatch, env, version):
+    from casm.training.run import _run_dir
+
+    for key in ("WORLD_SIZE", "TORCHELASTIC_RUN_ID", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_JOB_ID", "CASM_RUN_VERSION"):
+        monkeypatch.setenv(key, "")  # recorded, so that the test leaves the environment as it found it
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert _run_dir(tiny_cfg())[2] == version

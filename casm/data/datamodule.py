@@ -26,9 +26,11 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float32 normalized with the ImageNet mean and std, on the images' device."""
     if images.dtype != torch.uint8:
         raise TypeError(f"expected a uint8 batch from casm's loaders, got {images.dtype}")
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
-    return (images.float() - mean) / std
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    # the operations of torchvision's ToDtype(float32, scale=True) + Normalize, in their order: the same
+    # bits as normalizing in the workers, so a run is the run it was before batches travelled as uint8
+    return images.float().mul_(1.0 / 255).sub_(mean).div_(std)
 
 
 def denormalize(images: torch.Tensor) -> torch.Tensor:
@@ -90,7 +92,7 @@ def collate_with_boxes(samples: list[dict | None]) -> dict:
     skipped = len(samples) - len(kept)
     if not kept:
         return {"image": torch.empty(0, 3, 0, 0, dtype=torch.uint8), "label": torch.empty(0, dtype=torch.long),
-                "boxes": torch.empty(0, 0, 4),
+                "index": torch.empty(0, dtype=torch.long), "boxes": torch.empty(0, 0, 4),
                 "box_valid": torch.empty(0, 0, dtype=torch.bool), "skipped": skipped}
     n = max(1, max(len(s["boxes"]) for s in kept))
     boxes = torch.zeros(len(kept), n, 4)
@@ -102,6 +104,7 @@ def collate_with_boxes(samples: list[dict | None]) -> dict:
     return {
         "image": torch.stack([s["image"].as_subclass(torch.Tensor) for s in kept]),
         "label": torch.tensor([s["label"] for s in kept]),
+        "index": torch.tensor([s["index"] for s in kept]),  # positions in the dataset (evaluation shards by them)
         "boxes": boxes,
         "box_valid": valid,
         "skipped": skipped,
@@ -162,11 +165,13 @@ class LocalizationDataModule(pl.LightningDataModule):
     """Train split (labels) and validation split (labels + boxes) for ``data.name``.
 
     ``splits=("val",)`` builds the validation split alone (evaluation: no training images are listed
-    or rendered)."""
+    or rendered; the class names come from the class folders)."""
 
-    def __init__(self, data: DictConfig, seed: int = 0, splits: tuple[str, ...] = ("train", "val")) -> None:
+    def __init__(self, data: DictConfig, seed: int = 0, splits: tuple[str, ...] = ("train", "val"),
+                 shard: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.cfg, self.seed, self.splits = data, seed, splits
+        self.shard = shard  # (rank, world size) outside a Trainer, e.g. evaluation under torchrun
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 
@@ -213,11 +218,11 @@ class LocalizationDataModule(pl.LightningDataModule):
 
     @property
     def world_size(self) -> int:
-        return self.trainer.world_size if self.trainer is not None else 1
+        return self.trainer.world_size if self.trainer is not None else (self.shard or (0, 1))[1]
 
     @property
     def rank(self) -> int:
-        return self.trainer.global_rank if self.trainer is not None else 0
+        return self.trainer.global_rank if self.trainer is not None else (self.shard or (0, 1))[0]
 
     def _loader(self, dataset: Dataset, sampler: Sampler | None) -> DataLoader:
         workers = 0 if self.cfg.name == "synthetic" else self.cfg.num_workers  # in memory: workers only cost

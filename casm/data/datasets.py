@@ -92,7 +92,7 @@ class SyntheticShapes(Dataset):
         boxes = _box_tensor([sample.box], *sample.image.shape[:2])
         if self.transform is not None:
             image, boxes = self.transform(image, boxes)
-        return {"image": image, "label": label, "boxes": boxes.as_subclass(torch.Tensor)}
+        return {"image": image, "label": label, "boxes": boxes.as_subclass(torch.Tensor), "index": index}
 
 
 class BoxedImageDataset(Dataset):
@@ -126,7 +126,7 @@ class BoxedImageDataset(Dataset):
         box_tensor = _box_tensor(boxes, pil.height, pil.width)
         if self.transform is not None:
             image, box_tensor = self.transform(image, box_tensor)
-        return {"image": image, "label": label, "boxes": box_tensor.as_subclass(torch.Tensor)}
+        return {"image": image, "label": label, "boxes": box_tensor.as_subclass(torch.Tensor), "index": index}
 
 
 def _require_dir(path: Path, what: str) -> Path:

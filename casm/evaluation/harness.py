@@ -41,6 +41,7 @@ from casm.metrics.localization import (
 )
 from casm.metrics.mask_statistics import MaskStatistics
 from casm.models import ResNetClassifier
+from casm.training.distributed import gather_objects, launched_processes, rank, sum_over_ranks, world_size
 from casm.training.module import CASMModule, load_trained
 
 SLOW_METHODS = ("scorecam",)
@@ -170,21 +171,30 @@ class MethodScores:
     def mean(self, name: str, values: Tensor) -> None:
         self.means.setdefault(name, MeanMetric()).update(values.detach().float().cpu())
 
-    def result(self) -> dict[str, float]:
-        out: dict[str, float] = {"images": self.images, "images_seen": self.images_seen, "nan_maps": self.nan_maps,
-                                 "ms_per_image": 1000 * self.seconds / max(self.images, 1)}
+    def counts(self) -> list[float]:
+        """What decides which metrics exist: summed over ranks before :meth:`result`, so that every rank
+        computes (and so synchronizes) the same metrics in the same order."""
+        return [self.images, self.images_seen, self.nan_maps, self.seconds, float(self.localization.total),
+                float(self.localization.om_total), float(self.sweep_select.total), float(self.sweep_test.total),
+                *[float(self.means[k].update_count) for k in sorted(self.means)]]
+
+    def result(self, counts: list[float] | None = None) -> dict[str, float]:
+        """The metrics; ``counts``: :meth:`counts` summed over all ranks (torchmetrics sum the states)."""
+        images, seen, nan_maps, seconds, located, om_total, selected, tested, *updates = counts or self.counts()
+        out: dict[str, float] = {"images": int(images), "images_seen": int(seen), "nan_maps": int(nan_maps),
+                                 "ms_per_image": 1000 * seconds / max(images, 1)}
         out.update({k: float(v) for k, v in self.stats.compute().items()})
-        if self.localization.total > 0:
+        if located > 0:
             loc = self.localization.compute()
             other = self.localization_other_rule.compute()
             out.update(le=float(loc["le"]), le_other_rule=float(other["le"]))
-            if self.localization.om_total > 0:  # OM only on images of classes the classifier knows
+            if om_total > 0:  # OM only on images of classes the classifier knows
                 out["om"] = float(loc["om"])
             out.update({k: float(v) for k, v in self.f1.compute().items()})
-        if self.sweep_select.total > 0 and self.sweep_test.total > 0:
+        if selected > 0 and tested > 0:
             best = self.sweep_select.best_threshold()
             out.update(sweep_threshold=best, sweep_box_accuracy=self.sweep_test.accuracy_at(best))
-        out.update({k: float(m.compute()) for k, m in self.means.items() if m.update_count > 0})
+        out.update({k: float(self.means[k].compute()) for k, n in zip(sorted(self.means), updates) if n > 0})
         return out
 
 
@@ -225,6 +235,8 @@ class Evaluator:
             else None
         self.judge_accuracy = {name: MeanMetric() for name in self.judges}  # clean top-1, method-independent
         self.lficam_accuracy = MeanMetric()
+        self.clean_top1: dict[str, float] = {}  # the two above, over all ranks (set by run)
+        self.lficam_top1 = float("nan")
         self.scores: dict[str, MethodScores] = {}
         self.skipped_images = 0  # unreadable images left out (data.skip_corrupt)
         # the figure: images picked across classes (dataset index -> image, boxes, and each method's map)
@@ -241,6 +253,8 @@ class Evaluator:
         return self.scores[name]
 
     def run(self, loader, progress: bool = True) -> dict[str, dict[str, float]]:
+        """Every method over ``loader``'s images (this process's shard under torchrun: ``batch["index"]``
+        are dataset positions); returns each method's metrics over all ranks."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -253,24 +267,54 @@ class Evaluator:
                     kwargs = {"chunk_size": cfg.scorecam_chunk} if name == "scorecam" else {}
                     method = BASELINES[name](known.model, cfg.target_layer, **kwargs)
                     baselines[name + suffix] = stack.enter_context(method)
-            seen = 0
             total = len(loader.dataset) if cfg.max_images is None else min(cfg.max_images, len(loader.dataset))
             labels = getattr(loader.dataset, "labels", None)
             self.figure_rows = set(figure_picks(labels[:total] if labels else list(range(total)), cfg.figure_images))
-            bar = tqdm(total=total, unit="img", disable=not progress, desc="evaluating")
+            mine = len(range(rank(), total, world_size()))  # this rank's share (ShardSampler)
+            bar = tqdm(total=mine, unit="img", disable=not progress or rank() > 0,
+                       desc="evaluating" + (f" (rank 0 of {world_size()})" if world_size() > 1 else ""))
             for batch in loader:
                 self.skipped_images += int(batch["skipped"])
-                if seen >= total:
+                keep = batch["index"] < total
+                if not keep.any():
                     break
-                take = min(len(batch["image"]), total - seen)
-                batch = {k: (v[:take].to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
+                batch = {k: (v[keep].to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
                          for k, v in batch.items()}
-                self._batch(dict(batch, image=normalize_images(batch["image"])), seen, baselines)
-                seen += take
-                bar.update(take)
+                self._batch(dict(batch, image=normalize_images(batch["image"])), baselines)
+                bar.update(int(keep.sum()))
             bar.close()
+        return self._results_over_ranks()
+
+    def _results_over_ranks(self) -> dict[str, dict[str, float]]:
+        """Counts summed, figure pieces gathered, and every metric computed in one order on every rank
+        (torchmetrics synchronize inside ``compute``): one process gives the same numbers as N."""
+        names = sorted(set().union(*gather_objects(sorted(self.scores))))
+        for name in names:
+            self._scores(name)
+        keys = gather_objects({name: sorted(self.scores[name].means) for name in names})
+        for name in names:
+            for key in set().union(*(k[name] for k in keys)):
+                self.scores[name].means.setdefault(key, MeanMetric())
+        judges = sorted(self.judge_accuracy)
+        layout = [len(self.scores[name].counts()) for name in names]
+        flat = sum_over_ranks([c for name in names for c in self.scores[name].counts()] +
+                              [float(self.judge_accuracy[j].update_count) for j in judges] +
+                              [float(self.lficam_accuracy.update_count), float(self.skipped_images)])
+        results, offset = {}, 0
+        for name, size in zip(names, layout):
+            results[name] = self.scores[name].result(flat[offset: offset + size])
+            offset += size
+        for j in judges:
+            self.clean_top1[j] = float(self.judge_accuracy[j].compute()) if flat[offset] else float("nan")
+            offset += 1
+        self.lficam_top1 = float(self.lficam_accuracy.compute()) if flat[offset] else float("nan")
+        self.skipped_images = int(flat[offset + 1])
+        for samples, maps in gather_objects((self._figure_samples, self._figure_maps)):
+            self._figure_samples.update(samples)
+            for name, by_index in maps.items():
+                self._figure_maps.setdefault(name, {}).update(by_index)
         self._assemble_figure()
-        return {name: s.result() for name, s in self.scores.items()}
+        return {name: results[name] for name in sorted(results, key=list(self.scores).index)}
 
     def _assemble_figure(self) -> None:
         order = sorted(self._figure_samples)
@@ -280,7 +324,7 @@ class Evaluator:
         self.figure_boxes = [self._figure_samples[i][1:] for i in order]
         self.figure_maps = {name: [maps.get(i) for i in order] for name, maps in self._figure_maps.items()}
 
-    def _batch(self, batch: dict, offset: int, baselines: dict[str, CAMMethod]) -> None:
+    def _batch(self, batch: dict, baselines: dict[str, CAMMethod]) -> None:
         cfg = self.cfg
         x, y, gt, valid = batch["image"], batch["label"], batch["boxes"], batch["box_valid"]
         with torch.no_grad():
@@ -294,7 +338,7 @@ class Evaluator:
                     judge_logits = logits if judge_name == "own" else logits_of(judge.model(x))
                     hits = (judge_logits.argmax(1) == labels)[known]
                     self.judge_accuracy[judge_name].update(hits.float().cpu() * 100)
-        index = torch.arange(offset, offset + len(x), device=x.device)
+        index = batch["index"]  # dataset positions: the same images are slow / even / in the figure on any rank count
         slow_ok = index < cfg.max_images_slow
         h, w = x.shape[-2:]
 
@@ -325,6 +369,7 @@ class Evaluator:
 
         for name, produce in producers.items():
             rows = slow_ok if name.split("@")[0] in SLOW_METHODS else torch.ones_like(slow_ok)
+            s = self._scores(name)
             if not rows.any():
                 continue
             xs = x[rows]
@@ -335,7 +380,6 @@ class Evaluator:
                 maps = produce(xs, {k: v[rows] for k, v in feats.items()}, logits[rows]).detach().float()
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            s = self._scores(name)
             s.seconds += time.perf_counter() - start
             target, method_preds = explained.get(name, (self.own, preds))
             s.images += int(rows.sum())
@@ -349,11 +393,11 @@ class Evaluator:
             self._update(name, s, maps, sel, x, y, gt, valid, target, method_preds, index, slow_ok)
             if name != "full_image":
                 for j, row in enumerate(sel.tolist()):
-                    if offset + row in self.figure_rows:
-                        self._figure_maps.setdefault(name, {})[offset + row] = maps[j].cpu()
+                    if int(index[row]) in self.figure_rows:
+                        self._figure_maps.setdefault(name, {})[int(index[row])] = maps[j].cpu()
         for row in range(len(x)):
-            if offset + row in self.figure_rows:
-                self._figure_samples[offset + row] = (x[row].cpu(), gt[row].cpu(), valid[row].cpu())
+            if int(index[row]) in self.figure_rows:
+                self._figure_samples[int(index[row])] = (x[row].cpu(), gt[row].cpu(), valid[row].cpu())
 
     def _update(self, name: str, s: MethodScores, maps: Tensor, sel: Tensor, x: Tensor, y: Tensor, gt: Tensor,
                 valid: Tensor, target: KnownClasses, preds: Tensor, index: Tensor, slow_ok: Tensor) -> None:
@@ -430,12 +474,6 @@ def next_free_folder(base: Path) -> Path:
     return base.with_name(f"{base.name}_{n}")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def evaluate(cfg: DictConfig, progress: bool = True, trained: tuple[CASMModule, dict] | None = None
              ) -> tuple[dict, "Evaluator", Path]:
     """Run the whole evaluation; returns (results, evaluator, output folder). ``trained``: the
@@ -443,14 +481,25 @@ def evaluate(cfg: DictConfig, progress: bool = True, trained: tuple[CASMModule, 
     from casm.evaluation.report import write_reports
 
     module, train_config = trained or load_trained(cfg.checkpoint)
-    torch.manual_seed(cfg.seed)
-    datamodule = LocalizationDataModule(cfg.data, cfg.seed, splits=("val",))
-    datamodule.setup()
-    evaluator = Evaluator(cfg, module, resolve_device(cfg.device), datamodule.classes)
-    loader = datamodule.val_dataloader()
-    results = evaluator.run(loader, progress)
+    with launched_processes(cfg.device) as device:
+        torch.manual_seed(cfg.seed)
+        datamodule = LocalizationDataModule(cfg.data, cfg.seed, splits=("val",), shard=(rank(), world_size()))
+        datamodule.setup()
+        evaluator = Evaluator(cfg, module, device, datamodule.classes)
+        results = evaluator.run(datamodule.val_dataloader(), progress)
+        out = Path(cfg.out_dir) if cfg.out_dir else next_free_folder(Path(cfg.checkpoint).resolve().parent.parent
+                                                                      / "eval")
+        out = Path(gather_objects(str(out))[0])  # rank 0's choice: the folders may appear between the ranks' looks
+        if rank() == 0:
+            write_reports(out, results, evaluator, OmegaConf.to_container(cfg, resolve=True), train_config,
+                          evaluation_notes(evaluator, results))
+    return results, evaluator, out
+
+
+def evaluation_notes(evaluator: Evaluator, results: dict) -> list[str]:
+    """What a reader of the report must know to read its numbers."""
     notes = ["clean top-1 of the classifiers judging masked images: " + ", ".join(
-        f"{name} {float(m.compute()):.1f} %" for name, m in evaluator.judge_accuracy.items() if m.update_count)]
+        f"{name} {value:.1f} %" for name, value in evaluator.clean_top1.items() if value == value)]
     unseen = len(evaluator.data_classes) - evaluator.own.known_count
     if unseen:
         notes.append(f"{unseen} of the {len(evaluator.data_classes)} evaluated classes were never seen by the "
@@ -458,9 +507,7 @@ def evaluate(cfg: DictConfig, progress: bool = True, trained: tuple[CASMModule, 
                      f"the 'own' judge and the faithfulness curves only images of the classes it knows "
                      f"(images_seen); other judges only images of classes they know")
     if evaluator.lficam is not None:
-        known = evaluator.lficam_accuracy.update_count
-        accuracy = float(evaluator.lficam_accuracy.compute()) if known else float("nan")
-        notes.append(f"lficam explains LFI-CAM's own classifier (clean top-1 {accuracy:.1f} %): "
+        notes.append(f"lficam explains LFI-CAM's own classifier (clean top-1 {evaluator.lficam_top1:.1f} %): "
                      f"its correct-class boxes, faithfulness curves and 'own' judge use that classifier")
     if evaluator.skipped_images:
         notes.append(f"{evaluator.skipped_images} unreadable validation image(s) were skipped (data.skip_corrupt)")
@@ -469,6 +516,4 @@ def evaluate(cfg: DictConfig, progress: bool = True, trained: tuple[CASMModule, 
     for name, r in results.items():
         if r["nan_maps"]:
             notes.append(f"{name}: {r['nan_maps']} map(s) contained NaN/inf and were left out of every metric")
-    out = Path(cfg.out_dir) if cfg.out_dir else next_free_folder(Path(cfg.checkpoint).resolve().parent.parent / "eval")
-    write_reports(out, results, evaluator, OmegaConf.to_container(cfg, resolve=True), train_config, notes)
-    return results, evaluator, out
+    return notes

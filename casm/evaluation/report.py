@@ -108,7 +108,7 @@ def write_reports(out: Path, results: dict, evaluator, eval_config: dict, train_
     from torch.utils.tensorboard import SummaryWriter
 
     out.mkdir(parents=True, exist_ok=True)
-    clean_top1 = {name: float(m.compute()) for name, m in evaluator.judge_accuracy.items() if m.update_count}
+    clean_top1 = {name: value for name, value in evaluator.clean_top1.items() if value == value}  # not NaN
     payload = {"results": results, "clean_top1": clean_top1, "notes": notes, "eval_config": eval_config,
                "training_config": train_config, "versions": versions()}
     (out / "metrics.json").write_text(json.dumps(payload, indent=2))

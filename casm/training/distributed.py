@@ -1,4 +1,4 @@
-"""Gradient averaging across DDP ranks, done by hand.
+"""Gradient averaging across DDP ranks, done by hand; and the few collectives evaluation needs.
 
 Why not DDP's own reducer: it assumes one backward pass per forward, over all parameters. A CASM
 step takes two sets of gradients from one forward pass (the masker's through the evaluator, the
@@ -7,6 +7,10 @@ once per step, in one flat all-reduce.
 """
 
 from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -42,3 +46,45 @@ def assert_same_on_all_ranks(value: Tensor, what: str) -> None:
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     if low.item() != high.item():
         raise RuntimeError(f"DDP ranks disagree on {what} ({low.item()} vs {high.item()})")
+
+
+def rank() -> int:
+    return dist.get_rank() if world_size() > 1 else 0
+
+
+def sum_over_ranks(values: list[float]) -> list[float]:
+    """Plain numbers summed over all ranks (counts, seconds), as Python floats."""
+    if world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def gather_objects(obj: object) -> list[object]:
+    """Every rank's ``obj`` (small, picklable), in rank order."""
+    if world_size() == 1:
+        return [obj]
+    out: list[object] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+@contextmanager
+def launched_processes(device: str) -> Iterator[torch.device]:
+    """For a command started by ``torchrun --nproc_per_node=N``: join the process group its environment
+    describes (gloo for CPU tensors, NCCL for CUDA ones) and yield this process's device; a plain start
+    yields ``device`` and joins nothing."""
+    wanted = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if device == "auto" else device))
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        yield wanted
+        return
+    if wanted.type == "cuda":
+        wanted = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(wanted)
+    dist.init_process_group("cpu:gloo,cuda:nccl" if wanted.type == "cuda" else "gloo")
+    try:
+        yield wanted
+    finally:
+        dist.destroy_process_group()

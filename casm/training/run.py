@@ -46,12 +46,22 @@ def _run_dir(cfg: DictConfig) -> tuple[str, str, str]:
         return str(run.parent.parent), run.parent.name, run.name
     is_child_rank = os.environ.get("LOCAL_RANK", "0") != "0"  # Lightning starts ranks > 0 as new processes
     version = cfg.logging.version or (os.environ.get(_VERSION_ENV) if is_child_rank else None)
+    if version is None and _launched_by_cluster():  # torchrun / srun start every rank: each must find the same
+        version = f"job_{os.environ.get('SLURM_JOB_ID') or os.environ['TORCHELASTIC_RUN_ID']}"
     if version is None:
         base = Path(cfg.logging.out_dir) / cfg.logging.name
         taken = [int(p.name.split("_")[1]) for p in base.glob("version_*") if p.name.split("_")[1].isdigit()]
         version = f"version_{max(taken, default=-1) + 1}"
         os.environ[_VERSION_ENV] = version
     return cfg.logging.out_dir, cfg.logging.name, version
+
+
+def _launched_by_cluster() -> bool:
+    """Several processes started by torchrun or SLURM (not by Lightning): they cannot pass a folder name
+    to each other, so the run folder is named after the job they share."""
+    processes = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
+    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    return processes > 1 and job != "none"
 
 
 class SaneExceptionCheckpoint(OnExceptionCheckpoint):
