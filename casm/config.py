@@ -111,6 +111,7 @@ class TrainerConfig:
     precision: str = "32-true"  # or bf16-mixed on GPUs (16-mixed is refused: see validate)
     limit_train_batches: Any = 1.0  # the paper uses 20 % of ImageNet per epoch: 0.2
     limit_val_batches: Any = 1.0
+    max_val_images: Optional[int] = None  # validate on the first N images (whole global batches); null: all
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: Optional[int] = None  # also checkpoint mid-epoch (optimizer steps: 2 per CASM batch)
     keep_step_checkpoints: int = 2  # the newest N step checkpoints are kept (each holds the whole pool)
@@ -302,7 +303,8 @@ _RANGES = {
     "optim.masker_lr_gamma": (0, True), "optim.lr_reference_batch": (0, True),
     "trainer.max_epochs": (0, True), "trainer.num_nodes": (0, True), "trainer.log_every_n_steps": (0, True),
     "trainer.checkpoint_every_n_steps": (0, True), "trainer.keep_step_checkpoints": (0, True),
-    "trainer.check_val_every_n_epoch": (0, True), "logging.image_every_n_steps": (0, False),
+    "trainer.check_val_every_n_epoch": (0, True), "trainer.max_val_images": (0, True),
+    "logging.image_every_n_steps": (0, False),
 }
 
 
@@ -334,6 +336,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.precision={cfg.trainer.precision} is not supported: fp16 needs loss scaling, "
                           f"and casm's gradients (torch.autograd.grad) never pass through Lightning's scaler, which "
                           f"would only unscale them: training silently wrong. Use trainer.precision=bf16-mixed")
+    if cfg.trainer.max_val_images is not None and cfg.trainer.limit_val_batches != 1.0:
+        raise ConfigError(f"trainer.max_val_images={cfg.trainer.max_val_images} and trainer.limit_val_batches="
+                          f"{cfg.trainer.limit_val_batches} both cap validation: keep one")
     if cfg.casm.p_pool is not None and not 0 <= cfg.casm.p_pool <= 1:
         raise ConfigError(f"casm.p_pool={cfg.casm.p_pool} must be in [0, 1]")
     accuracy = cfg.casm.warmup_accuracy

@@ -51,10 +51,20 @@ def test_typo_in_a_yaml_file_names_the_file(tmp_path):
     ("data.name=imagenet", "data.root"),
     ("masker.feature_layer=layer5", "masker.feature_layer='layer5'"),
     ("masker.feature_layer=layer3", "decoders"),  # the default casme head reads every layer
+    ("optim.masker_lr_scaling=cubic", "optim.masker_lr_scaling='cubic' is not one of linear, sqrt, none"),
+    ("trainer.max_val_images=100 trainer.limit_val_batches=3", "both cap validation"),
 ])
 def test_bad_values(override, match):
     with pytest.raises(ConfigError, match=match):
-        load_config(None, [override])
+        load_config(None, override.split())
+
+
+@pytest.mark.parametrize("cap, batch, batches", [(None, 16, 1.0), (100, 16, 7), (96, 32, 3), (1, 64, 1)])
+def test_the_validation_image_cap_is_whole_global_batches(cap, batch, batches):
+    from casm.training.run import validation_batches
+
+    overrides = [f"data.batch_size={batch}"] + ([f"trainer.max_val_images={cap}"] if cap else [])
+    assert validation_batches(load_config(None, overrides)) == batches
 
 
 def test_cli_reports_config_errors_in_one_line(capsys):
@@ -67,7 +77,8 @@ def test_cli_reports_config_errors_in_one_line(capsys):
 
 @pytest.mark.parametrize("override", ["casm.pool_size=-1", "casm.snapshot_every=0", "casm.snapshot_every=-2",
                                       "model.width=0", "trainer.max_epochs=-3", "data.image_size=0",
-                                      "casm.lambda_r=-5", "data.batch_size=0", "optim.classifier_lr=-0.1"])
+                                      "casm.lambda_r=-5", "data.batch_size=0", "optim.classifier_lr=-0.1",
+                                      "trainer.max_val_images=0", "optim.lr_reference_batch=0"])
 def test_out_of_range_values_are_refused_before_anything_is_built(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=f"{key}=-?[0-9.]+ must be"):

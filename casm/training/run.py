@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -73,6 +74,13 @@ class SaneExceptionCheckpoint(OnExceptionCheckpoint):
             super().on_exception(trainer, pl_module, exception)
 
 
+def validation_batches(cfg: DictConfig) -> int | float:
+    """Lightning's ``limit_val_batches`` (per process) for ``trainer.max_val_images``: each step of every
+    process together reads one global batch, so N images are ceil(N / data.batch_size) steps."""
+    cap = cfg.trainer.max_val_images
+    return cfg.trainer.limit_val_batches if cap is None else math.ceil(cap / cfg.data.batch_size)
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bool) -> pl.Trainer:
     t = cfg.trainer
     ckpt_dir = run_dir / "checkpoints"
@@ -105,7 +113,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bo
         strategy=t.strategy,
         precision=t.precision,
         limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches,
+        limit_val_batches=validation_batches(cfg),
         check_val_every_n_epoch=t.check_val_every_n_epoch,
         log_every_n_steps=t.log_every_n_steps,
         logger=logger,
