@@ -247,3 +247,18 @@ def test_two_processes_under_torchrun_give_the_one_process_numbers(report, train
                 assert double["results"][method][key] == pytest.approx(value, abs=1e-5), (method, key)
     assert double["results"]["casm"]["images"] == 16 and double["results"]["scorecam"]["images"] == 4
     assert (out / "figure.png").is_file()
+
+
+def test_a_batch_of_only_unreadable_images_does_not_end_the_evaluation(trained_checkpoint, tmp_path):
+    from tests.test_own_data import _folder
+
+    root = _folder(tmp_path / "data", size=32, per_class=3)
+    for name in ("0.png", "1.png"):  # the first batch of two (sorted: a/0, a/1) is all unreadable
+        (root / "val" / "a" / name).write_bytes(b"not an image")
+    out = tmp_path / "eval"
+    assert evaluate_main(["--checkpoint", str(trained_checkpoint), f"out_dir={out}", "data.name=folder",
+                          f"data.root={root}", "data.image_size=32", "data.batch_size=2", "data.num_workers=0",
+                          "data.skip_corrupt=true", "methods=[casm]", "--no-progress"]) == 0
+    payload = json.loads((out / "metrics.json").read_text())
+    assert payload["results"]["casm"]["images"] == 4  # the other four, after the empty batch
+    assert any("2 unreadable" in note for note in payload["notes"])

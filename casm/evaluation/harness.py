@@ -277,7 +277,9 @@ class Evaluator:
                 self.skipped_images += int(batch["skipped"])
                 keep = batch["index"] < total
                 if not keep.any():
-                    break
+                    if len(keep):  # past max_images (the shard's order is increasing)
+                        break
+                    continue  # every image of this batch was unreadable (data.skip_corrupt)
                 batch = {k: (v[keep].to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
                          for k, v in batch.items()}
                 self._batch(dict(batch, image=normalize_images(batch["image"])), baselines)
