@@ -138,7 +138,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
     module, saved = load_trained(args.checkpoint)  # read once; its data config is the default
     cfg = load_config(args.config, args.overrides + [f"checkpoint={args.checkpoint}"], schema_class=EvalConfig,
-                      base={"data": evaluation_data(saved["data"], args.overrides, args.config)})
+                      base={"data": evaluation_data(saved["data"], args.overrides, args.config),
+                            "fill": saved.get("casm", {}).get("fill", "mean")})
     results, _, out = evaluate(cfg, progress=not args.no_progress, trained=(module, saved))
     from casm.evaluation.report import markdown_table
 

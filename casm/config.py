@@ -81,6 +81,10 @@ class CasmConfig:
     masker_warmup_steps: int = 0  # masker lr ramps linearly from 0 over these steps (0: off)
     max_nonfinite_steps: int = 20  # consecutive non-finite (or diverging) steps before the run stops
     divergence_loss: Optional[float] = 1000.0  # a loss above this is divergence: the step is skipped (null: off)
+    # beyond the paper (Phang et al. 2020; casm/training/losses.py, fills.py); 0 / mean: the paper's objective
+    lambda_in: float = 0.0  # weight of the masked-in classification term CE(f(m * x), y)
+    lambda_tv: float = 0.0  # weight of the mask's total variation
+    fill: str = "mean"  # what replaces removed pixels: mean | blur | telea | noise (evaluation uses the same)
 
 
 @dataclass
@@ -245,6 +249,7 @@ _CHOICES = {
     "casm.thinning": ("F", "L", "FL", "L100", "L1000"),
     "casm.score": ("E", "C"),
     "casm.lambda_mode": ("paper", "target_area"),
+    "casm.fill": ("mean", "blur", "telea", "noise"),
     "optim.classifier_optimizer": ("sgd", "adam"),
     "optim.classifier_lr_scaling": ("linear", "sqrt", "none"),
     "optim.masker_lr_scaling": ("linear", "sqrt", "none"),
@@ -284,6 +289,8 @@ class EvalConfig:
     judges: list[JudgeConfig] = field(default_factory=list)  # ... and classifiers from outside casm
     baseline_classifiers: list[str] = field(default_factory=list)  # also run the baselines on these
     figure_images: int = 8
+    fill: Optional[str] = None  # removed pixels in the masked-in/out scores: mean | blur | telea | noise
+    #                             (null: the training run's casm.fill, so they are scored as they were trained)
     out_dir: Optional[str] = None  # null: RUN/eval next to the checkpoint
     device: str = "auto"
     seed: int = 0
@@ -297,6 +304,7 @@ _RANGES = {
     "casm.lambda_r": (0, False), "casm.lambda_lr": (0, False), "casm.warmup_epochs": (0, False),
     "casm.masker_grad_clip": (0, True), "casm.masker_warmup_steps": (0, False),
     "casm.max_nonfinite_steps": (0, True), "casm.divergence_loss": (0, True),
+    "casm.lambda_in": (0, False), "casm.lambda_tv": (0, False),
     "optim.classifier_lr": (0, True), "optim.masker_lr": (0, True),
     "optim.classifier_momentum": (0, False), "optim.classifier_weight_decay": (0, False),
     "optim.masker_weight_decay": (0, False), "optim.lr_step_epochs": (0, True), "optim.lr_gamma": (0, True),

@@ -34,6 +34,7 @@ def test_every_method_and_report_file(report):
             assert np.isfinite(results[name][key]), (name, key)
     assert results["casm"]["images"] == 16 and results["scorecam"]["images"] == 4
     assert payload["versions"]["torch"] == torch.__version__
+    assert payload["eval_config"]["fill"] == "mean"  # the training run's casm.fill
     assert "| casm |" in (out / "metrics.md").read_text()
     assert (out / "figure.png").is_file() and any((out / "tensorboard").iterdir())
 

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from casm.training.losses import entropy, masker_loss, remove_masked
+from casm.fills import remove_masked
+from casm.training.losses import entropy, masker_loss
 
 
 def test_entropy_uniform_and_certain():
@@ -64,3 +65,61 @@ def test_remove_masked_replaces_with_zero_mean():
     x = torch.ones(1, 3, 2, 2)
     m = torch.tensor([[[[1.0, 0.0], [0.5, 0.0]]]])
     assert torch.equal(remove_masked(x, m)[0, 0], torch.tensor([[0.0, 1.0], [0.5, 1.0]]))
+
+
+def test_masked_in_term_is_the_cross_entropy_of_the_masked_in_logits_by_hand():
+    logits_out, labels, clean_correct, mask = _case()
+    logits_in = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    base = masker_loss(logits_out, labels, clean_correct, mask, lambda_r=10.0)
+    out = masker_loss(logits_out, labels, clean_correct, mask, lambda_r=10.0, logits_in=logits_in, lambda_in=2.0)
+    by_hand = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(2)) + math.log(2)) / 3  # CE for label 0, all 3
+    assert out.masked_in.item() == pytest.approx(by_hand, abs=1e-6)
+    assert (out.total - base.total).item() == pytest.approx(2.0 * by_hand, abs=1e-5)
+
+
+def test_total_variation_by_hand():
+    from casm.training.losses import total_variation
+
+    mask = torch.tensor([[[[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]]]])  # (1, 1, 2, 3)
+    # vertical |differences|: 0, 1, 0 -> mean 1/3; horizontal: 1, 0, 0, 1 -> mean 1/2
+    assert total_variation(mask).item() == pytest.approx(1 / 3 + 1 / 2)
+    _, labels, clean_correct, _ = _case()
+    logits = torch.zeros(1, 2)
+    out = masker_loss(logits, labels[:1], clean_correct[:1], mask, lambda_r=0.0, lambda_tv=0.5)
+    assert out.tv.item() == pytest.approx(5 / 6) and out.total.item() == pytest.approx(-math.log(2) + 0.5 * 5 / 6)
+
+
+@pytest.mark.parametrize("kind", ["mean", "blur", "telea", "noise"])
+def test_each_fill_replaces_exactly_the_removed_pixels(kind):
+    from casm.fills import fill_for, keep_masked
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:10, 4:10] = 1.0  # removed in the masked-out image, kept in the masked-in one
+    out, kept = remove_masked(x, mask, kind), keep_masked(x, mask, kind)
+    inside = mask.expand_as(x).bool()
+    assert torch.equal(out[~inside], x[~inside]) and torch.equal(kept[inside], x[inside])
+    if kind == "mean":
+        assert (out[inside] == 0).all() and (kept[~inside] == 0).all()
+    elif kind == "blur":
+        from torchvision.transforms.functional import gaussian_blur
+
+        assert torch.allclose(out[inside], gaussian_blur(x, [5, 5], [1.0, 1.0])[inside])  # 16 px: sigma 1, kernel 5
+    elif kind == "telea":
+        assert not torch.allclose(out[inside], torch.zeros(1)) and torch.equal(fill_for(x, mask, kind)[~inside],
+                                                                               fill_for(x, mask, kind)[~inside])
+    else:  # noise: about N(0, 1) where removed
+        assert 0.7 < float(out[inside].std()) < 1.3 and not torch.equal(out[inside], x[inside])
+
+
+def test_the_mask_gets_gradient_through_every_fill_and_the_fill_none():
+    from casm.fills import FILLS, fill_for
+
+    x = torch.rand(1, 3, 8, 8)
+    for kind in FILLS:
+        mask = torch.full((1, 1, 8, 8), 0.6, requires_grad=True)
+        remove_masked(x, mask, kind).sum().backward()
+        assert mask.grad is not None and mask.grad.abs().sum() > 0, kind
+        fill = fill_for(x, mask, kind)
+        assert fill is None or not fill.requires_grad

@@ -117,3 +117,23 @@ def test_masked_classification_and_inpainting():
     out = masked_classification(model, x, b, torch.tensor([0]))
     assert set(out) == {"masked_in", "masked_out", "inpainted"}
     assert all(v.shape == (1,) for v in out.values())
+
+
+def test_masked_scores_fill_the_removed_pixels_as_the_run_was_trained():
+    """A known answer: the model says class 1 iff the image's mean is above 0.75. Removing the left half
+    of an all-ones image leaves mean 0.5 with the mean-colour fill (0), 1.0 with the blur fill (a blurred
+    constant image is the image)."""
+
+    class MeanThreshold(torch.nn.Module):
+        def forward(self, x):
+            score = x.flatten(1).mean(dim=1) * 10 - 7.5
+            return torch.stack([torch.zeros_like(score), score], dim=1)
+
+    images = torch.ones(2, 3, 8, 8)
+    binary = torch.zeros(2, 8, 8)
+    binary[:, :, :4] = 1  # the map keeps the left half: masked-out removes it
+    labels = torch.ones(2, dtype=torch.long)
+    mean = masked_classification(MeanThreshold(), images, binary, labels, inpaint=False)
+    blur = masked_classification(MeanThreshold(), images, binary, labels, inpaint=False, fill="blur")
+    assert mean["masked_out"].tolist() == [0.0, 0.0] and blur["masked_out"].tolist() == [1.0, 1.0]
+    assert mean["masked_in"].tolist() == [0.0, 0.0] and blur["masked_in"].tolist() == [1.0, 1.0]

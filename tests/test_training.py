@@ -37,11 +37,14 @@ def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_masker_loss_does_not_move_the_classifier(tiny_cfg):
-    """Same batch, same evaluator, very different masker objectives: the classifier must take the
-    identical step (its loss alone drives it), while the masker steps differently."""
-    a = fit(tiny_cfg("casm.thinning=L", "casm.lambda_r=0", "casm.score=E"))
-    b = fit(tiny_cfg("casm.thinning=L", "casm.lambda_r=1000", "casm.score=C"))
+@pytest.mark.parametrize("fill", ["mean", "blur", "telea", "noise"])
+def test_masker_loss_does_not_move_the_classifier(tiny_cfg, fill):
+    """Same batch, same evaluator, very different masker objectives (every option of the objective on in
+    the second): the classifier must take the identical step (its loss alone drives it), while the
+    masker steps differently."""
+    a = fit(tiny_cfg("casm.thinning=L", "casm.lambda_r=0", "casm.score=E", f"casm.fill={fill}"))
+    b = fit(tiny_cfg("casm.thinning=L", "casm.lambda_r=1000", "casm.score=C", f"casm.fill={fill}",
+                     "casm.lambda_in=5", "casm.lambda_tv=1"))
     ca, cb = params(a.classifier), params(b.classifier)
     assert all(torch.equal(ca[k], cb[k]) for k in ca)
     ma, mb = params(a.masker), params(b.masker)
@@ -139,9 +142,9 @@ def test_a_nonfinite_step_is_skipped_and_counted(tiny_cfg, monkeypatch):
     calls = {"n": 0}
     original = module_lib.remove_masked
 
-    def nan_once(x, mask):
+    def nan_once(x, mask, *fill):
         calls["n"] += 1
-        return original(x, mask) * (float("nan") if calls["n"] == 1 else 1.0)
+        return original(x, mask, *fill) * (float("nan") if calls["n"] == 1 else 1.0)
 
     monkeypatch.setattr(module_lib, "remove_masked", nan_once)
     module = fit(tiny_cfg("casm.thinning=L"), steps=3)
@@ -150,7 +153,7 @@ def test_a_nonfinite_step_is_skipped_and_counted(tiny_cfg, monkeypatch):
 
 
 def test_repeated_nonfinite_steps_stop_the_run_and_keep_the_weights(tiny_cfg, monkeypatch):
-    monkeypatch.setattr(module_lib, "remove_masked", lambda x, mask: x * float("nan"))
+    monkeypatch.setattr(module_lib, "remove_masked", lambda x, mask, *fill: x * float("nan"))
     cfg = tiny_cfg("casm.thinning=L", "casm.max_nonfinite_steps=2")
     pl.seed_everything(0, verbose=False)
     before = params(CASMModule(dict(cfg), 10))
@@ -303,7 +306,8 @@ def test_masked_out_images_leave_the_classifier_running_statistics_alone(tiny_cf
     cfg = tiny_cfg("casm.thinning=L", "casm.p_pool=0")
     seen = []
     original = module_lib.remove_masked
-    monkeypatch.setattr(module_lib, "remove_masked", lambda x, mask: seen.append(x.clone()) or original(x, mask))
+    monkeypatch.setattr(module_lib, "remove_masked",
+                        lambda x, mask, *fill: seen.append(x.clone()) or original(x, mask, *fill))
     pl.seed_everything(0, verbose=False)
     start = CASMModule(dict(cfg), 10)
     trained = fit(cfg, steps=1)

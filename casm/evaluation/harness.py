@@ -24,6 +24,7 @@ from casm.checkpoints import read_checkpoint
 from casm.config import ConfigError
 from casm.data.datamodule import LocalizationDataModule, normalize_images
 from casm.evaluation.judges import Logits, build_judge, read_class_names
+from casm.fills import FILLS
 from casm.metrics.faithfulness import (
     average_drop_increase,
     deletion_insertion,
@@ -227,6 +228,8 @@ class Evaluator:
         for path in cfg.baseline_classifiers:
             name, model, classes = load_classifier(path, {n.lstrip("@") for n in self.baseline_models})
             self.baseline_models[f"@{name}"] = match(model, classes, path)
+        if (cfg.fill or "mean") not in FILLS:
+            raise ConfigError(f"fill={cfg.fill!r} is not one of {', '.join(FILLS)}")
         unknown = [m for m in cfg.methods if m != "casm" and m not in BASELINES]
         if unknown:
             raise ValueError(f"methods: unknown {unknown}; choose from casm, {', '.join(BASELINES)} "
@@ -438,7 +441,8 @@ class Evaluator:
             rows = judge_labels >= 0  # a judge scores only images of classes it was trained on
             if not rows.any():
                 continue
-            hits = masked_classification(judge.model, x[sel][rows], binary[rows], judge_labels[rows])
+            hits = masked_classification(judge.model, x[sel][rows], binary[rows], judge_labels[rows],
+                                         fill=cfg.fill or "mean")
             for variant, hit in hits.items():
                 s.mean(f"acc_{variant}" + ("" if judge_name == "own" else f"@{judge_name}"), hit * 100)
         slow = slow_ok[sel] & seen[sel]

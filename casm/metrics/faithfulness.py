@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
 from casm.baselines.base import logits_of
+from casm.fills import keep_masked, remove_masked, telea_inpaint
 from casm.metrics.localization import box_masks
 
 
@@ -89,28 +90,15 @@ def energy_pointing_game(maps: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> Te
 
 
 def masked_classification(model: nn.Module, images: Tensor, binary: Tensor, labels: Tensor,
-                          inpaint: bool = True) -> dict[str, Tensor]:
+                          inpaint: bool = True, fill: str = "mean") -> dict[str, Tensor]:
     """SPEC 4.4, per image: is ``model`` right on the masked-in ``b*x``, the masked-out ``(1-b)*x``,
-    and the masked-out image inpainted by OpenCV's Telea method (radius 3, uint8 pixel space)?"""
+    and the masked-out image inpainted by OpenCV's Telea method (radius 3, uint8 pixel space)? With
+    another ``fill`` (a run trained with ``casm.fill``), the removed pixels of the first two get it."""
     from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
 
     b = (binary if binary.dim() == 4 else binary[:, None]).float()
-    variants = {"masked_in": images * b, "masked_out": images * (1 - b)}
+    variants = {"masked_in": keep_masked(images, b, fill), "masked_out": remove_masked(images, b, fill)}
     if inpaint:
         variants["inpainted"] = telea_inpaint(images, b[:, 0] > 0.5, IMAGENET_MEAN, IMAGENET_STD)
     with torch.no_grad():
         return {name: (logits_of(model(x)).argmax(1) == labels).float() for name, x in variants.items()}
-
-
-def telea_inpaint(images: Tensor, holes: Tensor, mean, std) -> Tensor:
-    """Fill ``holes`` (B, H, W) bool of normalized images with cv2.inpaint(INPAINT_TELEA, radius 3)."""
-    import cv2
-    import numpy as np
-
-    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
-    pixels = ((images * s + m).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    masks = holes.cpu().numpy().astype(np.uint8)
-    filled = np.stack([cv2.inpaint(np.ascontiguousarray(p), k, 3, cv2.INPAINT_TELEA) for p, k in zip(pixels, masks)])
-    out = torch.from_numpy(filled).to(images.device).permute(0, 3, 1, 2).float() / 255
-    return (out - m) / s

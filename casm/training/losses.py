@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -20,16 +21,30 @@ class MaskerLoss:
     score: Tensor  # the score term alone
     area: Tensor  # the gated L1 term before lambda_R
     confused: Tensor  # (B,) bool: right on the clean image, wrong on the masked-out one
+    masked_in: Tensor  # the masked-in cross-entropy before lambda_in (0 when off)
+    tv: Tensor  # the mask's total variation before lambda_tv (0 when off)
+
+
+def total_variation(mask: Tensor) -> Tensor:
+    """Anisotropic total variation of (B, 1, H, W) masks, averaged over the batch:
+    ``mean_i [ mean_{h,w} |m[h+1, w] - m[h, w]| + mean_{h,w} |m[h, w+1] - m[h, w]| ]``."""
+    vertical = (mask[:, :, 1:, :] - mask[:, :, :-1, :]).abs().flatten(1).mean(dim=1)
+    horizontal = (mask[:, :, :, 1:] - mask[:, :, :, :-1]).abs().flatten(1).mean(dim=1)
+    return (vertical + horizontal).mean()
 
 
 def masker_loss(logits_out: Tensor, labels: Tensor, clean_correct: Tensor, mask: Tensor, lambda_r: float,
-                score: str = "E") -> MaskerLoss:
-    """``-mean_i[correct_i * S_i] + lambda_R * mean_i[confused_i * mean(mask_i)]``.
+                score: str = "E", logits_in: Tensor | None = None, lambda_in: float = 0.0,
+                lambda_tv: float = 0.0) -> MaskerLoss:
+    """``-mean_i[correct_i * S_i] + lambda_R * mean_i[confused_i * mean(mask_i)]``
+    ``+ lambda_in * mean_i CE(f(m_i * x_i), y_i) + lambda_tv * TV(m)``.
 
     ``S_i`` is the entropy of the evaluator's prediction on the masked-out image (score "E") or its
     cross-entropy with the label (score "C"). The L1 term only counts images whose evidence the mask
     really removed (*confused*: right when clean, wrong when masked out): the adaptive lambda_R rule,
-    under which masks grow until they fool the classifier, then shrink.
+    under which masks grow until they fool the classifier, then shrink. The last two terms are off by
+    default (Phang et al. 2020's recipe: ``logits_in`` = the evaluator on the masked-in images, every
+    image of the batch, so that what the mask keeps suffices to classify; a total-variation penalty).
     """
     correct = clean_correct.float()
     confused = clean_correct & (logits_out.argmax(dim=1) != labels)
@@ -41,9 +56,12 @@ def masker_loss(logits_out: Tensor, labels: Tensor, clean_correct: Tensor, mask:
         raise ValueError(f"score must be 'E' or 'C', got {score!r}")
     score_term = -(correct * per_image).mean()
     area_term = (confused.float() * mask.flatten(1).mean(dim=1)).mean()
-    return MaskerLoss(score_term + lambda_r * area_term, score_term.detach(), area_term.detach(), confused)
-
-
-def remove_masked(images: Tensor, mask: Tensor) -> Tensor:
-    """Masked-out images ``(1 - m) * x``: in normalized space a zero is the mean colour."""
-    return images * (1 - mask)
+    total = score_term + lambda_r * area_term
+    in_term = tv_term = torch.zeros((), device=mask.device)
+    if lambda_in:
+        in_term = F.cross_entropy(logits_in, labels)
+        total = total + lambda_in * in_term
+    if lambda_tv:
+        tv_term = total_variation(mask)
+        total = total + lambda_tv * tv_term
+    return MaskerLoss(total, score_term.detach(), area_term.detach(), confused, in_term.detach(), tv_term.detach())

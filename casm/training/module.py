@@ -3,10 +3,12 @@
 One step, for a batch (x, y):
 
 1. ``logits_clean, feats = f(x)``; the masker reads ``feats`` detached (shared encoder) or its own.
-2. ``mask = masker(x)``, ``x_out = (1 - mask) * x``.
+2. ``mask = masker(x)``, ``x_out = (1 - mask) * x`` (the removed pixels get ``casm.fill``; 0, the mean
+   colour, by default) and, when ``casm.lambda_in`` > 0, the masked-in ``x_in = mask * x``.
 3. The evaluator is a pool snapshot with probability ``p_pool`` (eval mode, frozen), otherwise the
    current classifier (train mode).
-4. Masker loss on ``evaluator(x_out)`` (entropy or classification score, adaptive lambda_R L1).
+4. Masker loss on ``evaluator(x_out)`` (entropy or classification score, adaptive lambda_R L1), plus
+   the optional masked-in cross-entropy on ``evaluator(x_in)`` and total variation (losses.py).
 5. Classifier loss: ``CE(clean)``, averaged with ``CE(evaluator(x_out))`` when the evaluator is the
    current classifier (the paper's eq. 8), one SGD step per batch.
 
@@ -37,12 +39,13 @@ from torchvision.utils import make_grid
 from casm.checkpoints import POOL_FOLDER, read_checkpoint
 from casm.data.datamodule import denormalize, epoch_sampler, random_augmentation
 from casm.errors import NonFiniteLossError, TrainingDivergedError, shorten
+from casm.fills import keep_masked, remove_masked
 from casm.metrics.localization import LocalizationError, reference_boxes
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
 from casm.models.modes import evaluation_mode, frozen_batchnorm_statistics
 from casm.training.batching import batch_plan
 from casm.training.distributed import all_reduce_mean, assert_same_on_all_ranks, world_size
-from casm.training.losses import masker_loss, remove_masked
+from casm.training.losses import masker_loss
 from casm.training.pool import ClassifierPool, resolve_strategy
 from casm.training.regularization import LambdaController
 
@@ -208,17 +211,21 @@ class CASMModule(pl.LightningModule):
         logits_clean, feats = self.classifier(x)  # (B, K), features at 5 scales
         clean_correct = logits_clean.argmax(dim=1) == y
         mask = self.masker(x, feats)  # (B, 1, H, W)
-        x_out = remove_masked(x, mask)
+        c = self.cfg.casm
+        masked = [remove_masked(x, mask, c.fill)] + ([keep_masked(x, mask, c.fill)] if c.lambda_in else [])
 
         pool_index = self.pool.draw_evaluator()
         if pool_index is None:  # running statistics stay those of clean images (see frozen_batchnorm_statistics)
             with frozen_batchnorm_statistics(self.classifier):
-                logits_out, _ = self.classifier(x_out)
+                logits_masked = [self.classifier(images)[0] for images in masked]
         else:
             with evaluation_mode(self.classifier):
-                logits_out, _ = functional_call(self.classifier, self.pool.snapshots[pool_index], (x_out,))
+                snapshot = self.pool.snapshots[pool_index]
+                logits_masked = [functional_call(self.classifier, snapshot, (images,))[0] for images in masked]
+        logits_out = logits_masked[0]
 
-        m_loss = masker_loss(logits_out, y, clean_correct, mask, self.lambda_r.value, self.cfg.casm.score)
+        m_loss = masker_loss(logits_out, y, clean_correct, mask, self.lambda_r.value, c.score,
+                             logits_in=logits_masked[-1], lambda_in=c.lambda_in, lambda_tv=c.lambda_tv)
         masker_params = [p for p in self.masker.parameters() if p.requires_grad]
         current_evaluates = pool_index is None
         grads_m = torch.autograd.grad(m_loss.total, masker_params, retain_graph=train_classifier and current_evaluates)
@@ -246,6 +253,8 @@ class CASMModule(pl.LightningModule):
             "train/masker_loss": m_loss.total.detach(),
             "train/classifier_loss": c_loss.detach(),
             "train/score": m_loss.score,
+            **({"train/masked_in_ce": m_loss.masked_in} if c.lambda_in else {}),
+            **({"train/mask_tv": m_loss.tv} if c.lambda_tv else {}),
             "train/lambda_r": self.lambda_r.value,
             "train/mask_area": mean_mask,
             "train/confused": m_loss.confused.float().mean(),
@@ -332,7 +341,7 @@ class CASMModule(pl.LightningModule):
             return
         logits, feats = self.classifier(x)
         mask = self.masker(x, feats)
-        logits_out, _ = self.classifier(remove_masked(x, mask))
+        logits_out, _ = self.classifier(remove_masked(x, mask, self.cfg.casm.fill))
         self.val_accuracy.update(logits, y)
         self.val_masked_out_accuracy.update(logits_out, y)
         self.val_mask_mean.update(mask.mean(dim=(1, 2, 3)))
