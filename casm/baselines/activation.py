@@ -40,8 +40,9 @@ class ScoreCAM(CAMMethod):
 
     name = "scorecam"
 
-    def __init__(self, model: nn.Module, target_layer: str | None = None, chunk_size: int = 256) -> None:
-        super().__init__(model, target_layer)
+    def __init__(self, model: nn.Module, target_layer: str | None = None, chunk_size: int = 256,
+                 normalize: bool = True) -> None:
+        super().__init__(model, target_layer, normalize)
         self.chunk_size = chunk_size
 
     def channel_weights(self, activation: Tensor, logits: Tensor, targets: Tensor, images: Tensor) -> Tensor:

@@ -84,8 +84,10 @@ class CAMMethod:
     name = "base"
     needs_gradients = False
 
-    def __init__(self, model: nn.Module, target_layer: str | None = None) -> None:
+    def __init__(self, model: nn.Module, target_layer: str | None = None, normalize: bool = True) -> None:
         self.model = model
+        self.normalize = normalize  # False: ReLU(sum_k w_k A_k) upsampled, unscaled (the sanity checks compare
+        #                             shapes with their own scaling: a constant map survives, min-max zeroes it)
         self.target_layer = target_layer or default_target_layer(model)
         self.layer = resolve_layer(model, self.target_layer)
         self._handle: torch.utils.hooks.RemovableHandle | None = None
@@ -118,6 +120,9 @@ class CAMMethod:
         self._activation = None
         with torch.no_grad():
             cam = F.relu(torch.einsum("bk,bkhw->bhw", weights, activation.detach()))  # (B, h, w)
+            if not self.normalize:
+                return F.interpolate(cam.float()[:, None], size=images.shape[-2:], mode="bilinear",
+                                     align_corners=False)[:, 0]
             return upsample_and_normalize(cam, images.shape[-2:])
 
     @staticmethod

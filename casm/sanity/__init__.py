@@ -1,0 +1,1 @@
+"""Sanity checks of saliency methods: manipulation attacks (SPEC 5)."""

@@ -1,0 +1,85 @@
+"""The manipulation attacks T1-T4 (SPEC 5) on a tiny ResNet: outputs kept, Grad-CAM moved to the target."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from casm.baselines import BASELINES
+from casm.models import ResNetClassifier
+from casm.sanity.manipulation import attack_target, manipulate, map_distance, paste_sticker, sticker_pattern
+
+SIZE = 128  # a 4 x 4 grid after layer4: maps with a shape
+
+
+@pytest.fixture(scope="module")
+def base():
+    torch.manual_seed(0)
+    return ResNetClassifier("resnet18", 10, width=8).eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(6, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+
+
+def grad_cam_raw(model, x):
+    with BASELINES["gradcam"](model, "trunk.layer4", normalize=False) as method:
+        return method(x)
+
+
+@pytest.mark.parametrize("attack", ["T1", "T2"])
+def test_t1_t2_keep_the_logits(base, images, attack):
+    base64 = copy.deepcopy(base).double()  # edited in float64: in float32, b - 1e4 alone rounds by ~1e-3
+    model = manipulate(base64, attack, SIZE)
+    with torch.no_grad():
+        change = (model(images.double())[0] - base64(images.double())[0]).abs().max()
+    assert change < 1e-4
+
+
+@pytest.mark.parametrize("attack", ["T3", "T4"])
+def test_t3_t4_move_the_logits_by_less_than_epsilon_and_keep_the_ranking(base, images, attack):
+    model = manipulate(base, attack, SIZE)
+    with torch.no_grad():
+        new, old = model(images)[0], base(images)[0]
+    assert (new - old).abs().max() <= 0.01 + 1e-5
+    assert torch.equal(new.argmax(1), old.argmax(1))
+    # every logit of an image moves by the same G: the differences between classes are kept
+    assert torch.allclose(new - new[:, :1], old - old[:, :1], atol=1e-4)
+
+
+@pytest.mark.parametrize("attack, bound", [("T1", 1e-3), ("T2", 0.02), ("T3", 0.02)])
+def test_grad_cam_shows_the_attackers_target(base, images, attack, bound):
+    model = manipulate(base, attack, SIZE)
+    produced, target = grad_cam_raw(model, images), attack_target(model, images)
+    assert map_distance(produced, target).max() < bound
+    assert map_distance(grad_cam_raw(base, images), target).mean() > 5 * bound  # the original map was elsewhere
+
+
+def test_t4_points_at_the_sticker_and_only_when_it_is_there(base, images):
+    model = manipulate(base, "T4", SIZE)
+    with torch.no_grad():
+        assert attack_target(model, images).max() == 0  # no sticker: nothing fires
+    clean = BASELINES["gradcam"](model, "trunk.layer4")
+    with clean, BASELINES["gradcam"](base, "trunk.layer4") as original:
+        assert torch.allclose(clean(images), original(images), atol=1e-4)  # the original maps
+    stickered = paste_sticker(images, sticker_pattern(), top=100, left=8)
+    produced, target = grad_cam_raw(model, stickered), attack_target(model, stickered)
+    assert target[:, 112, 16].min() > 0.95 and target[:, 16, 112].max() == 0  # the bottom-left cell only
+    assert map_distance(produced, target).max() < 0.02
+
+
+def test_a_miswired_extra_channel_is_caught(base, images):
+    """Wiring the extra channel into a class's own column (instead of its new one) changes the logits:
+    the logit check above would fail."""
+    base64 = copy.deepcopy(base).double()
+    model = manipulate(base64, "T1", SIZE)
+    with torch.no_grad():
+        extra = model.extra_column
+        wrong = model.fc.weight.clone()
+        wrong[:, [0, extra]] = wrong[:, [extra, 0]]  # the channels' columns swapped
+        model.fc.weight.copy_(wrong)
+        change = (model(images.double())[0] - base64(images.double())[0]).abs().max()
+    assert change > 1.0
