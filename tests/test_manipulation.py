@@ -83,3 +83,20 @@ def test_a_miswired_extra_channel_is_caught(base, images):
         model.fc.weight.copy_(wrong)
         change = (model(images.double())[0] - base64(images.double())[0]).abs().max()
     assert change > 1.0
+
+
+def test_the_sanity_command_writes_its_report(trained_checkpoint, tmp_path, capsys):
+    import json
+
+    from casm.cli import main
+
+    out = tmp_path / "sanity"
+    assert main(["sanity", "--checkpoint", str(trained_checkpoint), "--out", str(out), "--images", "8",
+                 "--slow-images", "2", "--attacks", "T1,T3", "--device", "cpu"]) == 0
+    report = json.loads((out / "sanity.json").read_text())["attacks"]
+    assert [r["attack"] for r in report] == ["T1", "T3"]
+    assert all(r["accuracy_before"] == r["accuracy_after"] for r in report)
+    assert set(report[0]["methods"]) == {"cam", "gradcam", "gradcampp", "scorecam"}
+    assert (out / "attack_T1.png").is_file() and (out / "sanity.md").is_file() and any((out / "tensorboard").iterdir())
+    assert "| T1 |" in capsys.readouterr().out
+    assert main(["sanity", "--checkpoint", str(trained_checkpoint), "--attacks", "T9"]) == 2

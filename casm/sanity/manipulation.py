@@ -195,10 +195,10 @@ def manipulate(classifier: ResNetClassifier, attack: str, image_size: int, seed:
     return ManipulatedClassifier(classifier, attack, constants, target_image, target_fn).eval()
 
 
+@torch.no_grad()
 def attack_target(model: ManipulatedClassifier, images: Tensor) -> Tensor:
     """The map the attacker wants for ``images``, (B, H, W), at image resolution (bilinear, like the CAMs)."""
-    with torch.no_grad():
-        grid = tuple(model(images)[1]["layer4"].shape[-2:]) if model.attack != "T1" else (1, 1)
+    grid = tuple(model(images)[1]["layer4"].shape[-2:]) if model.attack != "T1" else (1, 1)
     stage = model.trunk.layer4
     if model.attack == "T1":
         z = torch.ones(len(images), 1, 1, device=images.device)
