@@ -46,6 +46,7 @@ class DataConfig:
     num_workers: int = 2
     pin_memory: bool = True
     skip_corrupt: bool = False  # skip unreadable images (counted in the log) instead of failing
+    shuffle_labels: bool = False  # training split only: labels randomly permuted (the data-randomization test)
 
 
 @dataclass

@@ -197,3 +197,20 @@ def test_normalizing_on_the_device_gives_the_bits_of_torchvision_in_the_workers(
     assert torch.equal(normalize_images(images), torch.stack([workers(i) for i in images]))
     with pytest.raises(TypeError, match="uint8"):
         normalize_images(images.float())
+
+
+def test_shuffled_labels_keep_the_images_and_the_class_counts():
+    from casm.data.datamodule import LocalizationDataModule
+
+    data = OmegaConf.merge(OmegaConf.structured(DataConfig), {"num_train": 200, "num_val": 10, "image_size": 32,
+                                                               "shuffle_labels": True})
+    shuffled = LocalizationDataModule(data)
+    plain = LocalizationDataModule(OmegaConf.merge(data, {"shuffle_labels": False}))
+    shuffled.setup()
+    plain.setup()
+    a, b = shuffled.train_set, plain.train_set
+    assert sorted(a.labels) == sorted(b.labels) and a.labels != b.labels
+    moved = sum(x != y for x, y in zip(a.labels, b.labels))
+    assert moved > 150  # about 90 % of the labels change with 10 classes
+    assert torch.equal(a[3]["image"], b[3]["image"]) and a[3]["label"] == a.labels[3]
+    assert shuffled.val_set.labels == plain.val_set.labels  # validation keeps its true labels

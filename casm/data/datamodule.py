@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from casm.data.datasets import SyntheticShapes, folder_split, imagenet_split
+from casm.data.datasets import ShuffledLabels, SyntheticShapes, folder_split, imagenet_split
 from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
 from casm.data.splits import class_selection
 from casm.training.batching import per_device_batch
@@ -212,6 +212,8 @@ class LocalizationDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self._build()
+        if self.cfg.shuffle_labels and self.train_set is not None and not isinstance(self.train_set, ShuffledLabels):
+            self.train_set = ShuffledLabels(self.train_set, self.cfg.seed)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         return dict(batch, image=normalize_images(batch["image"]))  # on the device (see as_uint8)

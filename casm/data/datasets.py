@@ -95,6 +95,25 @@ class SyntheticShapes(Dataset):
         return {"image": image, "label": label, "boxes": boxes.as_subclass(torch.Tensor), "index": index}
 
 
+class ShuffledLabels(Dataset):
+    """The data-randomization test (Adebayo et al. 2018): every image keeps its pixels and boxes and gets
+    the label of another image, a fixed random permutation (class frequencies are kept). A saliency
+    method trained or run on a model fitted to these labels must not localize the objects."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
+        self.dataset, self.classes = dataset, dataset.classes
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+        original = dataset.labels
+        self.labels = [original[i] for i in order]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict | None:
+        item = self.dataset[index]
+        return None if item is None else dict(item, label=self.labels[index])
+
+
 class BoxedImageDataset(Dataset):
     """Records of ``(path, label, boxes)`` read from disk, with optional skipping of bad files."""
 

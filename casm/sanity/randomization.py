@@ -1,0 +1,86 @@
+"""Model-parameter randomization tests (Adebayo et al. 2018, "Sanity Checks for Saliency Maps"; SPEC 5).
+
+Cascading randomization: re-initialize a network's layers from the top down, one stage more at a time,
+and compare each method's maps with the maps of the trained network. A method whose maps barely change
+while the weights that make the decision are random does not explain the decision. Similarity is the
+Spearman rank correlation of the pixels and the SSIM of the maps (both per image, then averaged).
+
+The stages: for a classifier ``fc``, ``layer4`` ... ``layer1``, ``stem``; for a masker (standalone: its
+head, then the encoder it reads) the head's parts from its output down, then the encoder's stages.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.functional import spearman_corrcoef, structural_similarity_index_measure
+
+from casm.models.masker import Masker
+from casm.models.resnet import ResNetClassifier, ResNetTrunk
+
+Stages = list[tuple[str, list[nn.Module]]]
+
+
+def _trunk_stages(trunk: ResNetTrunk, prefix: str = "") -> Stages:
+    return [(f"{prefix}layer{i}", [getattr(trunk, f"layer{i}")]) for i in (4, 3, 2, 1)] + \
+        [(f"{prefix}stem", [trunk.conv1, trunk.bn1])]
+
+
+def classifier_stages(model: ResNetClassifier) -> Stages:
+    """Top-down stages of a casm ResNet classifier."""
+    return [("fc", [model.fc])] + _trunk_stages(model.trunk)
+
+
+def masker_stages(masker: Masker) -> Stages:
+    """Top-down stages of a masker: the head's parts from the output back, then its encoder's stages."""
+    parts: list[tuple[str, nn.Module]] = []
+    for name, child in masker.head.named_children():
+        if isinstance(child, (nn.ModuleDict, nn.ModuleList)):
+            parts += [(f"head.{name}.{n}", c) for n, c in child.named_children()]
+        elif any(p.requires_grad for p in child.parameters()):
+            parts.append((f"head.{name}", child))
+    stages = [(name, [module]) for name, module in reversed(parts) if list(module.parameters())]
+    return stages + (_trunk_stages(masker.encoder, "encoder.") if masker.encoder is not None else [])
+
+
+def randomize(modules: list[nn.Module], seed: int) -> None:
+    """Re-initialize every parameterized layer in ``modules`` (its own ``reset_parameters``, seeded)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in modules:
+            for layer in module.modules():
+                if hasattr(layer, "reset_parameters"):  # convolutions, linear layers, BatchNorm (statistics too)
+                    layer.reset_parameters()
+
+
+def cascade(model: nn.Module, stages_of: Callable[[nn.Module], Stages], seed: int = 0
+            ) -> Iterator[tuple[str, nn.Module]]:
+    """``(stage name, model)`` with the top 1, 2, ... stages re-initialized (one copy, randomized further
+    at each step; ``model`` itself is untouched)."""
+    randomized = copy.deepcopy(model)
+    for index, (name, modules) in enumerate(stages_of(randomized)):
+        randomize(modules, seed + index)
+        yield name, randomized
+
+
+def similarity(original: Tensor, randomized: Tensor) -> dict[str, float]:
+    """Mean over images of the Spearman rank correlation of the pixels and the SSIM of (B, H, W) maps in [0, 1]."""
+    a, b = original.float().flatten(1), randomized.float().flatten(1)
+    flat_a, flat_b = a + 1e-9 * torch.arange(a.shape[1]), b + 1e-9 * torch.arange(b.shape[1])  # no all-tie columns
+    rho = spearman_corrcoef(flat_b.T, flat_a.T)  # (B,): one correlation per image
+    ssim = structural_similarity_index_measure(randomized.float()[:, None], original.float()[:, None],
+                                                data_range=1.0, reduction="none")
+    return {"spearman": float(torch.nan_to_num(rho).mean()), "ssim": float(ssim.mean())}
+
+
+def cascade_similarities(model: nn.Module, stages_of: Callable[[nn.Module], Stages],
+                         explain: Callable[[nn.Module, Tensor], Tensor], images: Tensor, seed: int = 0
+                         ) -> list[dict]:
+    """For each stage of the cascade: the similarity of ``explain(randomized, images)`` to the trained
+    model's maps. ``explain`` returns (B, H, W) maps in [0, 1]."""
+    original = explain(model, images)
+    return [{"stage": name, **similarity(original, explain(randomized, images))}
+            for name, randomized in cascade(model, stages_of, seed)]
