@@ -214,23 +214,28 @@ def experiment_main(argv: list[str] | None = None) -> int:
 def sanity_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="casm sanity", description="Sanity checks of the post-hoc methods on a trained classifier: the Grad-CAM "
-        "manipulation attacks T1-T4 (SPEC 5). Writes sanity.json, sanity.md, a PNG grid per attack and TensorBoard.")
+        "manipulation attacks T1-T4, and the cascading randomization of the classifier (for each CAM method) and of "
+        "the masker (SPEC 5). Writes sanity.json, sanity.md, a PNG grid per attack, randomization.png, TensorBoard.")
     parser.add_argument("--checkpoint", required=True, help="a casm training checkpoint (its classifier is attacked)")
     parser.add_argument("--out", help="output folder (default: RUN/sanity)")
     parser.add_argument("--images", type=int, default=64, help="validation images measured (default 64)")
     parser.add_argument("--slow-images", type=int, default=8, help="of those, for Score-CAM (default 8)")
     parser.add_argument("--attacks", default="T1,T2,T3,T4")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--no-randomization", action="store_true", help="the attacks only")
     args = parser.parse_args(argv)
-    from casm.sanity.attacks import ATTACKS, attacks_table, sanity_report
+    from casm.sanity.attacks import ATTACKS, attacks_table, cascade_table, sanity_report
 
     attacks = tuple(a.strip() for a in args.attacks.split(","))
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown or args.images < 1 or args.slow_images < 1:
         raise ValueError(f"--attacks takes {','.join(ATTACKS)} (got {unknown}); --images and --slow-images >= 1")
-    results, out = sanity_report(args.checkpoint, args.out, args.images, args.slow_images, attacks, args.device)
-    print(attacks_table(results))
-    print(f"report written to {out} (sanity.json, sanity.md, attack_T*.png, tensorboard/)")
+    report, out = sanity_report(args.checkpoint, args.out, args.images, args.slow_images, attacks, args.device,
+                                randomization=not args.no_randomization)
+    print(attacks_table(report["attacks"]))
+    if "randomization" in report:
+        print(cascade_table(report["randomization"]))
+    print(f"report written to {out} (sanity.json, sanity.md, attack_T*.png, randomization.png, tensorboard/)")
     return 0
 
 

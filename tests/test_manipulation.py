@@ -93,7 +93,11 @@ def test_the_sanity_command_writes_its_report(trained_checkpoint, tmp_path, caps
     out = tmp_path / "sanity"
     assert main(["sanity", "--checkpoint", str(trained_checkpoint), "--out", str(out), "--images", "8",
                  "--slow-images", "2", "--attacks", "T1,T3", "--device", "cpu"]) == 0
-    report = json.loads((out / "sanity.json").read_text())["attacks"]
+    payload = json.loads((out / "sanity.json").read_text())
+    report = payload["attacks"]
+    assert set(payload["randomization"]) == {"cam", "gradcam", "gradcampp", "scorecam", "casm (masker)"}
+    assert [r["stage"] for r in payload["randomization"]["gradcam"]][0] == "fc"
+    assert (out / "randomization.png").is_file()
     assert [r["attack"] for r in report] == ["T1", "T3"]
     assert all(r["accuracy_before"] == r["accuracy_after"] for r in report)
     assert set(report[0]["methods"]) == {"cam", "gradcam", "gradcampp", "scorecam"}

@@ -136,10 +136,22 @@ def attacks_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cascade_table(curves: dict[str, list[dict]]) -> str:
+    stages = max(len(rows) for rows in curves.values())
+    lines = ["| method (Spearman / SSIM) | " + " | ".join(f"{k} stage(s)" for k in range(1, stages + 1)) + " |",
+             "|---" * (stages + 1) + "|"]
+    for method, rows in curves.items():
+        lines.append(f"| {method} | " + " | ".join(f"{r['stage']}: {r['spearman']:.2f} / {r['ssim']:.2f}"
+                                                   for r in rows) + " |")
+    return "\n".join(lines)
+
+
 def sanity_report(checkpoint: str | Path, out: Path | None = None, images: int = 64, slow_images: int = 8,
-                  attacks: tuple[str, ...] = ATTACKS, device: str = "cpu") -> tuple[list[dict], Path]:
-    """The manipulation attacks on a training checkpoint's classifier, on the first ``images`` validation
-    images of its data: ``sanity.json``, ``sanity.md``, ``attack_T*.png`` and TensorBoard in ``out``
+                  attacks: tuple[str, ...] = ATTACKS, device: str = "cpu", randomization: bool = True
+                  ) -> tuple[dict, Path]:
+    """The manipulation attacks on a training checkpoint's classifier and the cascading randomization of
+    its classifier (for each CAM method) and of its masker, on the first ``images`` validation images:
+    ``sanity.json``, ``sanity.md``, ``attack_T*.png``, ``randomization.png`` and TensorBoard in ``out``
     (default RUN/sanity)."""
     import json
 
@@ -148,6 +160,7 @@ def sanity_report(checkpoint: str | Path, out: Path | None = None, images: int =
 
     from casm.config import DataConfig
     from casm.data.datamodule import LocalizationDataModule, denormalize, normalize_images
+    from casm.sanity.randomization import plot_cascades, run_cascades
     from casm.training.module import load_trained
 
     module, config = load_trained(checkpoint)
@@ -160,12 +173,23 @@ def sanity_report(checkpoint: str | Path, out: Path | None = None, images: int =
     out = Path(out) if out else Path(checkpoint).resolve().parent.parent / "sanity"
     classifier = module.classifier.to(device).eval()
     results = run_attacks(classifier, x, y, out, attacks, slow_images=slow_images, denormalize=denormalize)
-    (out / "sanity.json").write_text(json.dumps({"checkpoint": str(checkpoint), "attacks": results}, indent=1))
-    (out / "sanity.md").write_text("# Manipulation attacks (SPEC 5)\n\n" + attacks_table(results) + "\n")
+    report = {"checkpoint": str(checkpoint), "images": count, "attacks": results}
+    text = "# Manipulation attacks (SPEC 5)\n\n" + attacks_table(results) + "\n"
+    if randomization:
+        masker = module.masker.standalone(module.classifier.trunk).to(device).eval()
+        report["randomization"] = run_cascades(classifier, masker, x, METHODS, slow_images)
+        plot_cascades(report["randomization"], out / "randomization.png")
+        text += "\n# Cascading randomization\n\n" + cascade_table(report["randomization"]) + "\n"
+    (out / "sanity.json").write_text(json.dumps(report, indent=1))
+    (out / "sanity.md").write_text(text)
     with SummaryWriter(str(out / "tensorboard")) as writer:
         for r in results:
             for method, m in r["methods"].items():
                 writer.add_scalar(f"attack_{r['attack']}/l1_to_target/{method}", m["l1_to_target"])
             grid = cv2.imread(str(out / f"attack_{r['attack']}.png"))[..., ::-1].copy()
             writer.add_image(f"attack_{r['attack']}", grid, dataformats="HWC")
-    return results, out
+        for method, rows in report.get("randomization", {}).items():
+            for step, row in enumerate(rows, start=1):
+                writer.add_scalar(f"randomization/{method}/spearman", row["spearman"], step)
+                writer.add_scalar(f"randomization/{method}/ssim", row["ssim"], step)
+    return report, out

@@ -84,3 +84,50 @@ def cascade_similarities(model: nn.Module, stages_of: Callable[[nn.Module], Stag
     original = explain(model, images)
     return [{"stage": name, **similarity(original, explain(randomized, images))}
             for name, randomized in cascade(model, stages_of, seed)]
+
+
+def run_cascades(classifier: nn.Module, masker: Masker, images: Tensor, methods: tuple[str, ...],
+                 slow_images: int = 8, seed: int = 0) -> dict[str, list[dict]]:
+    """The classifier's cascade for each CAM method, and the masker's own cascade (its standalone copy:
+    head, then the encoder it reads); Score-CAM on the first ``slow_images`` images."""
+    from casm.baselines import BASELINES
+
+    def cam(method: str) -> Callable[[nn.Module, Tensor], Tensor]:
+        def explain(model: nn.Module, x: Tensor) -> Tensor:
+            with BASELINES[method](model, "trunk.layer4") as m:
+                return m(x).detach()
+        return explain
+
+    curves = {}
+    for method in methods:
+        x = images[:slow_images] if method == "scorecam" else images
+        curves[method] = cascade_similarities(classifier, classifier_stages, cam(method), x, seed)
+
+    def mask(model: nn.Module, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return model(x)[:, 0]
+
+    curves["casm (masker)"] = cascade_similarities(masker, masker_stages, mask, images, seed)
+    return curves
+
+
+def plot_cascades(curves: dict[str, list[dict]], path) -> None:
+    """Spearman (solid) and SSIM (dashed) against the number of stages re-initialized, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, metric in zip(axes, ("spearman", "ssim")):
+        for method, rows in curves.items():
+            ax.plot(range(1, len(rows) + 1), [r[metric] for r in rows], marker="o", label=method,
+                    linestyle="--" if method.startswith("casm") else "-")
+        ax.set_xlabel("stages re-initialized, from the top (classifier: fc, layer4 ... stem; masker: head ... encoder)")
+        ax.set_title(f"{metric} with the trained model's maps")
+        ax.axhline(0, color="grey", linewidth=0.5)
+    axes[0].set_ylabel("similarity (1 = unchanged)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
