@@ -54,6 +54,9 @@ class ModelConfig:
     arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
     width: int = 64  # base width; 64 = torchvision's ResNets, smaller for tiny runs
     pretrained: Optional[str] = None  # torchvision or casm weights file for the classifier
+    # sanity check: train the masker against this classifier edited by a manipulation attack T1-T4 (SPEC 5;
+    # needs casm.thinning=F and masker.encoder=separate: the masker then learns from its outputs alone)
+    manipulation: Optional[str] = None
 
 
 @dataclass
@@ -348,6 +351,13 @@ def validate(cfg: DictConfig) -> None:
     if cfg.trainer.max_val_images is not None and cfg.trainer.limit_val_batches != 1.0:
         raise ConfigError(f"trainer.max_val_images={cfg.trainer.max_val_images} and trainer.limit_val_batches="
                           f"{cfg.trainer.limit_val_batches} both cap validation: keep one")
+    if cfg.model.manipulation is not None:
+        if cfg.model.manipulation not in ("T1", "T2", "T3", "T4"):
+            raise ConfigError(f"model.manipulation={cfg.model.manipulation!r} is not one of T1, T2, T3, T4")
+        if cfg.casm.thinning != "F" or cfg.masker.encoder != "separate" or not cfg.model.pretrained:
+            raise ConfigError("model.manipulation attacks a trained, fixed classifier: it needs model.pretrained=FILE, "
+                              "casm.thinning=F and masker.encoder=separate (a shared encoder would read the "
+                              "attacker's extra channel)")
     if cfg.casm.p_pool is not None and not 0 <= cfg.casm.p_pool <= 1:
         raise ConfigError(f"casm.p_pool={cfg.casm.p_pool} must be in [0, 1]")
     accuracy = cfg.casm.warmup_accuracy

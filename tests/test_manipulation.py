@@ -104,3 +104,24 @@ def test_the_sanity_command_writes_its_report(trained_checkpoint, tmp_path, caps
     assert (out / "attack_T1.png").is_file() and (out / "sanity.md").is_file() and any((out / "tensorboard").iterdir())
     assert "| T1 |" in capsys.readouterr().out
     assert main(["sanity", "--checkpoint", str(trained_checkpoint), "--attacks", "T9"]) == 2
+
+
+@pytest.mark.parametrize("attack", ["T1", "T2"])
+def test_a_masker_trained_against_an_attacked_classifier_learns_what_it_would_from_the_original(
+        attack, trained_checkpoint, tiny_cfg):
+    """Outputs equal => training signal equal: a masker trained (F strategy, own encoder) against the T1/T2
+    classifier ends where the one trained against the original does, up to the attack's float rounding;
+    against another classifier it does not."""
+    from tests.test_training import fit
+
+    common = ["casm.thinning=F", "masker.encoder=separate", "casm.warmup_epochs=0", "casm.lambda_r=1"]
+    runs = {name: fit(tiny_cfg(*common, f"model.pretrained={ckpt}", *extra), steps=4)
+            for name, ckpt, extra in (("original", trained_checkpoint, []),
+                                      ("attacked", trained_checkpoint, [f"model.manipulation={attack}"]))}
+    other = fit(tiny_cfg(*common, "casm.warmup_epochs=0"), steps=4)  # a random classifier instead: a control
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        masks = {name: module.masker(x) for name, module in {**runs, "other": other}.items()}
+    attacked = (masks["attacked"] - masks["original"]).abs().max()  # T1: float32 rounding of 1e4-sized terms
+    other = (masks["other"] - masks["original"]).abs().max()
+    assert attacked < 0.01 and other > 5 * attacked, (attacked, other)

@@ -63,6 +63,10 @@ def build_models(cfg: DictConfig, num_classes: int) -> tuple[ResNetClassifier, M
             encoder.load_state_dict(donor.trunk.state_dict())
     masker = Masker(build_head(cfg.masker.head, classifier.trunk.channels, cfg.masker.hidden,
                                cfg.masker.get("feature_layer")), encoder)
+    if cfg.model.manipulation:  # the sanity check "casm under attack" (casm/sanity/manipulation.py)
+        from casm.sanity.manipulation import manipulate
+
+        classifier = manipulate(classifier, cfg.model.manipulation, cfg.data.image_size, seed=cfg.seed)
     return classifier, masker
 
 
