@@ -23,8 +23,8 @@ from casm.training.module import CASMModule
 from casm.training.timing import EpochTimer
 
 # what a checkpoint's state only fits: the architecture, and the optimizer whose state it holds
-RESUME_FIXED_KEYS = ("model.arch", "model.width", "model.manipulation", "masker.head", "masker.encoder", "masker.hidden",
-                     "masker.feature_layer", "optim.classifier_optimizer")
+RESUME_FIXED_KEYS = ("model.arch", "model.width", "model.manipulation", "masker.head", "masker.encoder",
+                     "masker.hidden", "masker.feature_layer", "optim.classifier_optimizer")
 _VERSION_ENV = "CASM_RUN_VERSION"  # shared by DDP ranks, which Lightning starts as new processes
 
 
