@@ -219,6 +219,13 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[DictConfig
     return layers + [(node, str(path))]
 
 
+def with_defaults(saved: dict) -> DictConfig:
+    """A training config saved by an earlier casm version, completed with today's defaults for the keys
+    it predates (a new option's default is the old behaviour); keys since removed are kept, unused."""
+    defaults = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(Config)))  # untyped: no key is refused
+    return OmegaConf.merge(defaults, saved)
+
+
 def load_config(config_file: str | Path | None = None, overrides: list[str] | None = None,
                 schema_class: type = None, base: DictConfig | dict | None = None) -> DictConfig:
     """Schema defaults <- ``base`` <- YAML file(s) <- ``key=value`` overrides, type-checked, unknown

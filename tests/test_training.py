@@ -334,3 +334,21 @@ def test_ranks_started_by_a_cluster_launcher_share_one_run_folder(tiny_cfg, monk
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert _run_dir(tiny_cfg())[2] == version
+
+
+def test_a_checkpoint_of_an_earlier_casm_still_loads(trained_checkpoint, tmp_path):
+    """Its saved config predates newer keys (and may hold a removed one): today's defaults fill them in."""
+    from casm.training.module import load_trained
+
+    ckpt = torch.load(trained_checkpoint, weights_only=True)
+    config = ckpt["hyper_parameters"]["config"]
+    for section, key in (("model", "manipulation"), ("casm", "fill"), ("casm", "lambda_in"), ("casm", "lambda_tv"),
+                         ("optim", "lr_reference_batch"), ("data", "shuffle_labels")):
+        del config[section][key]
+    config["casm"]["a_removed_option"] = 3
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    module, _ = load_trained(tmp_path / "old.ckpt")
+    assert module.cfg.casm.fill == "mean" and module.cfg.model.manipulation is None
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert module.masker(x, module.classifier(x)[1]).shape == (2, 1, 32, 32)

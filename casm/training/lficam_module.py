@@ -7,10 +7,10 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from casm.config import with_defaults
 from casm.metrics.localization import LocalizationError
 from casm.models.lficam import LFICAMClassifier
 from casm.models.resnet import ResNetClassifier
@@ -23,7 +23,7 @@ class LFICAMModule(pl.LightningModule):
     def __init__(self, config: dict[str, Any], num_classes: int, class_names: list[str] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.cfg = OmegaConf.create(config)
+        self.cfg = with_defaults(config)  # a checkpoint of an earlier casm lacks the newer keys
         m = self.cfg.model
         self.model = LFICAMClassifier(m.arch, num_classes, m.width, self.cfg.masker.hidden)
         if m.pretrained:

@@ -28,7 +28,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.func import functional_call
@@ -37,6 +37,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.utils import make_grid
 
 from casm.checkpoints import POOL_FOLDER, read_checkpoint
+from casm.config import with_defaults
 from casm.data.datamodule import denormalize, epoch_sampler, random_augmentation
 from casm.errors import NonFiniteLossError, TrainingDivergedError, shorten
 from casm.fills import keep_masked, remove_masked
@@ -74,7 +75,7 @@ class CASMModule(pl.LightningModule):
     def __init__(self, config: dict[str, Any], num_classes: int, class_names: list[str] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.cfg = OmegaConf.create(config)
+        self.cfg = with_defaults(config)  # a checkpoint of an earlier casm lacks the newer keys
         c = self.cfg.casm
         self.classifier, self.masker = build_models(self.cfg, num_classes)
         self.strategy = resolve_strategy(c.thinning, c.p_pool, c.snapshot_every, c.pool_size)
