@@ -20,8 +20,8 @@ declare -A VARIANTS=(
   [fill_telea]="casm.fill=telea"
   [fill_noise]="casm.fill=noise"
 )
-for seed in 0 1 2; do
-  for variant in paper masked_in masked_in_tv fill_blur fill_telea fill_noise; do
+for variant in paper masked_in masked_in_tv fill_blur fill_telea fill_noise; do  # whole rows first
+  for seed in 0 1 2; do
     name=${variant}_s${seed}
     ckpt=$OUT/$name/version_0/checkpoints/last.ckpt
     [ -f "$ckpt" ] || $PY train.py ${VARIANTS[$variant]} seed=$seed logging.name=$name $COMMON > runs/ablation_$name.log 2>&1
