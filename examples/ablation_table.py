@@ -23,7 +23,8 @@ def main(out: Path, variants: list[str]) -> None:
     print("| variant | seeds | " + " | ".join(COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 2) + "|")
     for variant in variants:
-        runs = [json.loads(p.read_text())["results"]["casm"] for p in sorted(out.glob(f"{variant}_s*/eval/metrics.json"))]
+        files = sorted(out.glob(f"{variant}_s*/eval/metrics.json"))
+        runs = [json.loads(p.read_text())["results"]["casm"] for p in files]
         if not runs:
             continue
         cells = [cell([r[key] * scale for r in runs]) if all(key in r for r in runs) else "—"

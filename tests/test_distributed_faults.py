@@ -16,71 +16,65 @@ from casm.data.datamodule import EpochShuffleSampler, LocalizationDataModule
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Every DDP process runs this file (Lightning starts rank 1 by re-running the script): rank 1's second
-# batch of every epoch arrives empty, as when data.skip_corrupt dropped all its images.
-EMPTY_ON_RANK_1 = textwrap.dedent("""
-    import sys
-    import torch
-    from casm.cli import train_main
-    from casm.training.module import CASMModule
+# Every DDP process runs this script (Lightning starts rank 1 by re-running it): casm's training, with
+# STEP run at the start of every training step.
+PATCHED_TRAINING = """
+import json, sys
+from casm.cli import train_main
+from casm.data.datamodule import denormalize
+from casm.training.module import CASMModule
 
-    original = CASMModule.training_step
+original = CASMModule.training_step
 
-    def training_step(self, batch, batch_idx):
-        if self.global_rank == 1 and batch_idx == 1:
-            batch = dict(batch, image=batch["image"][:0], label=batch["label"][:0], skipped=len(batch["label"]))
-        return original(self, batch, batch_idx)
+def training_step(self, batch, batch_idx):
+{step}
+    return original(self, batch, batch_idx)
 
-    CASMModule.training_step = training_step
-    sys.exit(train_main(sys.argv[1:]))
-""")
+CASMModule.training_step = training_step
+sys.exit(train_main(sys.argv[1:]))
+"""
+
+
+def train_two_ranks(tmp_path, step: str, overrides: list[str]) -> subprocess.CompletedProcess:
+    """Train with 2 DDP CPU processes, ``step`` (indented Python) patched into every training step."""
+    script = tmp_path / "train_patched.py"
+    script.write_text(PATCHED_TRAINING.format(step=textwrap.indent(textwrap.dedent(step), "    ")))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+    env.pop("CASM_RUN_VERSION", None)
+    cmd = [sys.executable, str(script), *overrides, "trainer.devices=2", "trainer.strategy=ddp"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+# rank 1's second batch of every epoch arrives empty, as when data.skip_corrupt dropped all its images
+EMPTY_ON_RANK_1 = """
+    if self.global_rank == 1 and batch_idx == 1:
+        batch = dict(batch, image=batch["image"][:0], label=batch["label"][:0], skipped=len(batch["label"]))
+"""
 
 
 def test_an_empty_batch_on_one_rank_skips_the_step_on_all(tmp_path, tiny_overrides):
-    script = tmp_path / "train_empty_rank.py"
-    script.write_text(EMPTY_ON_RANK_1)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
-    env.pop("CASM_RUN_VERSION", None)
-    cmd = [sys.executable, str(script), *tiny_overrides, "trainer.devices=2", "trainer.strategy=ddp",
-           "casm.thinning=L100", "casm.snapshot_every=1", "casm.pool_size=3", "trainer.max_epochs=2",
-           "casm.warmup_epochs=1"]
-    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = train_two_ranks(tmp_path, EMPTY_ON_RANK_1, [
+        *tiny_overrides, "casm.thinning=L100", "casm.snapshot_every=1", "casm.pool_size=3", "trainer.max_epochs=2",
+        "casm.warmup_epochs=1"])
     assert "every rank skips this step" in result.stdout + result.stderr
     state = read_checkpoint(next((tmp_path / "runs").rglob("last.ckpt")))
     # 4 batches of 8 per rank and epoch (global batch 16), one of them skipped on both ranks: 3 CASM steps
     assert state["epoch"] == 1 and state["casm_state"]["casm_step"] == 3
 
 
-# Each rank writes the images it trained on (as checksums), step by step.
-RECORD_BATCHES = textwrap.dedent("""
-    import json, sys
-    from casm.cli import train_main
-    from casm.data.datamodule import denormalize
-    from casm.training.module import CASMModule
-
-    original = CASMModule.training_step
-
-    def training_step(self, batch, batch_idx):
-        with open(f"seen_rank{self.global_rank}.jsonl", "a") as f:
-            sums = (denormalize(batch["image"]) * 255).round().sum(dim=(1, 2, 3)).long().tolist()  # uint8 sums
-            f.write(json.dumps([self.current_epoch, batch_idx, sums]) + "\\n")
-        return original(self, batch, batch_idx)
-
-    CASMModule.training_step = training_step
-    sys.exit(train_main(sys.argv[1:]))
-""")
+# each rank writes the images it trained on (as checksums of their 8-bit pixels), step by step
+RECORD_BATCHES = """
+    with open(f"seen_rank{self.global_rank}.jsonl", "a") as f:
+        sums = (denormalize(batch["image"]) * 255).round().sum(dim=(1, 2, 3)).long().tolist()
+        f.write(json.dumps([self.current_epoch, batch_idx, sums]) + "\\n")
+"""
 
 
 def test_two_ranks_train_on_one_process_global_batches_reshuffled_every_epoch(tmp_path, tiny_overrides):
-    script = tmp_path / "train_recorded.py"
-    script.write_text(RECORD_BATCHES)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
-    env.pop("CASM_RUN_VERSION", None)
-    cmd = [sys.executable, str(script), *tiny_overrides, "trainer.devices=2", "trainer.strategy=ddp",
-           "trainer.max_epochs=3", "casm.warmup_epochs=1", "trainer.limit_val_batches=0"]
-    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
+    train_two_ranks(tmp_path, RECORD_BATCHES,
+                    [*tiny_overrides, "trainer.max_epochs=3", "casm.warmup_epochs=1", "trainer.limit_val_batches=0"])
     seen: dict[tuple[int, int], list[float]] = {}  # (epoch, step) -> both ranks' images
     for rank in (0, 1):
         for line in (tmp_path / f"seen_rank{rank}.jsonl").read_text().splitlines():

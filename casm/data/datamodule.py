@@ -117,7 +117,8 @@ class EpochShuffleSampler(Sampler[int]):
     Under DDP, rank r of W takes positions r, r+W, r+2W, ... of the one order, so step k's images over
     all ranks are positions kB..(k+1)B-1 (B the global batch): *the same global batches as one process*,
     whatever the number of GPUs, and a resumed run sees the batches an uninterrupted one would. casm
-    splits the order itself (the trainer runs with ``use_distributed_sampler=False``): Lightning's
+    splits the order itself (the trainer runs with ``use_distributed_sampler=False``; Lightning calls
+    ``set_epoch`` on a DataLoader's own sampler every epoch, on every 2.x version): Lightning's
     ``DistributedSamplerWrapper`` would re-permute it with its own seed, and before Lightning 2.6.1
     (Lightning-AI/pytorch-lightning#21456) did not forward ``set_epoch`` to the sampler it wraps."""
 
@@ -153,12 +154,6 @@ class ShardSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
-
-
-def epoch_sampler(loader: object) -> EpochShuffleSampler | None:
-    """The :class:`EpochShuffleSampler` of a training DataLoader (None for another sampler)."""
-    sampler = getattr(loader, "sampler", None)
-    return sampler if isinstance(sampler, EpochShuffleSampler) else None
 
 
 class LocalizationDataModule(pl.LightningDataModule):

@@ -37,6 +37,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def remove_checkpoint(self, path: str | Path) -> None:
         super().remove_checkpoint(path)
-        path = Path(path)
-        if "://" not in str(path) and _snapshot_files(path).index.is_file():
-            _snapshot_files(path).collect(path.parent)
+        if "://" in str(path):
+            return
+        snapshots = _snapshot_files(Path(path))
+        if snapshots.index.is_file():
+            snapshots.collect(Path(path).parent)

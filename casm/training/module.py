@@ -38,7 +38,7 @@ from torchvision.utils import make_grid
 
 from casm.checkpoints import POOL_FOLDER, read_checkpoint
 from casm.config import with_defaults
-from casm.data.datamodule import denormalize, epoch_sampler, random_augmentation
+from casm.data.datamodule import denormalize, random_augmentation
 from casm.errors import NonFiniteLossError, TrainingDivergedError, shorten
 from casm.fills import keep_masked, remove_masked
 from casm.metrics.localization import LocalizationError, reference_boxes
@@ -141,9 +141,6 @@ class CASMModule(pl.LightningModule):
         self.pool.to(self.device)
 
     def on_train_epoch_start(self) -> None:
-        sampler = epoch_sampler(self.trainer.train_dataloader)
-        if sampler is not None:  # Lightning does it too; explicit, so the order never depends on its version
-            sampler.set_epoch(self.current_epoch)
         # F: after the warm-up the classifier is frozen: eval mode, no gradients.
         self.classifier.requires_grad_(self.classifier_trains)
         self.classifier.train(self.classifier_trains)
