@@ -23,8 +23,15 @@ declare -A VARIANTS=(
 for variant in paper masked_in masked_in_tv fill_blur fill_telea fill_noise; do  # whole rows first
   for seed in 0 1 2; do
     name=${variant}_s${seed}
-    ckpt=$OUT/$name/version_0/checkpoints/last.ckpt
-    [ -f "$ckpt" ] || $PY train.py ${VARIANTS[$variant]} seed=$seed logging.name=$name $COMMON > runs/ablation_$name.log 2>&1
+    run=$OUT/$name/version_0
+    ckpt=$run/checkpoints/last.ckpt
+    if [ ! -f "$run/finished.json" ] && [ ! -f "$OUT/$name/eval/metrics.json" ]; then
+      # a killed run continues from its newest checkpoint (interrupted.ckpt is written on SIGTERM/Ctrl-C)
+      newest=$(ls -tL "$run/checkpoints/interrupted.ckpt" "$ckpt" 2>/dev/null | head -1 || true)
+      resume=${newest:+resume=$newest}
+      $PY train.py ${VARIANTS[$variant]} seed=$seed logging.name=$name $COMMON $resume >> runs/ablation_$name.log 2>&1
+      echo '{}' > "$run/finished.json"
+    fi
     [ -f "$OUT/$name/eval/metrics.json" ] || $PY evaluate.py --checkpoint "$ckpt" methods=[casm] "classifiers=[$judge]" \
         max_images_slow=100 out_dir=$OUT/$name/eval --no-progress > runs/ablation_${name}_eval.log 2>&1
   done

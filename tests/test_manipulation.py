@@ -10,6 +10,7 @@ import torch
 from casm.baselines import BASELINES
 from casm.models import ResNetClassifier
 from casm.sanity.manipulation import attack_target, manipulate, map_distance, paste_sticker, sticker_pattern
+from casm.sanity.under_attack import compare_to_reference, mask_agreement
 
 SIZE = 128  # a 4 x 4 grid after layer4: maps with a shape
 
@@ -125,3 +126,19 @@ def test_a_masker_trained_against_an_attacked_classifier_learns_what_it_would_fr
     attacked = (masks["attacked"] - masks["original"]).abs().max()  # T1: float32 rounding of 1e4-sized terms
     other = (masks["other"] - masks["original"]).abs().max()
     assert attacked < 0.01 and other > 5 * attacked, (attacked, other)
+
+
+def test_mask_agreement_by_known_answers():
+    a = torch.tensor([[[0.9, 0.9], [0.1, 0.1]], [[0.2, 0.2], [0.2, 0.2]]])  # image 2: nothing above 0.5
+    b = torch.tensor([[[0.9, 0.1], [0.1, 0.1]], [[0.2, 0.2], [0.2, 0.2]]])
+    # L1: one pixel of 8 differs by 0.8 -> 0.1; IoU: image 1 1/2, image 2 two empty regions agree -> 1
+    assert mask_agreement(a, b) == pytest.approx({"l1": 0.1, "iou": 0.75})
+    assert mask_agreement(a, a) == {"l1": 0.0, "iou": 1.0}
+
+
+def test_compare_to_reference_pairs_same_seeds_and_gives_the_seed_to_seed_yardstick():
+    ones, zeros, half = torch.ones(1, 2, 2), torch.zeros(1, 2, 2), torch.full((1, 2, 2), 0.75)
+    rows = compare_to_reference({"original": {0: ones, 1: zeros, 2: ones}, "T1": {0: half, 2: ones}})
+    assert [r["seeds"] for r in rows["original, another seed"]] == [(0, 1), (0, 2), (1, 2)]
+    assert [r["l1"] for r in rows["original, another seed"]] == [1.0, 0.0, 1.0]
+    assert [(r["seeds"], r["l1"], r["iou"]) for r in rows["T1"]] == [((0, 0), 0.25, 1.0), ((2, 2), 0.0, 1.0)]

@@ -146,6 +146,22 @@ def cascade_table(curves: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def validation_images(config: dict, count: int, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+    """The first ``count`` validation images of a run's data (normalized, as the models see them) and labels."""
+    from omegaconf import OmegaConf
+
+    from casm.config import DataConfig
+    from casm.data.datamodule import LocalizationDataModule, normalize_images
+
+    data = OmegaConf.merge(OmegaConf.structured(DataConfig), config["data"], {"samples_per_class": None})
+    dm = LocalizationDataModule(data, config.get("seed", 0), splits=("val",))
+    dm.setup()
+    count = min(count, len(dm.val_set))
+    x = normalize_images(torch.stack([dm.val_set[i]["image"].as_subclass(Tensor) for i in range(count)]))
+    y = torch.tensor([dm.val_set[i]["label"] for i in range(count)])
+    return x.to(device), y.to(device)
+
+
 def sanity_report(checkpoint: str | Path, out: Path | None = None, images: int = 64, slow_images: int = 8,
                   attacks: tuple[str, ...] = ATTACKS, device: str = "cpu", randomization: bool = True
                   ) -> tuple[dict, Path]:
@@ -155,21 +171,15 @@ def sanity_report(checkpoint: str | Path, out: Path | None = None, images: int =
     (default RUN/sanity)."""
     import json
 
-    from omegaconf import OmegaConf
     from torch.utils.tensorboard import SummaryWriter
 
-    from casm.config import DataConfig
-    from casm.data.datamodule import LocalizationDataModule, denormalize, normalize_images
+    from casm.data.datamodule import denormalize
     from casm.sanity.randomization import plot_cascades, run_cascades
     from casm.training.module import load_trained
 
     module, config = load_trained(checkpoint)
-    data = OmegaConf.merge(OmegaConf.structured(DataConfig), config["data"], {"samples_per_class": None})
-    dm = LocalizationDataModule(data, config.get("seed", 0), splits=("val",))
-    dm.setup()
-    count = min(images, len(dm.val_set))
-    x = normalize_images(torch.stack([dm.val_set[i]["image"].as_subclass(Tensor) for i in range(count)])).to(device)
-    y = torch.tensor([dm.val_set[i]["label"] for i in range(count)], device=device)
+    x, y = validation_images(config, images, device)
+    count = len(x)
     out = Path(out) if out else Path(checkpoint).resolve().parent.parent / "sanity"
     classifier = module.classifier.to(device).eval()
     results = run_attacks(classifier, x, y, out, attacks, slow_images=slow_images, denormalize=denormalize)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -144,5 +145,9 @@ def train(cfg: DictConfig) -> Path:
         for stale in stale_partials(run_dir / "checkpoints") + stale_partials(run_dir / POOL_FOLDER):
             rank_zero_info(f"casm: removing {stale}, a file whose write was interrupted")
             stale.unlink()
-    trainer.fit(module, datamodule=datamodule, **({"ckpt_path": cfg.resume} if cfg.resume else {}))
+    with warnings.catch_warnings():
+        # Lightning warns that a mid-epoch resume "can cause unreliable results" because it restarts the
+        # DataLoader at batch 0; casm's sampler skips the batches already trained on (exact resume, tested)
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        trainer.fit(module, datamodule=datamodule, **({"ckpt_path": cfg.resume} if cfg.resume else {}))
     return run_dir
