@@ -3,7 +3,7 @@
 # default run with today's objective, + a masked-in term, + masked-in + total variation, and each fill
 # of the removed pixels, seeds 0-2; every run evaluated against one independent judge (a classifier
 # trained alone, seed 100) and summarized as mean +- sd.
-#   bash examples/objective_ablation.sh     (about 90 min on 2 CPU cores; runs/ablation/, runs/ablation_*.log)
+#   bash examples/objective_ablation.sh     (about 1.5-2 h on 2 CPU cores, 18 runs + 18 evaluations; runs/ablation/, runs/ablation_*.log)
 set -eu
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -27,7 +27,7 @@ train() {  # train NAME OVERRIDES...: once; a killed run resumes
 
 evaluate() {  # evaluate NAME: methods=[casm], the fixed classifier as judge
   [ -f "$OUT/$1/eval/metrics.json" ] || $PY evaluate.py --checkpoint "$OUT/$1/version_0/checkpoints/last.ckpt" \
-      methods=[casm] "classifiers=[$classifier]" out_dir=$OUT/$1/eval --no-progress > runs/sanity_$1_eval.log 2>&1
+      methods=[casm] "classifiers=[$classifier]" max_images_slow=100 out_dir=$OUT/$1/eval --no-progress > runs/sanity_$1_eval.log 2>&1
 }
 
 classifier=$OUT/classifier/version_0/checkpoints/last.ckpt  # trained alone, seed 100
