@@ -89,6 +89,17 @@ def test_total_variation_by_hand():
     assert out.tv.item() == pytest.approx(5 / 6) and out.total.item() == pytest.approx(-math.log(2) + 0.5 * 5 / 6)
 
 
+@pytest.mark.parametrize("height, width, sigma, kernel", [(16, 16, 1.0, 5), (64, 64, 4.0, 17), (224, 224, 14.0, 57),
+                                                           (40, 24, 1.5, 7)])
+def test_the_separable_blur_is_torchvisions_gaussian_blur(height, width, sigma, kernel):
+    from torchvision.transforms.functional import gaussian_blur
+
+    from casm.fills import blur
+
+    x = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(blur(x), gaussian_blur(x, [kernel, kernel], [sigma, sigma]), atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["mean", "blur", "telea", "noise"])
 def test_each_fill_replaces_exactly_the_removed_pixels(kind):
     from casm.fills import fill_for, keep_masked
