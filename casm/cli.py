@@ -234,7 +234,7 @@ def sanity_main(argv: list[str] | None = None) -> int:
                                 randomization=not args.no_randomization)
     print(attacks_table(report["attacks"]))
     if "randomization" in report:
-        print(cascade_table(report["randomization"]))
+        print(cascade_table(report["randomization"], report["randomization_chance"]))
     print(f"report written to {out} (sanity.json, sanity.md, attack_T*.png, randomization.png, tensorboard/)")
     return 0
 

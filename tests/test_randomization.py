@@ -7,7 +7,14 @@ import torch
 
 from casm.baselines import BASELINES
 from casm.models import Masker, ResNetClassifier, build_head
-from casm.sanity.randomization import cascade, cascade_similarities, classifier_stages, masker_stages, similarity
+from casm.sanity.randomization import (
+    cascade,
+    cascade_similarities,
+    chance_similarity,
+    classifier_stages,
+    masker_stages,
+    similarity,
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +61,13 @@ def test_similarity_by_known_answers():
     assert same["spearman"] == pytest.approx(1.0, abs=1e-4) and same["ssim"] == pytest.approx(1.0, abs=1e-4)
     flipped = similarity(maps, 1 - maps)  # ranks reversed
     assert flipped["spearman"] == pytest.approx(-1.0, abs=1e-4)
+
+
+def test_chance_similarity_compares_each_map_with_the_next_images():
+    ramp = torch.arange(256.0).view(1, 16, 16) / 255  # no ties
+    maps = torch.cat([ramp, 1 - ramp])  # two images whose maps rank the pixels in opposite orders
+    assert chance_similarity(maps)["spearman"] == pytest.approx(-1.0, abs=1e-4)
+    assert chance_similarity(torch.cat([ramp, ramp]))["spearman"] == pytest.approx(1.0, abs=1e-4)
 
 
 def test_grad_cam_maps_decorrelate_as_the_cascade_goes_down(classifier):

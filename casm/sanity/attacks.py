@@ -136,13 +136,16 @@ def attacks_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def cascade_table(curves: dict[str, list[dict]]) -> str:
+def cascade_table(curves: dict[str, list[dict]], chance: dict[str, dict[str, float]] | None = None) -> str:
+    """Markdown: per method, Spearman / SSIM after each stage of the cascade, and (given) its chance level."""
     stages = max(len(rows) for rows in curves.values())
-    lines = ["| method (Spearman / SSIM) | " + " | ".join(f"{k} stage(s)" for k in range(1, stages + 1)) + " |",
-             "|---" * (stages + 1) + "|"]
+    chance = chance or {}
+    lines = ["| method (Spearman / SSIM) | another image's map (chance) | " +
+             " | ".join(f"{k} stage(s)" for k in range(1, stages + 1)) + " |", "|---" * (stages + 2) + "|"]
     for method, rows in curves.items():
-        lines.append(f"| {method} | " + " | ".join(f"{r['stage']}: {r['spearman']:.2f} / {r['ssim']:.2f}"
-                                                   for r in rows) + " |")
+        level = f"{chance[method]['spearman']:.2f} / {chance[method]['ssim']:.2f}" if method in chance else "—"
+        lines.append(f"| {method} | {level} | " + " | ".join(f"{r['stage']}: {r['spearman']:.2f} / {r['ssim']:.2f}"
+                                                             for r in rows) + " |")
     return "\n".join(lines)
 
 
@@ -187,9 +190,11 @@ def sanity_report(checkpoint: str | Path, out: Path | None = None, images: int =
     text = "# Manipulation attacks (SPEC 5)\n\n" + attacks_table(results) + "\n"
     if randomization:
         masker = module.masker.standalone(module.classifier.trunk).to(device).eval()
-        report["randomization"] = run_cascades(classifier, masker, x, METHODS, slow_images)
-        plot_cascades(report["randomization"], out / "randomization.png")
-        text += "\n# Cascading randomization\n\n" + cascade_table(report["randomization"]) + "\n"
+        report["randomization"], report["randomization_chance"] = run_cascades(classifier, masker, x, METHODS,
+                                                                              slow_images)
+        plot_cascades(report["randomization"], out / "randomization.png", report["randomization_chance"])
+        text += "\n# Cascading randomization\n\n" + cascade_table(report["randomization"],
+                                                                 report["randomization_chance"]) + "\n"
     (out / "sanity.json").write_text(json.dumps(report, indent=1))
     (out / "sanity.md").write_text(text)
     with SummaryWriter(str(out / "tensorboard")) as writer:

@@ -86,10 +86,17 @@ def cascade_similarities(model: nn.Module, stages_of: Callable[[nn.Module], Stag
             for name, randomized in cascade(model, stages_of, seed)]
 
 
+def chance_similarity(maps: Tensor) -> dict[str, float]:
+    """The similarity of each image's map to the next image's map: the level two unrelated maps of one
+    method reach (coarse maps share their upsampling's smooth shape), the floor a cascade can fall to."""
+    return similarity(maps, maps.roll(1, dims=0))
+
+
 def run_cascades(classifier: nn.Module, masker: Masker, images: Tensor, methods: tuple[str, ...],
-                 slow_images: int = 8, seed: int = 0) -> dict[str, list[dict]]:
+                 slow_images: int = 8, seed: int = 0) -> tuple[dict[str, list[dict]], dict[str, dict[str, float]]]:
     """The classifier's cascade for each CAM method, and the masker's own cascade (its standalone copy:
-    head, then the encoder it reads); Score-CAM on the first ``slow_images`` images."""
+    head, then the encoder it reads); Score-CAM on the first ``slow_images`` images. Returns the curves and,
+    per method, its :func:`chance_similarity` on the trained model."""
     from casm.baselines import BASELINES
 
     def cam(method: str) -> Callable[[nn.Module, Tensor], Tensor]:
@@ -98,21 +105,24 @@ def run_cascades(classifier: nn.Module, masker: Masker, images: Tensor, methods:
                 return m(x).detach()
         return explain
 
-    curves = {}
+    curves, chance = {}, {}
     for method in methods:
         x = images[:slow_images] if method == "scorecam" else images
         curves[method] = cascade_similarities(classifier, classifier_stages, cam(method), x, seed)
+        chance[method] = chance_similarity(cam(method)(classifier, x))
 
     def mask(model: nn.Module, x: Tensor) -> Tensor:
         with torch.no_grad():
             return model(x)[:, 0]
 
     curves["casm (masker)"] = cascade_similarities(masker, masker_stages, mask, images, seed)
-    return curves
+    chance["casm (masker)"] = chance_similarity(mask(masker, images))
+    return curves, chance
 
 
-def plot_cascades(curves: dict[str, list[dict]], path) -> None:
-    """Spearman (solid) and SSIM (dashed) against the number of stages re-initialized, one line per method."""
+def plot_cascades(curves: dict[str, list[dict]], path, chance: dict[str, dict[str, float]] | None = None) -> None:
+    """Spearman and SSIM against the number of stages re-initialized, one line per method (the masker's
+    dashed), each method's chance level (:func:`chance_similarity`) as a dotted line of its colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,14 +130,18 @@ def plot_cascades(curves: dict[str, list[dict]], path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, metric in zip(axes, ("spearman", "ssim")):
-        for method, rows in curves.items():
-            ax.plot(range(1, len(rows) + 1), [r[metric] for r in rows], marker="o", label=method,
-                    linestyle="--" if method.startswith("casm") else "-")
-        ax.set_xlabel("stages re-initialized, from the top (classifier: fc, layer4 ... stem; masker: head ... encoder)")
+        for index, (method, rows) in enumerate(curves.items()):
+            line, = ax.plot(range(1, len(rows) + 1), [r[metric] for r in rows], marker="o", label=method,
+                            linestyle="--" if method.startswith("casm") else "-", linewidth=4 if index == 0 else 1.5)
+            if chance and method in chance:
+                ax.axhline(chance[method][metric], color=line.get_color(), linestyle=":", linewidth=1)
+        ax.set_xlabel("stages re-initialized, from the top")
         ax.set_title(f"{metric} with the trained model's maps")
         ax.axhline(0, color="grey", linewidth=0.5)
     axes[0].set_ylabel("similarity (1 = unchanged)")
     axes[0].legend(fontsize=8)
+    fig.suptitle("classifier: fc, layer4 ... stem; masker: head ... encoder; dotted: two different images' maps",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
