@@ -7,7 +7,7 @@
 #  3. the data-randomization test: the default run on shuffled labels, seeds 0-2.
 # Every masker is evaluated (methods=[casm], the fixed classifier as judge); examples/sanity_table.py
 # prints the tables.
-#   bash examples/sanity_study.sh     (about 2 h on 2 CPU cores; runs/sanity/, runs/sanity_*.log)
+#   bash examples/sanity_study.sh     (about 2-2.5 h on 2 CPU cores, 20 trainings + 18 evaluations; runs/sanity/)
 # Killed and restarted it skips finished runs and resumes an unfinished one from its newest checkpoint.
 set -eu
 cd "$(dirname "$0")/.."
