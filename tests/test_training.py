@@ -28,7 +28,7 @@ def fit(cfg, steps: int = 1) -> CASMModule:
     module = CASMModule(dict(cfg), dm.num_classes)
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=steps, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         accelerator="cpu")
+                         accelerator="cpu", default_root_dir=cfg.logging.out_dir)  # pool snapshots: tmp, not ./pool
     trainer.fit(module, datamodule=dm)
     return module
 
