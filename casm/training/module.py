@@ -67,7 +67,8 @@ def build_models(cfg: DictConfig, num_classes: int) -> tuple[ResNetClassifier, M
     if cfg.model.manipulation:  # the sanity check "casm under attack" (casm/sanity/manipulation.py)
         from casm.sanity.manipulation import manipulate
 
-        classifier = manipulate(classifier, cfg.model.manipulation, cfg.data.image_size, seed=cfg.seed)
+        # in train mode like the unattacked classifier; on_train_epoch_start freezes both alike
+        classifier = manipulate(classifier, cfg.model.manipulation, cfg.data.image_size, seed=cfg.seed).train()
     return classifier, masker
 
 
@@ -376,7 +377,10 @@ class CASMModule(pl.LightningModule):
             self._warned_no_boxes = True
         for name, metric in (("", self.val_localization), ("_full_box", self.val_full_box),
                              ("_centre_box", self.val_centre_box)):
-            result = metric.compute()
+            with warnings.catch_warnings():
+                # every rank computes (the sum of boxes is synced inside), also one that saw no box this epoch
+                warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric")
+                result = metric.compute()
             if metric.total > 0:
                 self.log(f"val/le{name}", result["le"], prog_bar=not name)
                 self.log(f"val/om{name}", result["om"])

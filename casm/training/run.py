@@ -149,5 +149,8 @@ def train(cfg: DictConfig) -> Path:
         # Lightning warns that a mid-epoch resume "can cause unreliable results" because it restarts the
         # DataLoader at batch 0; casm's sampler skips the batches already trained on (exact resume, tested)
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        # and for step checkpoints under manual optimization it suggests keeping a copy of the weights before
+        # every step: casm saves the state after the step on purpose (resume continues from it exactly)
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
         trainer.fit(module, datamodule=datamodule, **({"ckpt_path": cfg.resume} if cfg.resume else {}))
     return run_dir
