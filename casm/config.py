@@ -162,7 +162,7 @@ class Config:
     unseen: UnseenConfig = field(default_factory=UnseenConfig)  # read by the unseen-class experiment only
     mode: str = "casm"  # casm (classifier + masker) | lficam (LFI-CAM's own classifier, cross-entropy only)
     seed: int = 0
-    resume: Optional[str] = None  # a checkpoint to continue from
+    resume: Optional[str] = None  # a checkpoint to continue from; last: the newest in the run's folder, if any
 
 
 class ConfigError(ValueError):

@@ -5,7 +5,7 @@ on every subset, one report.
 Each training is an ordinary ``python -m casm train`` process with its own folder and its own
 resolved config, so DDP, logging, checkpoints and resume behave exactly as for any run; the runner
 only decides what to run. Killed and restarted it skips finished runs (``finished.json`` in the run
-folder), resumes an unfinished one from its ``last.ckpt``, re-runs only the evaluations whose
+folder), resumes an unfinished one from its newest checkpoint (``resume=last``), re-runs only the evaluations whose
 report is missing or was made with other settings, and refuses to mix runs made with another config.
 
 Layout under ``OUT/NAME`` (``logging.out_dir`` / ``logging.name``)::
@@ -64,11 +64,12 @@ class PlannedRun:
     def status(self) -> str:
         if self.finished:
             return "finished"
-        return "resume" if self.checkpoint.exists() else "new"
+        return "resume" if any((self.run_dir / "checkpoints").glob("*.ckpt")) else "new"
 
     def train_argv(self) -> list[str]:
+        """A killed run continues from its newest checkpoint (``interrupted.ckpt`` too, if it came last)."""
         argv = ["train", "--config", str(self.config_file)]
-        return argv + ([f"resume={self.checkpoint}"] if self.status == "resume" else [])
+        return argv + (["resume=last"] if self.status == "resume" else [])
 
 
 def _same_settings(saved: dict | None, wanted: DictConfig) -> bool:

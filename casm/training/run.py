@@ -41,9 +41,12 @@ def check_resume_compatible(cfg: DictConfig, checkpoint: dict, path: str) -> Non
                               f"drop the override or add {key}={old}")
 
 
+RESUME_LAST = "last"  # resume=last: the newest checkpoint in the run's own folder, or a fresh start
+
+
 def _run_dir(cfg: DictConfig) -> tuple[str, str, str]:
     """(save_dir, name, version): runs/NAME/VERSION. A resumed run keeps logging next to its checkpoint."""
-    if cfg.resume:
+    if cfg.resume and cfg.resume != RESUME_LAST:
         run = Path(cfg.resume).resolve().parent.parent  # OUT/NAME/VERSION/checkpoints/x.ckpt
         return str(run.parent.parent), run.parent.name, run.name
     is_child_rank = os.environ.get("LOCAL_RANK", "0") != "0"  # Lightning starts ranks > 0 as new processes
@@ -51,11 +54,36 @@ def _run_dir(cfg: DictConfig) -> tuple[str, str, str]:
     if version is None and _launched_by_cluster():  # torchrun / srun start every rank: each must find the same
         version = f"job_{os.environ.get('SLURM_JOB_ID') or os.environ['TORCHELASTIC_RUN_ID']}"
     if version is None:
+        if cfg.resume == RESUME_LAST:
+            raise ConfigError("resume=last continues the run in a folder with a fixed name, and this run would get "
+                              "the next free version_N: add logging.version=NAME (torchrun and SLURM jobs are named "
+                              "after their job id already)")
         base = Path(cfg.logging.out_dir) / cfg.logging.name
         taken = [int(p.name.split("_")[1]) for p in base.glob("version_*") if p.name.split("_")[1].isdigit()]
         version = f"version_{max(taken, default=-1) + 1}"
         os.environ[_VERSION_ENV] = version
     return cfg.logging.out_dir, cfg.logging.name, version
+
+
+def start_checkpoint(cfg: DictConfig, checkpoint_dir: Path) -> str | None:
+    """The checkpoint this run continues from, or None for a fresh start.
+
+    ``resume=PATH`` is PATH; ``resume=last`` the newest checkpoint in ``checkpoint_dir`` (none: a fresh
+    start, so a requeued job's command works on its first try too). Without ``resume``, a folder that
+    already holds checkpoints is refused: Lightning would otherwise continue from them silently, under
+    this run's config and without the compatibility check.
+    """
+    existing = [p for p in checkpoint_dir.glob("*.ckpt") if p.exists()] if checkpoint_dir.is_dir() else []
+    # last.ckpt links to the newest epoch file; on that tie take the link (Lightning then keeps its name)
+    newest = max(existing, key=lambda p: (p.stat().st_mtime_ns, p.name in ("last.ckpt", "interrupted.ckpt")),
+                 default=None)
+    if cfg.resume == RESUME_LAST:
+        return str(newest) if newest else None
+    if not cfg.resume and newest:
+        raise ConfigError(f"{checkpoint_dir} already holds checkpoints of an earlier run "
+                          f"({', '.join(sorted(p.name for p in existing))}): resume=last continues it; another "
+                          f"logging.version, logging.name or logging.out_dir starts a new run")
+    return cfg.resume
 
 
 def _launched_by_cluster() -> bool:
@@ -129,13 +157,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bo
 
 def train(cfg: DictConfig) -> Path:
     """Train CASM with ``cfg``; returns the run directory (config.yaml, TensorBoard logs, checkpoints)."""
-    if cfg.resume:
-        check_resume_compatible(cfg, read_checkpoint(cfg.resume), cfg.resume)
+    save_dir, name, version = _run_dir(cfg)
+    resume = start_checkpoint(cfg, Path(save_dir) / name / version / "checkpoints")
+    if resume:
+        check_resume_compatible(cfg, read_checkpoint(resume), resume)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = LocalizationDataModule(cfg.data, cfg.seed)
     module_class = LFICAMModule if cfg.mode == "lficam" else CASMModule
     module = module_class(OmegaConf.to_container(cfg, resolve=True), datamodule.num_classes, datamodule.classes)
-    save_dir, name, version = _run_dir(cfg)
     logger = TensorBoardLogger(save_dir, name=name, version=version, default_hp_metric=False)
     run_dir = Path(logger.log_dir)
     trainer = build_trainer(cfg, run_dir, logger)
@@ -152,5 +181,8 @@ def train(cfg: DictConfig) -> Path:
         # and for step checkpoints under manual optimization it suggests keeping a copy of the weights before
         # every step: casm saves the state after the step on purpose (resume continues from it exactly)
         warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-        trainer.fit(module, datamodule=datamodule, **({"ckpt_path": cfg.resume} if cfg.resume else {}))
+        # and, as casm chose the start above, that a fresh start found no checkpoint to continue from
+        warnings.filterwarnings("ignore", message=r"`\.fit\(ckpt_path=None\)` was called without a model")
+        warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last')
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     return run_dir

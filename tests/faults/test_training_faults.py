@@ -10,6 +10,7 @@ import torch
 
 from casm.checkpoints import read_checkpoint
 from casm.cli import main as cli_main
+from casm.config import ConfigError
 from casm.errors import NonFiniteLossError, TrainingDivergedError
 from casm.training.module import CASMModule
 from casm.training.run import train
@@ -82,3 +83,30 @@ def test_resume_with_random_augmentation_says_it_is_not_bit_identical(tiny_cfg, 
         train(tiny_cfg(*data, "trainer.max_epochs=2", f"resume={first / 'checkpoints' / 'last.ckpt'}"))
     # a folder without a box file: localization is skipped without torchmetrics' "compute before update"
     assert not [w for w in recwarn if "called before the ``update``" in str(w.message)]
+
+
+def test_a_new_run_into_a_folder_that_holds_checkpoints_is_refused(tiny_cfg):
+    """Same logging.version twice: Lightning alone would silently continue the first run under the second
+    run's config (and, at max_epochs already, train nothing); casm stops before touching the folder."""
+    run = train(tiny_cfg("trainer.max_epochs=1", "logging.version=exp"))
+    last, config = run / "checkpoints" / "last.ckpt", (run / "config.yaml").read_text()
+    stamp = last.resolve().stat().st_mtime_ns
+    with pytest.raises(ConfigError, match=r"exp/checkpoints already holds checkpoints .*last\.ckpt.*resume=last"):
+        train(tiny_cfg("trainer.max_epochs=1", "logging.version=exp", "optim.classifier_lr=0.5"))
+    assert last.resolve().stat().st_mtime_ns == stamp and (run / "config.yaml").read_text() == config
+
+
+def test_resume_last_starts_fresh_then_continues_from_the_newest_checkpoint(tiny_cfg):
+    """The same command works for a job's first start and its requeue."""
+    first = train(tiny_cfg("trainer.max_epochs=1", "logging.version=job", "resume=last"))
+    assert read_checkpoint(first / "checkpoints" / "last.ckpt")["global_step"] == 8  # 4 batches x 2 optimizers
+    again = train(tiny_cfg("trainer.max_epochs=2", "logging.version=job", "resume=last"))
+    state = read_checkpoint(again / "checkpoints" / "last.ckpt")
+    assert again == first and state["epoch"] == 1 and state["global_step"] == 16
+    # it continued from last.ckpt, not from the epoch file it links to (Lightning would add last-v1.ckpt)
+    assert sorted(p.name for p in (again / "checkpoints").iterdir()) == ["epoch001.ckpt", "last.ckpt"]
+
+
+def test_resume_last_needs_a_named_run_folder(tiny_cfg):
+    with pytest.raises(ConfigError, match="resume=last .* logging.version=NAME"):
+        train(tiny_cfg("resume=last"))
