@@ -3,6 +3,7 @@
 # trained with the old hard-coded augmentation ("before") and with the own-data options ("after"),
 # seeds 0-2, each evaluated with no pixel cut (data.resize=64) and with the old Resize(73)+crop.
 #   bash examples/digits_study.sh        (about 30 min on 2 CPU cores; runs/digits_*.log, runs/digits/)
+# Killed and restarted it skips finished trainings and resumes an unfinished one.
 set -eu
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -14,8 +15,12 @@ for seed in 0 1 2; do
   for variant in before after; do
     name=${variant}_s${seed}
     opts=$BEFORE; [ $variant = after ] && opts=$AFTER
-    ckpt=runs/digits/$name/version_0/checkpoints/last.ckpt
-    [ -f "$ckpt" ] || $PY train.py $COMMON $opts seed=$seed logging.name=$name logging.version=version_0 > runs/digits_$name.log 2>&1
+    run=runs/digits/$name/version_0
+    ckpt=$run/checkpoints/last.ckpt
+    if [ ! -f "$run/finished.json" ]; then  # a killed run continues from its newest checkpoint
+      $PY train.py $COMMON $opts seed=$seed logging.name=$name logging.version=version_0 resume=last >> runs/digits_$name.log 2>&1
+      echo '{}' > "$run/finished.json"
+    fi
     for resize in 64 73; do
       $PY evaluate.py --checkpoint "$ckpt" methods=[casm] data.resize=$resize out_dir=runs/digits/$name/eval_$resize \
           --no-progress > runs/digits_${name}_eval_$resize.log 2>&1

@@ -10,8 +10,11 @@ PY=${PY:-.venv/bin/python}
 OUT=runs/ablation
 COMMON="logging.progress_bar=false logging.out_dir=$OUT logging.version=version_0"
 judge=$OUT/judge/version_0/checkpoints/last.ckpt
-[ -f "$judge" ] || $PY train.py --config configs/classifier_only.yaml seed=100 logging.name=judge $COMMON \
-    > runs/ablation_judge.log 2>&1
+if [ ! -f "$OUT/judge/version_0/finished.json" ]; then
+  $PY train.py --config configs/classifier_only.yaml seed=100 logging.name=judge $COMMON resume=last \
+      >> runs/ablation_judge.log 2>&1
+  echo '{}' > "$OUT/judge/version_0/finished.json"
+fi
 declare -A VARIANTS=(
   [paper]=""
   [masked_in]="casm.lambda_in=0.1"
@@ -27,9 +30,7 @@ for variant in paper masked_in masked_in_tv fill_blur fill_telea fill_noise; do 
     ckpt=$run/checkpoints/last.ckpt
     if [ ! -f "$run/finished.json" ] && [ ! -f "$OUT/$name/eval/metrics.json" ]; then
       # a killed run continues from its newest checkpoint (interrupted.ckpt is written on SIGTERM/Ctrl-C)
-      newest=$(ls -tL "$run/checkpoints/interrupted.ckpt" "$ckpt" 2>/dev/null | head -1 || true)
-      resume=${newest:+resume=$newest}
-      $PY train.py ${VARIANTS[$variant]} seed=$seed logging.name=$name $COMMON $resume >> runs/ablation_$name.log 2>&1
+      $PY train.py ${VARIANTS[$variant]} seed=$seed logging.name=$name $COMMON resume=last >> runs/ablation_$name.log 2>&1
       echo '{}' > "$run/finished.json"
     fi
     [ -f "$OUT/$name/eval/metrics.json" ] || $PY evaluate.py --checkpoint "$ckpt" methods=[casm] "classifiers=[$judge]" \

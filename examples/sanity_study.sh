@@ -19,9 +19,7 @@ train() {  # train NAME OVERRIDES...: once; a killed run resumes
   local name=$1; shift
   local run=$OUT/$name/version_0
   [ -f "$run/finished.json" ] && return
-  local newest
-  newest=$(ls -tL "$run/checkpoints/interrupted.ckpt" "$run/checkpoints/last.ckpt" 2>/dev/null | head -1 || true)
-  $PY train.py "$@" logging.name=$name $COMMON ${newest:+resume=$newest} >> runs/sanity_$name.log 2>&1
+  $PY train.py "$@" logging.name=$name $COMMON resume=last >> runs/sanity_$name.log 2>&1
   echo '{}' > "$run/finished.json"
 }
 
