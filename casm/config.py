@@ -226,6 +226,22 @@ def with_defaults(saved: dict) -> DictConfig:
     return OmegaConf.merge(defaults, saved)
 
 
+def config_changes(before: dict | DictConfig, after: dict | DictConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """``key: old -> new`` for every setting that differs between two configs (lists compare whole), so a
+    resumed run can say what it continues with that the run was not started with."""
+    def leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        found: dict[str, Any] = {}
+        for key, child in node.items():
+            found.update(leaves(child, f"{prefix}.{key}" if prefix else str(key)))
+        return found
+
+    old, new = (leaves(OmegaConf.to_container(OmegaConf.create(c), resolve=True)) for c in (before, after))
+    return [f"{key}: {old.get(key)} -> {new.get(key)}" for key in sorted(old.keys() | new.keys())
+            if key not in ignore and old.get(key) != new.get(key)]
+
+
 def load_config(config_file: str | Path | None = None, overrides: list[str] | None = None,
                 schema_class: type = None, base: DictConfig | dict | None = None) -> DictConfig:
     """Schema defaults <- ``base`` <- YAML file(s) <- ``key=value`` overrides, type-checked, unknown

@@ -124,7 +124,7 @@ def test_resume_continues_exactly(tiny_cfg, tmp_path):
     assert (first / "config.yaml").is_file()
 
 
-def test_resume_into_another_architecture_is_refused(tiny_cfg):
+def test_resume_into_another_architecture_or_with_settings_its_state_overrides_is_refused(tiny_cfg):
     run = train(tiny_cfg("trainer.max_epochs=1"))
     ckpt = run / "checkpoints" / "last.ckpt"
     cfg = tiny_cfg("model.arch=resnet34", f"resume={ckpt}")
@@ -132,6 +132,9 @@ def test_resume_into_another_architecture_is_refused(tiny_cfg):
         check_resume_compatible(cfg, read_checkpoint(ckpt), str(ckpt))
     cfg = tiny_cfg("optim.classifier_optimizer=adam", f"resume={ckpt}")  # its state would not fit (KeyError)
     with pytest.raises(ConfigError, match="optim.classifier_optimizer=sgd"):
+        check_resume_compatible(cfg, read_checkpoint(ckpt), str(ckpt))
+    cfg = tiny_cfg("optim.masker_lr=0.002", "casm.lambda_r=3", f"resume={ckpt}")  # the state would override them
+    with pytest.raises(ConfigError, match=r"casm.lambda_r: None -> 3.0; optim.masker_lr: 0.001 -> 0.002 would not"):
         check_resume_compatible(cfg, read_checkpoint(ckpt), str(ckpt))
     (run / "broken.ckpt").write_bytes(b"truncated")
     with pytest.raises(ValueError, match="broken.ckpt"):

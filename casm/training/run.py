@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
 from casm.checkpoints import POOL_FOLDER, read_checkpoint, stale_partials
-from casm.config import ConfigError, to_yaml
+from casm.config import ConfigError, config_changes, to_yaml, with_defaults
 from casm.data.datamodule import LocalizationDataModule
 from casm.errors import TrainingDivergedError
 from casm.training.checkpoint_io import AtomicCheckpointIO
@@ -26,11 +27,17 @@ from casm.training.timing import EpochTimer
 # what a checkpoint's state only fits: the architecture, and the optimizer whose state it holds
 RESUME_FIXED_KEYS = ("model.arch", "model.width", "model.manipulation", "masker.head", "masker.encoder",
                      "masker.hidden", "masker.feature_layer", "optim.classifier_optimizer")
+# what a resume takes from the checkpoint's state, not from the config: the optimizers' and schedulers'
+# settings (learning rates, their scaling, momentum, decay, steps), lambda_R, and the global batch the
+# learning rates and the mid-epoch data position were set for; a changed value would be ignored silently
+RESUME_STATE_KEYS = ("optim.", "casm.lambda_r", "data.batch_size")
 _VERSION_ENV = "CASM_RUN_VERSION"  # shared by DDP ranks, which Lightning starts as new processes
+RESUME_LAST = "last"  # resume=last: the newest checkpoint in the run's own folder, or a fresh start
 
 
 def check_resume_compatible(cfg: DictConfig, checkpoint: dict, path: str) -> None:
-    """Refuse, with the fix, to resume a checkpoint into another architecture or optimizer."""
+    """Refuse, with the fix, to resume a checkpoint into another architecture or optimizer, or with a
+    setting that the checkpoint's state would override."""
     saved = OmegaConf.create(checkpoint.get("hyper_parameters", {}).get("config", {}))
     if not saved:
         raise ValueError(f"{path}: not a casm training checkpoint (no saved config)")
@@ -39,9 +46,20 @@ def check_resume_compatible(cfg: DictConfig, checkpoint: dict, path: str) -> Non
         if old != new:
             raise ConfigError(f"{path} was trained with {key}={old}, this run has {key}={new}; "
                               f"drop the override or add {key}={old}")
+    ignored = [c for c in config_changes(with_defaults(saved), cfg) if c.startswith(RESUME_STATE_KEYS)]
+    if ignored:
+        raise ConfigError(f"{path}: {'; '.join(ignored)} would not take effect: a resume continues the "
+                          f"checkpoint's optimizers, schedulers and lambda_R, set for the old value; drop the "
+                          f"override, or start a new run")
 
 
-RESUME_LAST = "last"  # resume=last: the newest checkpoint in the run's own folder, or a fresh start
+def describe_resume(cfg: DictConfig, checkpoint: dict, path: str) -> str:
+    """One line: where the run continues from, and every setting that differs from the config it was
+    trained with so far (a changed override on the command line is then never a surprise)."""
+    saved = with_defaults(checkpoint.get("hyper_parameters", {}).get("config", {}))
+    changes = config_changes(saved, cfg, ignore=("resume",))
+    where = f"resuming {path} (saved at step {checkpoint.get('global_step', 0)})"
+    return f"{where} with {'these changes: ' + '; '.join(changes) if changes else 'its config unchanged'}"
 
 
 def _run_dir(cfg: DictConfig) -> tuple[str, str, str]:
@@ -159,8 +177,11 @@ def train(cfg: DictConfig) -> Path:
     """Train CASM with ``cfg``; returns the run directory (config.yaml, TensorBoard logs, checkpoints)."""
     save_dir, name, version = _run_dir(cfg)
     resume = start_checkpoint(cfg, Path(save_dir) / name / version / "checkpoints")
+    resume_note = None
     if resume:
-        check_resume_compatible(cfg, read_checkpoint(resume), resume)
+        checkpoint = read_checkpoint(resume)
+        check_resume_compatible(cfg, checkpoint, resume)
+        resume_note = describe_resume(cfg, checkpoint, resume)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = LocalizationDataModule(cfg.data, cfg.seed)
     module_class = LFICAMModule if cfg.mode == "lficam" else CASMModule
@@ -171,6 +192,10 @@ def train(cfg: DictConfig) -> Path:
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        if resume_note:  # config.yaml now holds this config; the log keeps what each resume changed
+            rank_zero_info(f"casm: {resume_note}")
+            with open(run_dir / "resumes.log", "a") as log:
+                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {resume_note}\n")
         for stale in stale_partials(run_dir / "checkpoints") + stale_partials(run_dir / POOL_FOLDER):
             rank_zero_info(f"casm: removing {stale}, a file whose write was interrupted")
             stale.unlink()

@@ -105,6 +105,9 @@ def test_resume_last_starts_fresh_then_continues_from_the_newest_checkpoint(tiny
     assert again == first and state["epoch"] == 1 and state["global_step"] == 16
     # it continued from last.ckpt, not from the epoch file it links to (Lightning would add last-v1.ckpt)
     assert sorted(p.name for p in (again / "checkpoints").iterdir()) == ["epoch001.ckpt", "last.ckpt"]
+    # the resume is logged with what it changed (config.yaml holds the new config from then on)
+    (line,) = (again / "resumes.log").read_text().splitlines()
+    assert line.endswith("last.ckpt (saved at step 8) with these changes: trainer.max_epochs: 1 -> 2")
 
 
 def test_resume_last_needs_a_named_run_folder(tiny_cfg):
