@@ -83,22 +83,25 @@ def _run_dir(cfg: DictConfig) -> tuple[str, str, str]:
     return cfg.logging.out_dir, cfg.logging.name, version
 
 
-def start_checkpoint(cfg: DictConfig, checkpoint_dir: Path) -> str | None:
+def start_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     """The checkpoint this run continues from, or None for a fresh start.
 
-    ``resume=PATH`` is PATH; ``resume=last`` the newest checkpoint in ``checkpoint_dir`` (none: a fresh
-    start, so a requeued job's command works on its first try too). Without ``resume``, a folder that
-    already holds checkpoints is refused: Lightning would otherwise continue from them silently, under
-    this run's config and without the compatibility check.
+    ``resume=PATH`` is PATH; ``resume=last`` the newest checkpoint of ``run_dir`` (none: a fresh start,
+    so one command serves a job's first start and its requeue). A requeued SLURM job
+    (``SLURM_RESTART_COUNT`` > 0) is the same run by definition and continues as with ``resume=last``.
+    Otherwise a folder that already holds checkpoints is refused: Lightning would continue from them
+    silently, under this run's config and without the compatibility check.
     """
-    existing = [p for p in checkpoint_dir.glob("*.ckpt") if p.exists()] if checkpoint_dir.is_dir() else []
+    # epoch, step, last and interrupted checkpoints, and Lightning's own SLURM requeue checkpoints
+    existing = [p for p in [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()]
     # last.ckpt links to the newest epoch file; on that tie take the link (Lightning then keeps its name)
     newest = max(existing, key=lambda p: (p.stat().st_mtime_ns, p.name in ("last.ckpt", "interrupted.ckpt")),
                  default=None)
-    if cfg.resume == RESUME_LAST:
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+    if cfg.resume == RESUME_LAST or (not cfg.resume and requeued):
         return str(newest) if newest else None
     if not cfg.resume and newest:
-        raise ConfigError(f"{checkpoint_dir} already holds checkpoints of an earlier run "
+        raise ConfigError(f"{run_dir} already holds checkpoints of an earlier run "
                           f"({', '.join(sorted(p.name for p in existing))}): resume=last continues it; another "
                           f"logging.version, logging.name or logging.out_dir starts a new run")
     return cfg.resume
@@ -176,7 +179,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bo
 def train(cfg: DictConfig) -> Path:
     """Train CASM with ``cfg``; returns the run directory (config.yaml, TensorBoard logs, checkpoints)."""
     save_dir, name, version = _run_dir(cfg)
-    resume = start_checkpoint(cfg, Path(save_dir) / name / version / "checkpoints")
+    resume = start_checkpoint(cfg, Path(save_dir) / name / version)
     resume_note = None
     if resume:
         checkpoint = read_checkpoint(resume)

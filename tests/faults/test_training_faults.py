@@ -91,7 +91,7 @@ def test_a_new_run_into_a_folder_that_holds_checkpoints_is_refused(tiny_cfg):
     run = train(tiny_cfg("trainer.max_epochs=1", "logging.version=exp"))
     last, config = run / "checkpoints" / "last.ckpt", (run / "config.yaml").read_text()
     stamp = last.resolve().stat().st_mtime_ns
-    with pytest.raises(ConfigError, match=r"exp/checkpoints already holds checkpoints .*last\.ckpt.*resume=last"):
+    with pytest.raises(ConfigError, match=r"exp already holds checkpoints .*last\.ckpt.*resume=last"):
         train(tiny_cfg("trainer.max_epochs=1", "logging.version=exp", "optim.classifier_lr=0.5"))
     assert last.resolve().stat().st_mtime_ns == stamp and (run / "config.yaml").read_text() == config
 
@@ -108,6 +108,18 @@ def test_resume_last_starts_fresh_then_continues_from_the_newest_checkpoint(tiny
     # the resume is logged with what it changed (config.yaml holds the new config from then on)
     (line,) = (again / "resumes.log").read_text().splitlines()
     assert line.endswith("last.ckpt (saved at step 8) with these changes: trainer.max_epochs: 1 -> 2")
+
+
+def test_a_requeued_slurm_job_continues_its_run(tiny_cfg, monkeypatch):
+    """SLURM_RESTART_COUNT > 0: the same job started again (its folder has the job's name), so it
+    continues from the newest checkpoint, Lightning's own requeue checkpoint (hpc_ckpt_N) included."""
+    first = train(tiny_cfg("trainer.max_epochs=1", "logging.version=job_7"))
+    hpc = first / "hpc_ckpt_1.ckpt"  # what Lightning writes on SIGUSR1 before requeueing the job
+    hpc.write_bytes((first / "checkpoints" / "last.ckpt").read_bytes())
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    again = train(tiny_cfg("trainer.max_epochs=2", "logging.version=job_7"))
+    assert again == first and read_checkpoint(first / "checkpoints" / "last.ckpt")["global_step"] == 16
+    assert "hpc_ckpt_1.ckpt (saved at step 8)" in (first / "resumes.log").read_text()
 
 
 def test_resume_last_needs_a_named_run_folder(tiny_cfg):
