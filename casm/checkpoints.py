@@ -66,6 +66,12 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints a run folder holds: epoch, step, last and interrupted ones in ``checkpoints/``, and
+    the ``hpc_ckpt_N.ckpt`` Lightning writes beside them before a SLURM requeue (dangling links left out)."""
+    return [p for p in [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()]
+
+
 def stale_partials(folder: Path) -> list[Path]:
     """Partial files a killed write (kill -9, power loss) left in ``folder``."""
     return sorted(folder.glob(".*.tmp"))

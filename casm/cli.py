@@ -6,7 +6,7 @@ import argparse
 import functools
 import sys
 
-from casm.config import CONFIG_DIR, ConfigError, load_config
+from casm.config import CONFIG_DIR, RESUME_LAST, ConfigError, load_config
 from casm.data.images import DEFAULT_MAX_PIXELS
 from casm.errors import CheckpointWriteError, NonFiniteLossError
 
@@ -51,7 +51,7 @@ def _resume_config(overrides: list[str]) -> str | None:
     from pathlib import Path
 
     resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
-    if not resume or resume == "last":
+    if not resume or resume == RESUME_LAST:
         return None
     saved = Path(resume).resolve().parent.parent / "config.yaml"
     return str(saved) if saved.is_file() else None

@@ -165,6 +165,9 @@ class Config:
     resume: Optional[str] = None  # a checkpoint to continue from; last: the newest in the run's folder, if any
 
 
+RESUME_LAST = "last"  # resume=last: the newest checkpoint in the run's own folder, or a fresh start
+
+
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 

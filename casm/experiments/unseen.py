@@ -30,7 +30,8 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from casm.config import CLASS_SELECTION_KEYS, ConfigError, EvalConfig, UnseenConfig, load_config, to_yaml
+from casm.checkpoints import run_checkpoints
+from casm.config import CLASS_SELECTION_KEYS, RESUME_LAST, ConfigError, EvalConfig, UnseenConfig, load_config, to_yaml
 from casm.data.datasets import dataset_classes
 from casm.data.splits import ClassSplit, make_split
 
@@ -64,12 +65,12 @@ class PlannedRun:
     def status(self) -> str:
         if self.finished:
             return "finished"
-        return "resume" if any((self.run_dir / "checkpoints").glob("*.ckpt")) else "new"
+        return "resume" if run_checkpoints(self.run_dir) else "new"
 
     def train_argv(self) -> list[str]:
         """A killed run continues from its newest checkpoint (``interrupted.ckpt`` too, if it came last)."""
         argv = ["train", "--config", str(self.config_file)]
-        return argv + (["resume=last"] if self.status == "resume" else [])
+        return argv + ([f"resume={RESUME_LAST}"] if self.status == "resume" else [])
 
 
 def _same_settings(saved: dict | None, wanted: DictConfig) -> bool:

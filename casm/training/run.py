@@ -14,8 +14,8 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, On
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
-from casm.checkpoints import POOL_FOLDER, read_checkpoint, stale_partials
-from casm.config import ConfigError, config_changes, to_yaml, with_defaults
+from casm.checkpoints import POOL_FOLDER, read_checkpoint, run_checkpoints, stale_partials
+from casm.config import RESUME_LAST, ConfigError, config_changes, to_yaml, with_defaults
 from casm.data.datamodule import LocalizationDataModule
 from casm.errors import TrainingDivergedError
 from casm.training.checkpoint_io import AtomicCheckpointIO
@@ -32,12 +32,12 @@ RESUME_FIXED_KEYS = ("model.arch", "model.width", "model.manipulation", "masker.
 # learning rates and the mid-epoch data position were set for; a changed value would be ignored silently
 RESUME_STATE_KEYS = ("optim.", "casm.lambda_r", "data.batch_size")
 _VERSION_ENV = "CASM_RUN_VERSION"  # shared by DDP ranks, which Lightning starts as new processes
-RESUME_LAST = "last"  # resume=last: the newest checkpoint in the run's own folder, or a fresh start
 
 
-def check_resume_compatible(cfg: DictConfig, checkpoint: dict, path: str) -> None:
+def check_resume_compatible(cfg: DictConfig, checkpoint: dict, path: str) -> list[str]:
     """Refuse, with the fix, to resume a checkpoint into another architecture or optimizer, or with a
-    setting that the checkpoint's state would override."""
+    setting that the checkpoint's state would override; returns the changes that do take effect
+    (``key: old -> new``, for :func:`describe_resume`)."""
     saved = OmegaConf.create(checkpoint.get("hyper_parameters", {}).get("config", {}))
     if not saved:
         raise ValueError(f"{path}: not a casm training checkpoint (no saved config)")
@@ -46,18 +46,18 @@ def check_resume_compatible(cfg: DictConfig, checkpoint: dict, path: str) -> Non
         if old != new:
             raise ConfigError(f"{path} was trained with {key}={old}, this run has {key}={new}; "
                               f"drop the override or add {key}={old}")
-    ignored = [c for c in config_changes(with_defaults(saved), cfg) if c.startswith(RESUME_STATE_KEYS)]
+    changes = config_changes(with_defaults(saved), cfg, ignore=("resume",))
+    ignored = [c for c in changes if c.startswith(RESUME_STATE_KEYS)]
     if ignored:
         raise ConfigError(f"{path}: {'; '.join(ignored)} would not take effect: a resume continues the "
                           f"checkpoint's optimizers, schedulers and lambda_R, set for the old value; drop the "
                           f"override, or start a new run")
+    return changes
 
 
-def describe_resume(cfg: DictConfig, checkpoint: dict, path: str) -> str:
+def describe_resume(path: str, checkpoint: dict, changes: list[str]) -> str:
     """One line: where the run continues from, and every setting that differs from the config it was
     trained with so far (a changed override on the command line is then never a surprise)."""
-    saved = with_defaults(checkpoint.get("hyper_parameters", {}).get("config", {}))
-    changes = config_changes(saved, cfg, ignore=("resume",))
     where = f"resuming {path} (saved at step {checkpoint.get('global_step', 0)})"
     return f"{where} with {'these changes: ' + '; '.join(changes) if changes else 'its config unchanged'}"
 
@@ -92,8 +92,7 @@ def start_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     Otherwise a folder that already holds checkpoints is refused: Lightning would continue from them
     silently, under this run's config and without the compatibility check.
     """
-    # epoch, step, last and interrupted checkpoints, and Lightning's own SLURM requeue checkpoints
-    existing = [p for p in [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()]
+    existing = run_checkpoints(run_dir)
     # last.ckpt links to the newest epoch file; on that tie take the link (Lightning then keeps its name)
     newest = max(existing, key=lambda p: (p.stat().st_mtime_ns, p.name in ("last.ckpt", "interrupted.ckpt")),
                  default=None)
@@ -183,8 +182,7 @@ def train(cfg: DictConfig) -> Path:
     resume_note = None
     if resume:
         checkpoint = read_checkpoint(resume)
-        check_resume_compatible(cfg, checkpoint, resume)
-        resume_note = describe_resume(cfg, checkpoint, resume)
+        resume_note = describe_resume(resume, checkpoint, check_resume_compatible(cfg, checkpoint, resume))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = LocalizationDataModule(cfg.data, cfg.seed)
     module_class = LFICAMModule if cfg.mode == "lficam" else CASMModule
