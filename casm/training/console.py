@@ -7,6 +7,7 @@ classifier accuracy, mask size, localization against the toy reference, λ_R and
 from __future__ import annotations
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import TQDMProgressBar
 from tqdm.auto import tqdm
 
 from casm.training.timing import EpochTimer
@@ -48,3 +49,16 @@ class EpochSummary(pl.Callback):
         if self.timer.last_epoch_seconds is not None:
             parts.append(f"{self.timer.last_epoch_seconds:.1f} s")
         return " | ".join(parts)
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's bar, showing the mask area and λ_R of the latest step. They are read from the module
+    when the bar refreshes: a value logged with ``prog_bar=True`` instead is copied to the host after
+    every step, which on a GPU stalls the device each time."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        area = getattr(pl_module, "last_mask_area", None)
+        if area is not None:
+            metrics.update(mask=f"{float(area):.3f}", lambda_r=f"{pl_module.lambda_r.value:.3g}")
+        return metrics

@@ -99,6 +99,7 @@ class CASMModule(pl.LightningModule):
         self.empty_batches = 0  # steps skipped on every rank because a rank's batch was empty
         self.skipped_val_images = 0  # unreadable validation images of the last validation (data.skip_corrupt)
         self._saved_buffers: list[Tensor] = []
+        self.last_mask_area: Tensor | None = None
         self._warned_no_boxes = False
         # (epoch, images of it already trained on) after a mid-epoch resume: the datamodule's sampler skips them
         self.resume_position: tuple[int, int] | None = None
@@ -266,7 +267,7 @@ class CASMModule(pl.LightningModule):
             "train/pool_size": float(len(self.pool)),
             "train/used_pool": float(pool_index is not None),
         })
-        self.log_dict({"mask": mean_mask, "lambda": self.lambda_r.value}, prog_bar=True, logger=False)
+        self.last_mask_area = mean_mask  # the progress bar reads it when it refreshes (console.StepProgressBar)
         every = self.cfg.logging.image_every_n_steps
         if every and self.casm_step % every == 1:
             self._log_images("train/masks", x, mask)
@@ -289,7 +290,8 @@ class CASMModule(pl.LightningModule):
         flag = torch.where(healthy, 0.0, float("inf")).reshape(1).to(losses[0].device)
         flat = [g for i in order for g in groups[i][1]] + [loss.reshape(1) for loss in losses] + [flag]
         reduced = all_reduce_mean(flat)
-        if not all(bool(torch.isfinite(t).all()) for t in reduced):
+        # one host synchronization per step: every tensor's finiteness folded into one flag on the device
+        if not bool(torch.stack([torch.isfinite(t).all() for t in reduced]).all()):
             reduced_losses = torch.cat(reduced[-len(losses) - 1: -1])
             self._skip_nonfinite(losses, diverging=bool(torch.isfinite(reduced_losses).all()))
             return False

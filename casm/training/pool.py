@@ -102,7 +102,7 @@ class ClassifierPool:
         """Store a copy of ``classifier``'s weights, evicting a random snapshot when full."""
         state = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
         if len(self.snapshots) >= self.strategy.capacity:
-            victim = int(torch.randint(len(self.snapshots), (1,), generator=self.generator))
+            victim = int(torch.randint(len(self.snapshots), (1,), generator=self.generator).numpy()[0])
             del self.snapshots[victim], self.snapshot_steps[victim], self.files[victim]
         self.snapshots.append(state)
         self.snapshot_steps.append(step)
@@ -112,8 +112,9 @@ class ClassifierPool:
         """Index of the pool snapshot that evaluates this batch, or ``None`` for the current classifier.
 
         Draws from the generator on every call, pool empty or not, so all ranks stay in step."""
-        use_pool = float(torch.rand((), generator=self.generator)) < self.strategy.p_pool
-        index = int(torch.randint(max(len(self.snapshots), 1), (1,), generator=self.generator))
+        # read through NumPy: the generator lives on the host, and .item() would count as a device sync
+        use_pool = float(torch.rand((), generator=self.generator).numpy()) < self.strategy.p_pool
+        index = int(torch.randint(max(len(self.snapshots), 1), (1,), generator=self.generator).numpy()[0])
         return index if use_pool and self.snapshots else None
 
     def state_dict(self) -> dict:

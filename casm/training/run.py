@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
@@ -19,7 +19,7 @@ from casm.config import RESUME_LAST, ConfigError, config_changes, to_yaml, with_
 from casm.data.datamodule import LocalizationDataModule
 from casm.errors import TrainingDivergedError
 from casm.training.checkpoint_io import AtomicCheckpointIO
-from casm.training.console import EpochSummary
+from casm.training.console import EpochSummary, StepProgressBar
 from casm.training.lficam_module import LFICAMModule
 from casm.training.module import CASMModule
 from casm.training.timing import EpochTimer
@@ -152,7 +152,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bo
                                          every_n_train_steps=t.checkpoint_every_n_steps,
                                          save_top_k=t.keep_step_checkpoints, monitor="step", mode="max"))
     if cfg.logging.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
+        callbacks.append(StepProgressBar(refresh_rate=10))
     return pl.Trainer(
         default_root_dir=str(run_dir),
         max_epochs=t.max_epochs,
