@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
@@ -22,13 +23,25 @@ from typing import BinaryIO, Callable, Iterable
 import torch
 from torch import Tensor
 
-from casm.errors import CheckpointWriteError, shorten
+from casm.errors import CheckpointWriteError, UserError, shorten
 
 POOL_FOLDER = "pool"  # RUN/pool, beside RUN/checkpoints
 _REFERENCES = "references.json"  # in the pool folder: which checkpoint holds which snapshots
 
 
 # ------------------------------------------------------------------ reading
+def load_failure(err: Exception) -> str:
+    """Why a safe ``torch.load`` refused a file, without torch's advice to retry with ``weights_only=False``:
+    that is exactly the unsafe load that runs whatever code a crafted file carries."""
+    text = " ".join(str(err).split())
+    if "weights_only" in text:
+        blocked = re.search(r"(Unsupported global: [^ ]+|unsupported GLOBAL [^ ]+|Unsupported operand [^ ]+)", text)
+        found = f" ({blocked.group(1)})" if blocked else ""
+        return (f"it holds Python objects beyond tensors{found}, which casm never unpickles (that could run code "
+                f"from the file); only files of tensors, as casm and torch.save of a state dict write them, load")
+    return f"{type(err).__name__}: {shorten(err)}"
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """Load a Lightning checkpoint safely (``weights_only=True``), with a one-line error on failure."""
     path = Path(path)
@@ -37,7 +50,7 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path}: not a readable casm checkpoint ({type(err).__name__}: {shorten(err)})") from err
+        raise UserError(f"{path}: not a readable casm checkpoint: {load_failure(err)}") from err
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
@@ -52,11 +65,11 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncated files, unsafe globals
-        raise ValueError(f"{path}: cannot be read as a weights file ({type(err).__name__}: {shorten(err)})") from err
+        raise UserError(f"{path}: cannot be read as a weights file: {load_failure(err)}") from err
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(obj).__name__}")
+        raise UserError(f"{path}: expected a state dict, found {type(obj).__name__}")
     return obj
 
 
@@ -122,7 +135,7 @@ def read_snapshot(folder: Path, name: str, sha256: str, checkpoint: str | Path =
         raise FileNotFoundError(f"{checkpoint} refers to pool snapshot {path}, which is missing: {fix}")
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != sha256:
-        raise ValueError(f"{path}: pool snapshot is damaged (its SHA-256 differs from the one {checkpoint} "
+        raise UserError(f"{path}: pool snapshot is damaged (its SHA-256 differs from the one {checkpoint} "
                          f"recorded): {fix}")
     return load(data)
 
@@ -133,7 +146,7 @@ def read_pool(path: str | Path) -> list[dict[str, Tensor]]:
     path = Path(path)
     pool = read_checkpoint(path).get("casm_state", {}).get("pool")
     if pool is None:
-        raise ValueError(f"{path}: not a casm training checkpoint (no classifier pool)")
+        raise UserError(f"{path}: not a casm training checkpoint (no classifier pool)")
     if "files" not in pool:
         return list(pool["snapshots"])
     folder = path.resolve().parent.parent / POOL_FOLDER

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import traceback
 
-from casm.config import CONFIG_DIR, RESUME_LAST, ConfigError, load_config
+from casm.config import CONFIG_DIR, RESUME_LAST, load_config
 from casm.data.images import DEFAULT_MAX_PIXELS
-from casm.errors import CheckpointWriteError, NonFiniteLossError
+from casm.errors import CheckpointWriteError, NonFiniteLossError, UserError
 
-# bad input or a full disk: a one-line message (two when one fault led to another), exit code 2
-USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError, CheckpointWriteError, NonFiniteLossError)
+# bad input or a full disk: a one-line message (two when one fault led to another), exit code 2; anything
+# else is a bug in casm and keeps its traceback (exit 1)
+USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, CheckpointWriteError, NonFiniteLossError)
 
 
 def _earlier_write_errors(err: BaseException) -> list[BaseException]:
@@ -41,6 +43,11 @@ def reports_user_errors(main):
                 print(f"error: {earlier}", file=sys.stderr)
             print(f"error: {message}", file=sys.stderr)
             return 2
+        except Exception:
+            traceback.print_exc()
+            print("error: an internal error in casm (a bug, not your input): please report it with the traceback "
+                  "above and the command line", file=sys.stderr)
+            return 1
 
     return wrapped
 
@@ -176,7 +183,7 @@ def split_main(argv: list[str] | None = None) -> int:
     try:
         proportions = [float(p) for p in args.proportions.split(",")]
     except ValueError as err:
-        raise ValueError(f"--proportions {args.proportions!r}: expected numbers separated by commas") from err
+        raise UserError(f"--proportions {args.proportions!r}: expected numbers separated by commas") from err
     split = make_split(dataset_classes(cfg.data), cfg.data.name, proportions, args.seed)
     split.save(args.out)
     for name, classes in split.subsets.items():
@@ -230,7 +237,7 @@ def sanity_main(argv: list[str] | None = None) -> int:
     attacks = tuple(a.strip() for a in args.attacks.split(","))
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown or args.images < 1 or args.slow_images < 1:
-        raise ValueError(f"--attacks takes {','.join(ATTACKS)} (got {unknown}); --images and --slow-images >= 1")
+        raise UserError(f"--attacks takes {','.join(ATTACKS)} (got {unknown}); --images and --slow-images >= 1")
     report, out = sanity_report(args.checkpoint, args.out, args.images, args.slow_images, attacks, args.device,
                                 randomization=not args.no_randomization)
     print(attacks_table(report["attacks"]))

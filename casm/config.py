@@ -9,12 +9,15 @@ and the nearest valid ones.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from casm.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -168,7 +171,7 @@ class Config:
 RESUME_LAST = "last"  # resume=last: the newest checkpoint in the run's own folder, or a fresh start
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override that does not fit the schema."""
 
 
@@ -265,6 +268,7 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
             message = str(getattr(err, "msg", err)).splitlines()[0]
             raise ConfigError(f"{source}: bad value for {key}: {message}") from err
     OmegaConf.set_struct(cfg, True)
+    check_finite(cfg)
     if schema_class in (None, Config):
         validate(cfg)
     elif "data" in cfg:
@@ -328,7 +332,7 @@ class EvalConfig:
 
 # key -> (lowest allowed value, whether it must be strictly above it); None values mean "the default"
 _RANGES = {
-    "data.image_size": (0, True), "data.batch_size": (0, True), "data.num_train": (0, True),
+    "data.image_size": (32, False), "data.batch_size": (0, True), "data.num_train": (0, True),
     "data.num_val": (0, True), "data.num_workers": (0, False), "model.width": (0, True),
     "masker.hidden": (0, True), "casm.pool_size": (0, True), "casm.snapshot_every": (0, True),
     "casm.lambda_r": (0, False), "casm.lambda_lr": (0, False), "casm.warmup_epochs": (0, False),
@@ -346,11 +350,25 @@ _RANGES = {
 }
 
 
+# why a lower bound is what it is, where it is not obvious
+_RANGE_REASONS = {"data.image_size": " (a ResNet reduces its input 32-fold: smaller images leave no feature map)"}
+
+
 def _check_ranges(cfg: DictConfig) -> None:
     for key, (low, strict) in _RANGES.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and (value <= low if strict else value < low):
-            raise ConfigError(f"{key}={value} must be {'above' if strict else 'at least'} {low}")
+            raise ConfigError(f"{key}={value} must be {'above' if strict else 'at least'} {low}"
+                              f"{_RANGE_REASONS.get(key, '')}")
+
+
+def check_finite(cfg: DictConfig) -> None:
+    """No setting may be NaN or infinite: ``nan <= 0`` is false, so a range check alone lets them through,
+    and a NaN learning rate or lambda_R would train nothing while the run reports success."""
+    for key in _all_keys(cfg):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value} must be a finite number (null where the key allows a default)")
 
 
 FP16_PRECISIONS = ("16-mixed", "16", "16-true", "transformer-engine-float16")
@@ -412,6 +430,11 @@ def validate_data(data: DictConfig) -> None:
     scale = list(data.crop_scale)
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise ConfigError(f"data.crop_scale={list(data.crop_scale)} must be [low, high] with 0 < low <= high <= 1")
+    for key in ("include_classes", "exclude_classes", "split_subsets"):
+        names = [str(n) for n in data.get(key) or []]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"data.{key}={names} names {', '.join(twice)} more than once: list each class once")
     if data.samples_per_class is not None and data.samples_per_class < 1:
         raise ConfigError(f"data.samples_per_class={data.samples_per_class} must be at least 1 (or null: all)")
 

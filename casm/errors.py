@@ -1,4 +1,14 @@
-"""Errors the command line reports in one line (no heavy imports: the CLI loads this first)."""
+"""Errors the command line reports in one line (no heavy imports: the CLI loads this first).
+
+Bad input (a config value, a file, a checkpoint) raises :class:`UserError` or one of the classes
+below: the CLI prints its message on one line and exits 2. Any other exception is a bug in casm and
+keeps its traceback.
+"""
+
+
+class UserError(ValueError):
+    """Bad input from the user, with a message that names the file, key or value at fault and the fix.
+    (A ``ValueError`` so that library callers catching that keep working.)"""
 
 
 class CheckpointWriteError(OSError):

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from casm.errors import UserError
+
 FILLS = ("mean", "blur", "telea", "noise")
 
 
@@ -38,7 +40,7 @@ def fill_for(images: Tensor, removed: Tensor, kind: str) -> Tensor | None:
             return telea_inpaint(images, removed[:, 0] > 0.5, IMAGENET_MEAN, IMAGENET_STD)
         if kind == "noise":
             return torch.randn_like(images)
-    raise ValueError(f"casm.fill={kind!r} is not one of {', '.join(FILLS)}")
+    raise UserError(f"casm.fill={kind!r} is not one of {', '.join(FILLS)}")
 
 
 def blur(images: Tensor) -> Tensor:

@@ -7,12 +7,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from casm.baselines.base import CAMMethod, logits_of
+from casm.errors import UserError
 
 
 def _final_linear(model: nn.Module) -> nn.Linear:
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError("CAM needs a global-average-pooling + linear head; the model has no nn.Linear")
+        raise UserError("CAM needs a global-average-pooling + linear head; the model has no nn.Linear")
     return linears[-1]
 
 
@@ -25,7 +26,7 @@ class CAM(CAMMethod):
     def channel_weights(self, activation, logits, targets, images):
         fc = _final_linear(self.model)
         if fc.in_features != activation.shape[1]:
-            raise ValueError(f"CAM: layer {self.target_layer!r} has {activation.shape[1]} channels but the head "
+            raise UserError(f"CAM: layer {self.target_layer!r} has {activation.shape[1]} channels but the head "
                              f"takes {fc.in_features}; use the layer that feeds the global pooling")
         return fc.weight[targets].detach()
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from casm.errors import UserError
 from casm.models.modes import evaluation_mode
 
 
@@ -47,7 +48,7 @@ def default_target_layer(model: nn.Module) -> str:
             return candidate
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise ValueError("the model has no convolution to explain; give target_layer")
+        raise UserError("the model has no convolution to explain; give target_layer")
     return convs[-1]
 
 
@@ -57,7 +58,7 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
         stages = [n for n in modules if n and n.count(".") <= 1]
         close = difflib.get_close_matches(name, list(modules), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise ValueError(f"target layer {name!r} does not exist; {hint}valid layers include: {', '.join(stages[:30])}")
+        raise UserError(f"target layer {name!r} does not exist; {hint}valid layers include: {', '.join(stages[:30])}")
     return modules[name]
 
 

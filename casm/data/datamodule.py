@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 from casm.data.datasets import ShuffledLabels, SyntheticShapes, folder_split, imagenet_split
 from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
 from casm.data.splits import class_selection
+from casm.errors import UserError
 from casm.training.batching import per_device_batch
 
 
@@ -202,7 +203,7 @@ class LocalizationDataModule(pl.LightningDataModule):
             self.train_set = split_fn(c.root, "train", transform=train_transform(c), seed=c.seed, **disk, **limit)
         self.val_set = split_fn(c.root, "val", boxes_file=c.boxes_file, transform=eval_transform(c), **disk)
         if train and self.val_set.classes != self.train_set.classes:
-            raise ValueError(f"{c.root}: train and val have different classes "
+            raise UserError(f"{c.root}: train and val have different classes "
                              f"({len(self.train_set.classes)} vs {len(self.val_set.classes)})")
 
     def setup(self, stage: str | None = None) -> None:
@@ -236,7 +237,7 @@ class LocalizationDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if len(self.train_set) < self.cfg.batch_size:  # drop_last would leave no batch: nothing would train
-            raise ValueError(f"the training split has {len(self.train_set)} images, fewer than data.batch_size="
+            raise UserError(f"the training split has {len(self.train_set)} images, fewer than data.batch_size="
                              f"{self.cfg.batch_size}: lower data.batch_size or keep more classes / images")
         sampler = EpochShuffleSampler(len(self.train_set), self.seed, self.rank, self.world_size)
         module = self.trainer.lightning_module if self.trainer is not None else None

@@ -23,6 +23,7 @@ from torchvision import tv_tensors
 
 from casm.data import synthetic
 from casm.data.images import IMAGE_EXTENSIONS, CorruptImageError, load_rgb  # noqa: F401 (re-exported)
+from casm.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,10 @@ def select_classes(all_classes: Sequence[str], include: Sequence[str] | None = N
     for option, names in (("include_classes", include), ("exclude_classes", exclude)):
         unknown = [n for n in names or [] if n not in known]
         if unknown:
-            raise ValueError(f"data.{option}: unknown classes {unknown[:5]}; known: {list(all_classes)[:10]}...")
+            raise UserError(f"data.{option}: unknown classes {unknown[:5]}; known: {list(all_classes)[:10]}...")
     kept = [c for c in all_classes if (include is None or c in include) and c not in (exclude or [])]
     if not kept:
-        raise ValueError("data.include_classes/exclude_classes leave no class to train on")
+        raise UserError("data.include_classes/exclude_classes leave no class to train on")
     return kept
 
 
@@ -141,7 +142,7 @@ class BoxedImageDataset(Dataset):
         image = tv_tensors.Image(torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1))
         for box in boxes:  # the box file cannot know image sizes: checked here, against the image
             if box[2] > pil.width + 0.5 or box[3] > pil.height + 0.5:
-                raise ValueError(f"box {box} of {path} reaches outside the {pil.width}x{pil.height} image")
+                raise UserError(f"box {box} of {path} reaches outside the {pil.width}x{pil.height} image")
         box_tensor = _box_tensor(boxes, pil.height, pil.width)
         if self.transform is not None:
             image, box_tensor = self.transform(image, box_tensor)
@@ -171,7 +172,7 @@ def _class_records(split_dir: Path, classes: list[str], boxes: dict | None = Non
     for label, c in enumerate(classes):
         images = _images_in(split_dir / c)
         if not images:
-            raise ValueError(f"{split_dir / c} holds no images ({', '.join(IMAGE_EXTENSIONS)}); add images or "
+            raise UserError(f"{split_dir / c} holds no images ({', '.join(IMAGE_EXTENSIONS)}); add images or "
                              f"remove the folder (or leave the class out with data.exclude_classes)")
         records += [(p, label, (boxes or {}).get(p.relative_to(split_dir).as_posix(), [])) for p in images]
     return records
@@ -187,12 +188,12 @@ def read_box_csv(path: Path) -> dict[str, list[list[float]]]:
             try:
                 name, coords = row[0].strip(), [float(v) for v in row[1:5]]
             except ValueError as err:
-                raise ValueError(f"{path}:{line_no}: expected image,x0,y0,x1,y1 ({err})") from err
+                raise UserError(f"{path}:{line_no}: expected image,x0,y0,x1,y1 ({err})") from err
             if len(coords) != 4:
-                raise ValueError(f"{path}:{line_no}: expected image,x0,y0,x1,y1, got {row}")
+                raise UserError(f"{path}:{line_no}: expected image,x0,y0,x1,y1, got {row}")
             x0, y0, x1, y1 = coords
             if not all(math.isfinite(v) for v in coords) or x0 < 0 or y0 < 0 or x1 <= x0 or y1 <= y0:
-                raise ValueError(f"{path}:{line_no}: box {coords} of {name} is not a box: coordinates must be finite "
+                raise UserError(f"{path}:{line_no}: box {coords} of {name} is not a box: coordinates must be finite "
                                  f"pixels with 0 <= x0 < x1 and 0 <= y0 < y1 (x1, y1 exclusive)")
             boxes[name].append(coords)
     return dict(boxes)
@@ -230,7 +231,7 @@ def folder_split(root: Path, split: str, include=None, exclude=None, boxes_file:
     left_out = set(_class_folders(split_dir)) - set(classes)  # rows of classes not selected are fine
     unknown = [n for n in boxes if n not in named and n.split("/", 1)[0] not in left_out]
     if unknown:
-        raise ValueError(f"{boxes_file}: {len(unknown)} row(s) name images that are not in {split_dir} "
+        raise UserError(f"{boxes_file}: {len(unknown)} row(s) name images that are not in {split_dir} "
                          f"(e.g. {unknown[:3]}); paths are relative to {split_dir}")
     return BoxedImageDataset(keep_per_class(records, samples_per_class, seed), classes, transform, skip_corrupt)
 

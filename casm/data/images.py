@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from casm.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalization every casm model sees its input in
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")  # GIF: its first frame
@@ -32,7 +34,7 @@ _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 _SKIP_HINT = "data.skip_corrupt=true skips unreadable images and counts them"
 
 
-class CorruptImageError(ValueError):
+class CorruptImageError(UserError):
     """An image file that cannot be decoded; the message names the file and the way past it."""
 
 

@@ -21,6 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
+from casm.errors import UserError
+
 FORMAT = "casm-class-split"
 VERSION = 1
 PAPER_PROPORTIONS = (0.05, 0.05, 0.10, 0.30, 0.30, 0.20)  # A..F
@@ -34,7 +36,7 @@ def fingerprint(classes: Sequence[str]) -> str:
 
 def subset_names(count: int) -> list[str]:
     if not 1 <= count <= 26:
-        raise ValueError(f"a split needs 1 to 26 subsets, got {count}")
+        raise UserError(f"a split needs 1 to 26 subsets, got {count}")
     return list(string.ascii_uppercase[:count])
 
 
@@ -57,7 +59,7 @@ class ClassSplit:
             first, last = spec.split("-", 1)
             self._known([first, last], spec)
             if names.index(first) > names.index(last):
-                raise ValueError(f"subset range {spec!r} runs backwards ({' '.join(names)})")
+                raise UserError(f"subset range {spec!r} runs backwards ({' '.join(names)})")
             return names[names.index(first): names.index(last) + 1]
         parts = spec.split("+")
         self._known(parts, spec)
@@ -66,7 +68,7 @@ class ClassSplit:
     def _known(self, parts: list[str], spec: str) -> None:
         unknown = [p for p in parts if p not in self.subsets]
         if unknown:
-            raise ValueError(f"{self.path or 'split'}: no subset {unknown[0]!r} in {spec!r}; "
+            raise UserError(f"{self.path or 'split'}: no subset {unknown[0]!r} in {spec!r}; "
                              f"subsets are {', '.join(self.names)}")
 
     def classes_of(self, subsets: Sequence[str], all_classes: Sequence[str]) -> list[str]:
@@ -85,7 +87,7 @@ class ClassSplit:
         detail = (f"{len(theirs - ours)} of its classes are not in the data (e.g. {sorted(theirs - ours)[:3]}), "
                   f"{len(ours - theirs)} of the data's are not in it (e.g. {sorted(ours - theirs)[:3]})"
                   if ours != theirs else "the same class names in another order")
-        raise ValueError(f"{where} was made for a {self.dataset['name']} dataset with {self.dataset['num_classes']} "
+        raise UserError(f"{where} was made for a {self.dataset['name']} dataset with {self.dataset['num_classes']} "
                          f"classes, the data ({data_name}) has {len(all_classes)}: {detail}; write a split for "
                          f"this data with python -m casm split")
 
@@ -110,17 +112,17 @@ class ClassSplit:
         try:
             raw = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not a casm split file ({err})") from err
+            raise UserError(f"{path}: not a casm split file ({err})") from err
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a casm split file (no \"format\": \"{FORMAT}\")")
+            raise UserError(f"{path}: not a casm split file (no \"format\": \"{FORMAT}\")")
         if raw.get("version") != VERSION:
-            raise ValueError(f"{path}: split format version {raw.get('version')}, this casm reads {VERSION}")
+            raise UserError(f"{path}: split format version {raw.get('version')}, this casm reads {VERSION}")
         subsets = raw["subsets"]
         seen: dict[str, str] = {}
         for name, classes in subsets.items():
             for c in classes:
                 if c in seen:
-                    raise ValueError(f"{path}: class {c!r} is in subsets {seen[c]} and {name}; "
+                    raise UserError(f"{path}: class {c!r} is in subsets {seen[c]} and {name}; "
                                      f"subsets must be disjoint")
                 seen[c] = name
         return cls(subsets, raw["proportions"], raw["seed"], raw["dataset"], path)
@@ -134,7 +136,7 @@ def make_split(all_classes: Sequence[str], data_name: str, proportions: Sequence
     subset must get at least one class."""
     proportions = [float(p) for p in proportions]
     if any(p <= 0 for p in proportions):
-        raise ValueError(f"split proportions must be positive, got {proportions}")
+        raise UserError(f"split proportions must be positive, got {proportions}")
     names = subset_names(len(proportions))
     total = sum(proportions)
     shares = np.array(proportions) / total * len(all_classes)
@@ -143,7 +145,7 @@ def make_split(all_classes: Sequence[str], data_name: str, proportions: Sequence
         counts[i] += 1
     if (counts == 0).any():
         empty = [n for n, c in zip(names, counts) if c == 0]
-        raise ValueError(f"{len(all_classes)} classes are too few for proportions {proportions}: subset(s) "
+        raise UserError(f"{len(all_classes)} classes are too few for proportions {proportions}: subset(s) "
                          f"{', '.join(empty)} would be empty")
     order = np.random.default_rng(seed).permutation(len(all_classes))
     position = {c: i for i, c in enumerate(all_classes)}

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from casm.errors import UserError
+
 SHAPES = ("circle", "square", "triangle_up", "triangle_down", "diamond", "hexagon", "plus", "star",
           "wide_ellipse", "tall_ellipse")
 TEXTURES = ("h_stripes", "v_stripes", "diag_stripes", "antidiag_stripes", "checker", "dots", "rings",
@@ -53,7 +55,7 @@ def class_cues(num_classes: int = 10) -> tuple[tuple[int, int, int], ...]:
         return tuple((s, t, (s + t) % 10) for s in range(10) for t in range(10))  # any two cues do
     if num_classes == 1000:
         return tuple((s, t, p) for s in range(10) for t in range(10) for p in range(10))  # all three
-    raise ValueError(f"data.synthetic_classes={num_classes} is not one of {', '.join(map(str, CLASS_COUNTS))}")
+    raise UserError(f"data.synthetic_classes={num_classes} is not one of {', '.join(map(str, CLASS_COUNTS))}")
 
 
 def class_names(num_classes: int = 10) -> tuple[str, ...]:

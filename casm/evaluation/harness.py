@@ -23,6 +23,7 @@ from casm.baselines.base import logits_of
 from casm.checkpoints import read_checkpoint
 from casm.config import ConfigError
 from casm.data.datamodule import LocalizationDataModule, normalize_images
+from casm.errors import UserError
 from casm.evaluation.judges import Logits, build_judge, read_class_names
 from casm.fills import FILLS
 from casm.metrics.faithfulness import (
@@ -64,7 +65,7 @@ class KnownClasses:
               who: str) -> "KnownClasses":
         if model_classes is None:  # a checkpoint from before casm saved class names
             if model.num_classes != len(data_classes):
-                raise ValueError(f"{who} has {model.num_classes} outputs and no class names, the data "
+                raise UserError(f"{who} has {model.num_classes} outputs and no class names, the data "
                                  f"{len(data_classes)} classes; evaluate it on the classes it was trained on "
                                  f"(a judge from outside casm: name its outputs with judges[i].classes)")
             model_classes = list(data_classes)
@@ -95,7 +96,7 @@ def load_lficam(checkpoint: str | Path) -> tuple[nn.Module, list[str] | None]:
     ckpt = read_checkpoint(checkpoint)
     hp = ckpt.get("hyper_parameters", {})
     if hp.get("config", {}).get("mode") != "lficam":
-        raise ValueError(f"lficam_checkpoint={checkpoint}: not a mode=lficam checkpoint; train one with "
+        raise UserError(f"lficam_checkpoint={checkpoint}: not a mode=lficam checkpoint; train one with "
                          f"python train.py --config configs/lficam.yaml")
     config = dict(hp["config"], model=dict(hp["config"]["model"], pretrained=None))
     module = LFICAMModule(config, hp["num_classes"])
@@ -113,7 +114,7 @@ def load_foreign_judge(spec: DictConfig, index: int, image_size: int, taken: set
     model, outputs = build_judge(spec.builder, spec.weights, OmegaConf.to_container(spec.kwargs), image_size)
     classes = read_class_names(spec.classes) if spec.classes else None
     if classes is not None and len(classes) != outputs:
-        raise ValueError(f"judges[{index}]: {spec.classes} names {len(classes)} classes, {spec.builder} has "
+        raise UserError(f"judges[{index}]: {spec.classes} names {len(classes)} classes, {spec.builder} has "
                          f"{outputs} outputs")
     return unique_name(spec.name or spec.builder.replace(":", ".").rsplit(".", 1)[-1], taken), \
         Logits(model, outputs), classes
@@ -136,7 +137,7 @@ def load_classifier(checkpoint: str | Path, taken: set[str] = frozenset()
     hp = ckpt.get("hyper_parameters", {})
     config = hp.get("config", {})
     if "model" not in config or "num_classes" not in hp:
-        raise ValueError(f"{checkpoint}: not a casm checkpoint; train a classifier with train.py (see README)")
+        raise UserError(f"{checkpoint}: not a casm checkpoint; train a classifier with train.py (see README)")
     classifier = ResNetClassifier(config["model"]["arch"], hp["num_classes"], config["model"]["width"])
     classifier.load_state_dict_from(ckpt, checkpoint)
     base = config.get("logging", {}).get("name") or Path(checkpoint).stem
@@ -232,7 +233,7 @@ class Evaluator:
             raise ConfigError(f"fill={cfg.fill!r} is not one of {', '.join(FILLS)}")
         unknown = [m for m in cfg.methods if m != "casm" and m not in BASELINES]
         if unknown:
-            raise ValueError(f"methods: unknown {unknown}; choose from casm, {', '.join(BASELINES)} "
+            raise UserError(f"methods: unknown {unknown}; choose from casm, {', '.join(BASELINES)} "
                              f"(and lficam_checkpoint=PATH for LFI-CAM)")
         self.lficam = match(*load_lficam(cfg.lficam_checkpoint), cfg.lficam_checkpoint) if cfg.lficam_checkpoint \
             else None

@@ -19,21 +19,22 @@ from torch import nn
 
 from casm.baselines.base import logits_of
 from casm.checkpoints import read_weights
+from casm.errors import UserError
 
 
 def import_builder(spec: str) -> Callable[..., nn.Module]:
     """``package.module.function`` or ``package.module:function`` -> the callable."""
     module_name, _, attribute = spec.rpartition(":") if ":" in spec else spec.rpartition(".")
     if not module_name or not attribute:
-        raise ValueError(f"judges: builder {spec!r} must be 'package.module.function' (e.g. torchvision.models."
+        raise UserError(f"judges: builder {spec!r} must be 'package.module.function' (e.g. torchvision.models."
                          f"resnet50) or 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"judges: cannot import {module_name!r} for builder {spec!r} ({err})") from err
+        raise UserError(f"judges: cannot import {module_name!r} for builder {spec!r} ({err})") from err
     builder = getattr(module, attribute, None)
     if not callable(builder):
-        raise ValueError(f"judges: {module_name} has no callable {attribute!r} (builder {spec!r})")
+        raise UserError(f"judges: {module_name} has no callable {attribute!r} (builder {spec!r})")
     return builder
 
 
@@ -44,7 +45,7 @@ def read_class_names(path: str | Path) -> list[str]:
         raise FileNotFoundError(f"judges: class list not found: {path}")
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if len(set(names)) != len(names):
-        raise ValueError(f"judges: {path} names a class twice")
+        raise UserError(f"judges: {path} names a class twice")
     return names
 
 
@@ -53,20 +54,20 @@ def build_judge(builder: str, weights: str, kwargs: dict | None, image_size: int
     blank image of the evaluation size, which also shows that it runs on casm's input)."""
     model = import_builder(builder)(**(kwargs or {}))
     if not isinstance(model, nn.Module):
-        raise ValueError(f"judges: builder {builder!r} returned a {type(model).__name__}, not an nn.Module")
+        raise UserError(f"judges: builder {builder!r} returned a {type(model).__name__}, not an nn.Module")
     state = read_weights(weights)
     state = {k.removeprefix("module."): v for k, v in state.items()}  # weights saved from DataParallel/DDP
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()
-        raise ValueError(f"judges: {weights} does not fit {builder}({kwargs or ''}): "
+        raise UserError(f"judges: {weights} does not fit {builder}({kwargs or ''}): "
                          f"{' '.join(first[:3])[:300]}") from err
     model.eval()
     with torch.no_grad():
         output = logits_of(model(torch.zeros(1, 3, image_size, image_size)))
     if output.dim() != 2:
-        raise ValueError(f"judges: {builder} returns outputs of shape {tuple(output.shape)}, not (batch, classes)")
+        raise UserError(f"judges: {builder} returns outputs of shape {tuple(output.shape)}, not (batch, classes)")
     return model, output.shape[1]
 
 

@@ -30,6 +30,7 @@ from casm.data.images import (
     three_channels,
     to_uint8,
 )
+from casm.errors import UserError
 from casm.export.standalone import StandaloneMasker
 from casm.metrics.localization import predicted_boxes
 
@@ -54,7 +55,7 @@ def to_rgb_array(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     array = np.asarray(image)
     if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4)):
         return three_channels(to_uint8(array, "the image array"))
-    raise ValueError(f"image arrays must be (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
+    raise UserError(f"image arrays must be (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
 
 
 def preprocess(images: Sequence[np.ndarray], masker: StandaloneMasker) -> torch.Tensor:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 import casm
 from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
+from casm.errors import UserError
 from casm.models import Masker, ResNetTrunk, build_head
 
 WEIGHTS_FILE = "masker.safetensors"
@@ -37,7 +38,7 @@ FORMAT_VERSION = 2  # 2: the manifest carries its own SHA-256; 1 (older exports)
 MAX_IMAGE_SIZE = 4096  # a masker input side beyond this is a corrupt manifest, not a model (memory grows with it)
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """A folder that is not a valid masker export, or a checkpoint that cannot be exported."""
 
 

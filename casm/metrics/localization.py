@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from casm.errors import UserError
+
 CENTRED_BOX_FRACTION = 158 / 224  # the reference's centred toy box
 
 
@@ -29,7 +31,7 @@ def binarize(maps: Tensor, rule: str = "quantile", alpha: float = 1.0) -> Tensor
         return (flat >= row_quantiles(flat, 1 - mean)).view_as(maps)
     if rule == "alpha_mean":
         return (flat >= alpha * mean).view_as(maps)
-    raise ValueError(f"binarization rule must be 'quantile' or 'alpha_mean', got {rule!r}")
+    raise UserError(f"binarization rule must be 'quantile' or 'alpha_mean', got {rule!r}")
 
 
 def row_quantiles(flat: Tensor, q: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from casm.errors import UserError
 from casm.models.resnet import FEATURE_NAMES
 
 
@@ -130,17 +131,17 @@ def check_feature_layer(head: str, layer: str | None) -> None:
     if layer is None:
         return
     if layer not in FEATURE_NAMES:
-        raise ValueError(f"masker.feature_layer={layer!r} is not one of {', '.join(FEATURE_NAMES)}")
+        raise UserError(f"masker.feature_layer={layer!r} is not one of {', '.join(FEATURE_NAMES)}")
     if getattr(HEADS[head], "default_feature_layer", None) is None:
         readers = [name for name, h in HEADS.items() if getattr(h, "default_feature_layer", None)]
-        raise ValueError(f"masker.feature_layer={layer!r} applies to the heads that read one layer "
+        raise UserError(f"masker.feature_layer={layer!r} applies to the heads that read one layer "
                          f"({', '.join(readers)}), not the decoders: the {head} decoder reads every layer")
 
 
 def build_head(name: str, channels: dict[str, int], hidden: int = 64, feature_layer: str | None = None) -> MaskHead:
     """``feature_layer`` (the attention heads only): the one feature map they read; None = the head's own."""
     if name not in HEADS:
-        raise ValueError(f"masker.head={name!r} is not a known head; choose one of {sorted(HEADS)}")
+        raise UserError(f"masker.head={name!r} is not a known head; choose one of {sorted(HEADS)}")
     check_feature_layer(name, feature_layer)
     if feature_layer is None:
         return HEADS[name](channels, hidden=hidden)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from casm.checkpoints import read_weights
+from casm.errors import UserError
 
 FEATURE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
@@ -35,7 +36,7 @@ class ResNetTrunk(nn.Module):
     def __init__(self, arch: str = "resnet18", width: int = 64) -> None:
         super().__init__()
         if arch not in _ARCHS:
-            raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(_ARCHS)}")
+            raise UserError(f"unknown architecture {arch!r}; choose one of {sorted(_ARCHS)}")
         block, layers = _ARCHS[arch]
         self.arch, self.width = arch, width
         self.inplanes = width
@@ -110,7 +111,7 @@ class ResNetClassifier(nn.Module):
         mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
         head_only = all(k.startswith("fc.") for k in mismatched)
         if mismatched and not head_only:
-            raise ValueError(
+            raise UserError(
                 f"{path}: weights do not fit {self.arch} (width {self.trunk.width}): e.g. {mismatched[0]} is "
                 f"{tuple(state[mismatched[0]].shape)}, expected {tuple(own[mismatched[0]].shape)}. "
                 f"Set model.arch/model.width to the architecture the file was trained with."
@@ -119,7 +120,7 @@ class ResNetClassifier(nn.Module):
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("fc.")]
         if missing or unexpected:
-            raise ValueError(
+            raise UserError(
                 f"{path}: not a {self.arch} state dict (missing {missing[:3]}, unexpected {unexpected[:3]}). "
                 f"Give a torchvision ResNet weights file or a casm checkpoint of the same architecture."
             )

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from casm.errors import UserError
 from casm.models.resnet import ResNetClassifier
 
 ATTACKS = ("T1", "T2", "T3", "T4")
@@ -138,7 +139,7 @@ class ManipulatedClassifier(nn.Module):
                  target_image: Tensor | None = None, target_fn: nn.Module | None = None) -> None:
         super().__init__()
         if attack not in ATTACKS:
-            raise ValueError(f"attack must be one of {', '.join(ATTACKS)}, got {attack!r}")
+            raise UserError(f"attack must be one of {', '.join(ATTACKS)}, got {attack!r}")
         self.attack, self.k = attack, constants
         self.trunk = copy.deepcopy(base.trunk)
         self.trunk.layer4 = ExtraChannelStage(self.trunk.layer4, attack, constants, target_image, target_fn)

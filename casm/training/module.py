@@ -39,7 +39,7 @@ from torchvision.utils import make_grid
 from casm.checkpoints import POOL_FOLDER, read_checkpoint
 from casm.config import with_defaults
 from casm.data.datamodule import denormalize, random_augmentation
-from casm.errors import NonFiniteLossError, TrainingDivergedError, shorten
+from casm.errors import NonFiniteLossError, TrainingDivergedError, UserError, shorten
 from casm.fills import keep_masked, remove_masked
 from casm.metrics.localization import LocalizationError, reference_boxes
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
@@ -431,7 +431,7 @@ class CASMModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("casm_state")
         if state is None:
-            raise ValueError("checkpoint has no CASM training state (pool, lambda_R); was it written by casm?")
+            raise UserError("checkpoint has no CASM training state (pool, lambda_R); was it written by casm?")
         done = batches_done_mid_epoch(checkpoint)
         self.resume_position = (int(checkpoint["epoch"]), done * self.cfg.data.batch_size) if done else None
         if any(random_augmentation(self.cfg.data)):
@@ -460,7 +460,7 @@ def load_trained(checkpoint: str | Path) -> tuple[CASMModule, dict]:
     ckpt = read_checkpoint(checkpoint)
     hp = ckpt.get("hyper_parameters", {})
     if "config" not in hp or not any(k.startswith("masker.") for k in ckpt.get("state_dict", {})):
-        raise ValueError(f"{checkpoint}: not a casm training checkpoint with a masker; give the checkpoint a "
+        raise UserError(f"{checkpoint}: not a casm training checkpoint with a masker; give the checkpoint a "
                          f"casm training run wrote (RUN/checkpoints/last.ckpt)")
     config = dict(hp["config"])
     config["model"] = dict(config["model"], pretrained=None)
@@ -470,6 +470,6 @@ def load_trained(checkpoint: str | Path) -> tuple[CASMModule, dict]:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:  # e.g. a head whose layout changed between casm versions
         head = config["masker"]["head"]
-        raise ValueError(f"{checkpoint}: its weights do not fit a {config['model']['arch']} with the {head} head of "
+        raise UserError(f"{checkpoint}: its weights do not fit a {config['model']['arch']} with the {head} head of "
                          f"this casm version ({shorten(err)})") from err
     return module.eval(), config

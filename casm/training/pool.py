@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from casm.checkpoints import read_snapshot, write_snapshot
+from casm.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -131,13 +132,13 @@ class ClassifierPool:
         """Restore from :meth:`state_dict`; snapshot files are read from the attached folder and checked
         against their digests (``source``, the checkpoint, is named in the errors)."""
         if state["strategy"] != self.strategy.name:
-            raise ValueError(
+            raise UserError(
                 f"checkpoint pool was built with thinning {state['strategy']}, this run uses "
                 f"{self.strategy.name}; resume with casm.thinning={state['strategy']}"
             )
         if "files" in state:
             if self.folder is None:
-                raise ValueError(f"{source} keeps its pool in a run folder's pool/; resume it with train.py resume=")
+                raise UserError(f"{source} keeps its pool in a run folder's pool/; resume it with train.py resume=")
             entries = list(zip(state["files"], state["sha256"]))
             snapshots = [read_snapshot(self.folder, name, digest, source) for name, digest in entries]
         else:  # the tensors in the checkpoint itself (a pool that was not attached, or an older casm)

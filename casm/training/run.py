@@ -17,7 +17,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from casm.checkpoints import POOL_FOLDER, read_checkpoint, run_checkpoints, stale_partials
 from casm.config import RESUME_LAST, ConfigError, config_changes, to_yaml, with_defaults
 from casm.data.datamodule import LocalizationDataModule
-from casm.errors import TrainingDivergedError
+from casm.errors import TrainingDivergedError, UserError
 from casm.training.checkpoint_io import AtomicCheckpointIO
 from casm.training.console import EpochSummary, StepProgressBar
 from casm.training.lficam_module import LFICAMModule
@@ -40,7 +40,7 @@ def check_resume_compatible(cfg: DictConfig, checkpoint: dict, path: str) -> lis
     (``key: old -> new``, for :func:`describe_resume`)."""
     saved = OmegaConf.create(checkpoint.get("hyper_parameters", {}).get("config", {}))
     if not saved:
-        raise ValueError(f"{path}: not a casm training checkpoint (no saved config)")
+        raise UserError(f"{path}: not a casm training checkpoint (no saved config)")
     for key in RESUME_FIXED_KEYS:
         old, new = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
         if old != new:

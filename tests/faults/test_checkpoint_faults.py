@@ -67,6 +67,7 @@ def test_a_hostile_checkpoint_is_refused_at_every_entry_point(entry, hostile, tr
     err = capsys.readouterr().err.strip().splitlines()
     assert not marker.exists(), "unpickling ran code"
     assert code == 2 and len(err) == 1 and "hostile.ckpt" in err[0], err
+    assert "weights_only=False" not in err[0] and "set to `False`" not in err[0], "points the user at the unsafe load"
 
 
 @pytest.mark.parametrize("damage", ["weights_truncated", "weights_pickle", "manifest_truncated", "manifest_missing"])

@@ -9,6 +9,8 @@ import re
 import pytest
 
 from casm.cli import main as cli_main
+from casm.cli import reports_user_errors
+from casm.errors import UserError
 
 YAML_FILES = {  # file name -> (text, expected message); files may inherit from each other
     "syntax.yaml": ("data:\n  batch_size: [1, 2\n", r"syntax\.yaml: not valid YAML.*line"),
@@ -40,6 +42,15 @@ OVERRIDES = [  # (override, expected message)
     ("casm.thinning", r"not of the form key=value"),
     ("trainer.precision=16-mixed", r"trainer\.precision=16-mixed is not supported.*bf16-mixed"),
     ("trainer.num_nodes=0", r"trainer\.num_nodes=0 must be above 0"),
+    ("casm.lambda_r=nan", r"casm\.lambda_r=nan must be a finite number"),
+    ("casm.lambda_r=inf", r"casm\.lambda_r=inf must be a finite number"),
+    ("optim.classifier_lr=nan", r"optim\.classifier_lr=nan must be a finite number"),
+    ("optim.masker_lr=-inf", r"optim\.masker_lr=-inf must be a finite number"),
+    ("casm.target_area=nan", r"casm\.target_area=nan must be a finite number"),
+    ("data.image_size=1", r"data\.image_size=1 must be at least 32 \(a ResNet reduces its input 32-fold"),
+    ("data.image_size=7", r"data\.image_size=7 must be at least 32"),
+    ("data.include_classes=[0,0]", r"data\.include_classes=\['0', '0'\] names 0 more than once"),
+    ("data.exclude_classes=[a,b,a]", r"data\.exclude_classes=.* names a more than once"),
 ]
 
 
@@ -70,3 +81,22 @@ def test_a_bad_evaluation_override_is_one_line(trained_checkpoint, tmp_path, cap
                       f"out_dir={tmp_path / 'eval'}"], capsys)
     assert code == 2 and len(err) == 1 and "gradcom" in err[0]
     assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("raised,code,one_line", [
+    (UserError("data.root=/x: no such folder"), 2, True),
+    (FileNotFoundError("checkpoint not found: x.ckpt"), 2, True),
+    (ValueError("an internal invariant broke"), 1, False),  # a bug, even though it is a ValueError
+    (KeyError("pool"), 1, False),
+])
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys, raised, code, one_line):
+    @reports_user_errors
+    def command(argv):
+        raise raised
+
+    assert command([]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    if one_line:
+        assert err == [f"error: {raised.args[0]}"]
+    else:
+        assert err[0].startswith("Traceback") and "internal error in casm (a bug" in err[-1], err
