@@ -90,22 +90,43 @@ def stale_partials(folder: Path) -> list[Path]:
     return sorted(folder.glob(".*.tmp"))
 
 
+class _WatchedFile:
+    """A binary file that remembers the first ``OSError`` its writes raised: torch's zip writer turns a
+    failed write (a full disk) into a ``RuntimeError`` ("unexpected pos ...") that no longer says so."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+
 def write_atomically(path: str | Path, write: Callable[[BinaryIO], None], what: str = "checkpoint") -> None:
     """``write(file)`` to ``path`` so that the file appears complete or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
+    watched = None
     try:
         with open(partial, "wb") as f:
-            write(f)
+            watched = _WatchedFile(f)
+            write(watched)
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, path)
     except BaseException as err:
         partial.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise CheckpointWriteError(err.errno, f"could not write {what} {path} ({err.strerror or err}); nothing "
-                                       f"was written under that name: free space in {path.parent} or set "
+        cause = err if isinstance(err, OSError) else getattr(watched, "error", None)
+        if cause is not None:
+            raise CheckpointWriteError(cause.errno, f"could not write {what} {path} ({cause.strerror or cause}); "
+                                       f"nothing was written under that name: free space in {path.parent} or set "
                                        f"logging.out_dir elsewhere") from err
         raise
 

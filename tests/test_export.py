@@ -132,8 +132,12 @@ def test_an_edited_manifest_or_a_list_is_refused(exported, tmp_path):
     (out / "masker.json").write_text("[1, 2]")
     with pytest.raises(ExportError, match="expected a JSON object, got a list"):
         load_masker(out)
-    (out / "masker.json").write_text(json.dumps(dict(manifest, format_version=1, manifest_sha256="")))
-    assert load_masker(out) is not None  # an export of format 1 (before manifest checksums) still loads
+    # claiming format 1 (from before manifest checksums) must not let an edit through
+    for edit in ({}, {"image_size": 65}, {"mean": [0.4, 0.4, 0.4]}):
+        downgraded = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+        (out / "masker.json").write_text(json.dumps(dict(downgraded, format_version=1, **edit)))
+        with pytest.raises(ExportError, match="format_version 1 .* export the checkpoint again"):
+            load_masker(out)
 
 
 def test_export_refuses_a_checkpoint_without_masker(tmp_path):

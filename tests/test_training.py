@@ -249,6 +249,41 @@ def test_a_full_disk_leaves_no_half_written_checkpoint(tiny_overrides, monkeypat
     assert read_checkpoint(folder / "last.ckpt")["epoch"] == 0  # the earlier checkpoint is whole
 
 
+def test_a_disk_that_fills_inside_torchs_zip_writer_is_a_write_error(tmp_path, monkeypatch):
+    """torch.save to a file whose write fails raises a RuntimeError ('unexpected pos ...') over the OSError:
+    it must still be reported as a full disk, with nothing left under the file's name."""
+    import builtins
+    import errno
+
+    from casm import checkpoints
+    from casm.errors import CheckpointWriteError
+
+    class FillsUp:
+        def __init__(self, file):
+            self.file, self.written = file, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 4096:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    monkeypatch.setattr(checkpoints, "open", lambda *a: FillsUp(builtins.open(*a)), raising=False)
+    target = tmp_path / "epoch003.ckpt"
+    with pytest.raises(CheckpointWriteError, match=r"could not write checkpoint .*epoch003.ckpt \(No space left"):
+        checkpoints.write_atomically(target, lambda f: torch.save({"w": torch.zeros(100_000)}, f))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_overflowing_batchnorm_statistic_skips_the_step(tiny_cfg, monkeypatch):
     """Diverging weights can overflow BatchNorm's running variance while the loss stays finite: the step
     is skipped, the statistics restored, so no checkpoint ever holds them."""

@@ -8,7 +8,8 @@ An export is a folder with two files:
 * ``masker.json``: everything needed to rebuild and feed it (architecture, head, input size,
   normalization, class names, casm version), the weights' SHA-256, so a tampered or truncated
   weights file fails cleanly, and its own SHA-256 (format 2), so an edited manifest (say, another
-  ``image_size``, which would silently change every mask) fails too.
+  ``image_size``, which would silently change every mask) fails too. Format 1, which had no such
+  checksum, is refused: claiming it would otherwise let any edit through.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from casm.models import Masker, ResNetTrunk, build_head
 WEIGHTS_FILE = "masker.safetensors"
 MANIFEST_FILE = "masker.json"
 FORMAT = "casm-masker"
-FORMAT_VERSION = 2  # 2: the manifest carries its own SHA-256; 1 (older exports) still loads
+FORMAT_VERSION = 2  # 2: the manifest carries its own SHA-256; 1 (no checksum) is refused
 MAX_IMAGE_SIZE = 4096  # a masker input side beyond this is a corrupt manifest, not a model (memory grows with it)
 
 
@@ -83,10 +84,13 @@ def read_manifest(path: Path) -> MaskerManifest:
     if raw.get("format") != FORMAT:
         raise ExportError(f"{path}: format is {raw.get('format')!r}, not {FORMAT!r}: not a casm masker manifest")
     version = raw.get("format_version")
-    if version not in (1, FORMAT_VERSION):
-        raise ExportError(f"{path}: format_version {version!r}; this casm reads 1 and {FORMAT_VERSION} "
+    if version == 1:  # a format-1 manifest has no checksum: "format_version": 1 would let any edit load silently
+        raise ExportError(f"{path}: format_version 1 (an export from before manifest checksums) is no longer read, "
+                          f"since an edited manifest could not be told from a real one; export the checkpoint again")
+    if version != FORMAT_VERSION:
+        raise ExportError(f"{path}: format_version {version!r}; this casm reads {FORMAT_VERSION} "
                           f"(an export from a newer casm? upgrade casm, or export again with this one)")
-    if version >= 2 and raw.get("manifest_sha256") != manifest_digest(raw):
+    if raw.get("manifest_sha256") != manifest_digest(raw):
         raise ExportError(f"{path}: edited after export (its manifest_sha256 does not match its contents); "
                           f"export the checkpoint again")
     if not (isinstance(raw.get("weights_sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", raw["weights_sha256"])):

@@ -95,6 +95,8 @@ class CASMModule(pl.LightningModule):
         self.casm_step = 0  # masker steps taken; drives the snapshot schedule
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
+        self.epoch_steps = self.epoch_skipped = 0  # steps taken and skipped in this epoch
+        self.last_skip_diverged = False  # the latest skip was for a loss above casm.divergence_loss
         self.skipped_images = 0
         self.empty_batches = 0  # steps skipped on every rank because a rank's batch was empty
         self.skipped_val_images = 0  # unreadable validation images of the last validation (data.skip_corrupt)
@@ -143,6 +145,7 @@ class CASMModule(pl.LightningModule):
         self.pool.to(self.device)
 
     def on_train_epoch_start(self) -> None:
+        self.epoch_steps = self.epoch_skipped = 0
         # F: after the warm-up the classifier is frozen: eval mode, no gradients.
         self.classifier.requires_grad_(self.classifier_trains)
         self.classifier.train(self.classifier_trains)
@@ -172,10 +175,23 @@ class CASMModule(pl.LightningModule):
         x, y = batch["image"], batch["label"]
         if self._empty_on_any_rank(x):
             return
+        self.epoch_steps += 1
         if self.in_warmup:
             self._warmup_step(x, y)
         else:
             self._casm_step(x, y)
+        if self.trainer.is_last_batch and self.epoch_skipped == self.epoch_steps:
+            self._stop_untrained_epoch()
+
+    def _stop_untrained_epoch(self) -> None:
+        """An epoch whose every step was skipped trained nothing; going on would end in 'run saved' with
+        an unchanged (or exploded) model, so the run stops here, naming the cause."""
+        what = (f"a loss above casm.divergence_loss={self.cfg.casm.divergence_loss:g}" if self.last_skip_diverged
+                else "a non-finite loss, gradient or BatchNorm statistic")
+        error = TrainingDivergedError if self.last_skip_diverged else NonFiniteLossError
+        raise error(f"training stopped: all {self.epoch_steps} steps of epoch {self.current_epoch} were skipped for "
+                    f"{what}, so the model did not train. Lower optim.classifier_lr / optim.masker_lr (or check "
+                    f"casm.* and the data) and train again")
 
     def _empty_on_any_rank(self, x: Tensor) -> bool:
         """A batch whose every image was unreadable (``data.skip_corrupt``) has nothing to train on. Under
@@ -319,6 +335,8 @@ class CASMModule(pl.LightningModule):
                 buffer.copy_(saved)
         self.nonfinite_streak += 1
         self.nonfinite_total += 1
+        self.epoch_skipped += 1
+        self.last_skip_diverged = diverging
         self.log("train/nonfinite_steps", float(self.nonfinite_total))
         limit = self.cfg.casm.max_nonfinite_steps
         values = [float(v) for v in losses]
@@ -346,6 +364,12 @@ class CASMModule(pl.LightningModule):
             return
         logits, feats = self.classifier(x)
         mask = self.masker(x, feats)
+        if not bool(torch.isfinite(logits).all() & torch.isfinite(mask).all()):  # one sync per validation batch
+            raise TrainingDivergedError(
+                f"training diverged: at the validation after epoch {self.current_epoch} the classifier's or the "
+                f"masker's outputs are NaN/inf, so their weights have exploded. They are not saved (no "
+                f"interrupted.ckpt); the epoch checkpoints written before are intact. Lower optim.classifier_lr / "
+                f"optim.masker_lr and train again")
         logits_out, _ = self.classifier(remove_masked(x, mask, self.cfg.casm.fill))
         self.val_accuracy.update(logits, y)
         self.val_masked_out_accuracy.update(logits_out, y)

@@ -35,6 +35,27 @@ def test_divergence_is_one_line_with_exit_code_2(tiny_overrides, capsys):
     assert code == 2 and err[-1].startswith("error: training diverged") and "Traceback" not in "".join(err)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_exploded_weights_found_at_validation_stop_the_run_in_one_line_without_a_checkpoint(tiny_overrides, capsys,
+                                                                                          optimizer):
+    """A few huge steps leave finite but exploded weights whose validation outputs are NaN: that is divergence
+    (one line, no interrupted.ckpt), not a crash in the metrics."""
+    code = cli_main(["train", *tiny_overrides, f"optim.classifier_optimizer={optimizer}", "optim.classifier_lr=1e6",
+                     "optim.masker_lr=1e6", "data.num_train=96", "casm.warmup_epochs=1", "trainer.max_epochs=4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: training diverged"), err
+    assert "Traceback" not in "".join(err)
+    assert not list(Path(tiny_overrides[-1].split("=", 1)[1]).rglob("interrupted.ckpt"))
+
+
+def test_an_epoch_whose_every_step_was_skipped_stops_the_run(tiny_cfg):
+    """Fewer skipped steps in a row than casm.max_nonfinite_steps, but not one step taken in the epoch:
+    the run must not end in 'run saved' with an untrained model."""
+    cfg = tiny_cfg("casm.divergence_loss=1e-9", "casm.max_nonfinite_steps=1000", "trainer.max_epochs=3")
+    with pytest.raises(TrainingDivergedError, match=r"all 4 steps of epoch 0 were skipped"):
+        train(cfg)
+
+
 def test_a_checkpoint_with_non_finite_weights_is_never_written(tiny_cfg):
     module = CASMModule(dict(tiny_cfg()), 10)
     with torch.no_grad():
