@@ -64,10 +64,13 @@ def test_cli_export_and_explain(trained_checkpoint, tmp_path, capsys):
     Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(images / "ok.png")
     Image.fromarray(np.zeros((20, 24, 4), np.uint8)).save(images / "rgba.png")
     (images / "broken.jpg").write_bytes(b"nope")
+    Image.new("1", (3000, 2000)).save(images / "huge.png")  # 6 MP, above the limit given below
     code = cli_main(["explain", str(tmp_path / "m"), str(images), "--out", str(tmp_path / "o"), "--format", "png16",
-                     "--no-progress"])
+                     "--no-progress", "--max-megapixels", "5"])
     err = capsys.readouterr().err
     assert code == 1 and "broken.jpg" in err  # reported and skipped, the others written
+    assert "skip_corrupt" not in err  # a training key means nothing to explain
+    assert "huge.png" in err and "--max-megapixels raises the limit" in err
     mask = np.asarray(Image.open(tmp_path / "o" / "ok_mask.png"))
     assert mask.dtype == np.uint16 and mask.shape == (30, 30)
     assert (tmp_path / "o" / "rgba_overlay.png").is_file()
@@ -184,6 +187,11 @@ def test_explain_keeps_same_named_images_apart_and_reads_gifs(exported, tmp_path
     assert {p.name for p in (tmp_path / "out").glob("*_box.json")} == {
         "anim_box.json", "a__same.png_box.json", "b__same.png_box.json"}
     assert output_stems([tmp_path / "x.png", tmp_path / "x.jpg"]) == ["x.png", "x.jpg"]
+    # a file named like a joined path does not overwrite the image it imitates
+    Image.fromarray(np.full((20, 30, 3), 30, np.uint8)).save(tmp_path / "in" / "a__same.png.png")
+    written, errors = write_explanations(load_masker(exported), [tmp_path / "in"], tmp_path / "out2", progress=False)
+    assert written == 4 and len(list((tmp_path / "out2").glob("*_box.json"))) == 4
+    assert output_stems([tmp_path / "x.png", tmp_path / "x.png"]) == ["x.png", "x.png-2"]  # one file given twice
 
 
 def test_loading_an_export_does_not_import_lightning(exported):

@@ -138,7 +138,7 @@ class BoxedImageDataset(Dataset):
             if self.skip_corrupt:
                 log.warning("skipped: %s", err)
                 return None  # dropped and counted by the collate function
-            raise
+            raise type(err)(f"{err} (data.skip_corrupt=true skips unreadable images and counts them)") from err
         image = tv_tensors.Image(torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1))
         for box in boxes:  # the box file cannot know image sizes: checked here, against the image
             if box[2] > pil.width + 0.5 or box[3] > pil.height + 0.5:

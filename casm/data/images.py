@@ -31,7 +31,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")  # GIF: its first frame
 DEFAULT_MAX_PIXELS = 2 * 89_478_485  # Pillow's decompression-bomb error threshold (~179 MP)
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-_SKIP_HINT = "data.skip_corrupt=true skips unreadable images and counts them"
 
 
 class CorruptImageError(UserError):
@@ -52,12 +51,12 @@ def to_uint8(array: np.ndarray, path: Path | str = "image") -> np.ndarray:
     if array.dtype.kind == "f":
         values = array.astype(np.float32)
         if not np.isfinite(values).all():
-            raise CorruptImageError(f"cannot read image {path}: it holds NaN or infinite pixel values ({_SKIP_HINT})")
+            raise CorruptImageError(f"cannot read image {path}: it holds NaN or infinite pixel values")
         low, high = float(values.min()), float(values.max())
         if low < 0 or high > 1:  # not a [0, 1] image: stretch its own range
             values = (values - low) / (high - low) if high > low else np.zeros_like(values)
         return (values * 255).round().astype(np.uint8)
-    raise CorruptImageError(f"cannot read image {path}: pixel type {array.dtype} is not supported ({_SKIP_HINT})")
+    raise CorruptImageError(f"cannot read image {path}: pixel type {array.dtype} is not supported")
 
 
 def three_channels(array: np.ndarray) -> np.ndarray:
@@ -81,7 +80,7 @@ def _read_with_opencv(path: Path) -> Image.Image:
     """Files Pillow cannot open (e.g. 3-channel float32 TIFF); OpenCV returns BGR(A)."""
     array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if array is None:
-        raise CorruptImageError(f"cannot read image {path}: neither Pillow nor OpenCV can decode it ({_SKIP_HINT})")
+        raise CorruptImageError(f"cannot read image {path}: neither Pillow nor OpenCV can decode it")
     if array.ndim == 3 and array.shape[2] >= 3:
         array = array[..., [2, 1, 0]]
     return Image.fromarray(three_channels(to_uint8(array, path)))
@@ -100,16 +99,15 @@ def load_rgb(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
                 if max_pixels is not None and pixels > max_pixels:
                     raise ImageTooLargeError(
                         f"image {path} is {img.width}x{img.height} = {pixels / 1e6:g} MP, above the "
-                        f"{max_pixels / 1e6:g} MP limit that guards against decompression bombs (casm explain "
-                        f"--max-megapixels raises it; {_SKIP_HINT})")
+                        f"{max_pixels / 1e6:g} MP limit that guards against decompression bombs")
                 return rgb_image(img, path)
     except UnidentifiedImageError as err:
         if path.suffix.lower() in (".tif", ".tiff"):
             return _read_with_opencv(path)
-        raise CorruptImageError(f"cannot read image {path}: {err} ({_SKIP_HINT})") from err
+        raise CorruptImageError(f"cannot read image {path}: {err}") from err
     except (OSError, ValueError, SyntaxError) as err:
         if isinstance(err, CorruptImageError):
             raise
-        raise CorruptImageError(f"cannot read image {path}: {err} ({_SKIP_HINT})") from err
+        raise CorruptImageError(f"cannot read image {path}: {err}") from err
     finally:
         Image.MAX_IMAGE_PIXELS = previous

@@ -25,6 +25,7 @@ from casm.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     CorruptImageError,
+    ImageTooLargeError,
     load_rgb,
     rgb_image,
     three_channels,
@@ -136,12 +137,24 @@ def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
 
 def output_stems(files: Sequence[Path]) -> list[str]:
     """Output name per input: its stem, or where two inputs share a stem (``a/same.png``, ``b/same.png``,
-    ``same.jpg``) its path below their common folder with ``__`` for ``/``, so no output overwrites another."""
+    ``same.jpg``) its path below their common folder with ``__`` for ``/``; a name still taken gets ``-2``,
+    ``-3``, ..., so no output overwrites another."""
     counts = Counter(p.stem for p in files)
     resolved = [p.resolve() for p in files]
     common = Path(os.path.commonpath([p.parent for p in resolved])) if resolved else Path()
-    return [p.stem if counts[p.stem] == 1 else "__".join(r.relative_to(common).parts)
-            for p, r in zip(files, resolved)]
+    wanted = [p.stem if counts[p.stem] == 1 else "__".join(r.relative_to(common).parts)
+              for p, r in zip(files, resolved)]
+    # a file may itself be named like a joined path (``a__same.png.png`` beside ``a/same.png``): number repeats
+    taken: set[str] = set()
+    stems = []
+    for stem in wanted:
+        unique, n = stem, 1
+        while unique in taken:
+            n += 1
+            unique = f"{stem}-{n}"
+        taken.add(unique)
+        stems.append(unique)
+    return stems
 
 
 def write_explanations(masker: StandaloneMasker, paths: Sequence[str | Path], out_dir: str | Path,
@@ -165,7 +178,8 @@ def write_explanations(masker: StandaloneMasker, paths: Sequence[str | Path], ou
             try:
                 yield path, to_rgb_array(path, max_pixels)
             except (CorruptImageError, OSError, ValueError) as err:
-                errors.append(f"skipped {path}: {err}")
+                hint = " (--max-megapixels raises the limit)" if isinstance(err, ImageTooLargeError) else ""
+                errors.append(f"skipped {path}: {err}{hint}")
                 bar.update(1)
 
     for group in batches(readable(), lambda item: item[1].shape[0] * item[1].shape[1], batch_size):

@@ -71,16 +71,17 @@ def test_odd_but_valid_images_read_as_their_8bit_rgb_values(tmp_path, name, writ
 
 
 @pytest.mark.parametrize("content", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40])
-def test_empty_garbage_and_truncated_files_name_the_file_and_the_skip_option(tmp_path, content):
+def test_empty_garbage_and_truncated_files_name_the_file(tmp_path, content):
     path = tmp_path / "bad.png"
     path.write_bytes(content)
-    with pytest.raises(CorruptImageError, match=r"bad\.png.*data\.skip_corrupt"):
+    with pytest.raises(CorruptImageError, match=r"bad\.png") as raised:
         load_rgb(path)
+    assert "skip_corrupt" not in str(raised.value)  # a training key: the training data path adds it (test_data)
 
 
 def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
     Image.new("1", (20000, 10000)).save(tmp_path / "bomb.png")  # 200 MP in 24 kB
-    with pytest.raises(ImageTooLargeError, match=r"bomb\.png is 20000x10000 = 200 MP.*--max-megapixels"):
+    with pytest.raises(ImageTooLargeError, match=r"bomb\.png is 20000x10000 = 200 MP.*decompression bombs"):
         load_rgb(tmp_path / "bomb.png")
     Image.new("RGB", (40, 30)).save(tmp_path / "small.png")
     with pytest.raises(ImageTooLargeError, match="40x30"):
