@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 import traceback
 
@@ -14,6 +15,13 @@ from casm.errors import CheckpointWriteError, NonFiniteLossError, UserError
 # bad input or a full disk: a one-line message (two when one fault led to another), exit code 2; anything
 # else is a bug in casm and keeps its traceback (exit 1)
 USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, CheckpointWriteError, NonFiniteLossError)
+
+
+def speaks() -> bool:
+    """Whether this process writes the console's closing lines: the only one, or rank 0 of a job started
+    by torchrun (RANK), srun (SLURM_PROCID) or Lightning (NODE_RANK, LOCAL_RANK), which start every rank
+    with the same command line."""
+    return all(int(os.environ.get(key) or 0) == 0 for key in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"))
 
 
 def _earlier_write_errors(err: BaseException) -> list[BaseException]:
@@ -80,7 +88,8 @@ def train_main(argv: list[str] | None = None) -> int:
     from casm.training.run import train  # heavy imports only once the config is known to be valid
 
     run_dir = train(cfg)
-    print(f"run saved in {run_dir}")
+    if speaks():
+        print(f"run saved in {run_dir}")
     return 0
 
 
@@ -151,8 +160,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     results, _, out = evaluate(cfg, progress=not args.no_progress, trained=(module, saved))
     from casm.evaluation.report import markdown_table
 
-    print(markdown_table(results))
-    print(f"report written to {out} (metrics.json, metrics.md, figure.png, tensorboard/)")
+    if speaks():
+        print(markdown_table(results))
+        print(f"report written to {out} (metrics.json, metrics.md, figure.png, tensorboard/)")
     return 0
 
 
@@ -243,7 +253,8 @@ def sanity_main(argv: list[str] | None = None) -> int:
     print(attacks_table(report["attacks"]))
     if "randomization" in report:
         print(cascade_table(report["randomization"], report["randomization_chance"]))
-    print(f"report written to {out} (sanity.json, sanity.md, attack_T*.png, randomization.png, tensorboard/)")
+    plot = ", randomization.png" if "randomization" in report else ""
+    print(f"report written to {out} (sanity.json, sanity.md, attack_T*.png{plot}, tensorboard/)")
     return 0
 
 

@@ -143,6 +143,17 @@ def test_an_edited_manifest_or_a_list_is_refused(exported, tmp_path):
             load_masker(out)
 
 
+def test_exported_files_have_the_modes_any_new_file_gets(exported):
+    """Readable by whoever the umask lets read new files (safetensors' own writer made the weights 0600)."""
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("masker.safetensors", "masker.json"):
+        assert stat.S_IMODE((exported / name).stat().st_mode) == 0o666 & ~umask, name
+
+
 def test_export_refuses_a_checkpoint_without_masker(tmp_path):
     torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / "plain.ckpt")
     with pytest.raises(ExportError, match="plain.ckpt"):

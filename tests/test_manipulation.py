@@ -105,6 +105,11 @@ def test_the_sanity_command_writes_its_report(trained_checkpoint, tmp_path, caps
     assert (out / "attack_T1.png").is_file() and (out / "sanity.md").is_file() and any((out / "tensorboard").iterdir())
     assert "| T1 |" in capsys.readouterr().out
     assert main(["sanity", "--checkpoint", str(trained_checkpoint), "--attacks", "T9"]) == 2
+    capsys.readouterr()
+    assert main(["sanity", "--checkpoint", str(trained_checkpoint), "--out", str(tmp_path / "only"), "--images", "4",
+                 "--slow-images", "1", "--attacks", "T1", "--device", "cpu", "--no-randomization"]) == 0
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "randomization.png" not in said and not (tmp_path / "only" / "randomization.png").exists()
 
 
 @pytest.mark.parametrize("attack", ["T1", "T2"])

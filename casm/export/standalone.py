@@ -24,10 +24,11 @@ from typing import Optional
 
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 import casm
+from casm.checkpoints import write_atomically
 from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
 from casm.errors import UserError
 from casm.models import Masker, ResNetTrunk, build_head
@@ -161,12 +162,14 @@ def export_masker(checkpoint_path: str | Path, out_dir: str | Path, onnx: bool =
     model = masker_from_checkpoint(checkpoint_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    weights = out / WEIGHTS_FILE
-    save_file({k: v.contiguous() for k, v in model.masker.state_dict().items()}, str(weights),
-              metadata={"format": FORMAT})
-    model.manifest.weights_sha256 = _sha256(weights)
+    # written as bytes through the atomic writer: safetensors' save_file creates its file mode 0600, which
+    # a folder meant to be shared (a model store, a container image) would then refuse to other users
+    data = save({k: v.contiguous() for k, v in model.masker.state_dict().items()}, metadata={"format": FORMAT})
+    write_atomically(out / WEIGHTS_FILE, lambda f: f.write(data), what="masker weights")
+    model.manifest.weights_sha256 = hashlib.sha256(data).hexdigest()
     model.manifest.manifest_sha256 = manifest_digest(asdict(model.manifest))
-    (out / MANIFEST_FILE).write_text(json.dumps(asdict(model.manifest), indent=2))
+    manifest = json.dumps(asdict(model.manifest), indent=2).encode()
+    write_atomically(out / MANIFEST_FILE, lambda f: f.write(manifest), what="masker manifest")
     if onnx:
         from casm.export.onnx import export_onnx
 

@@ -100,3 +100,16 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys, raised, 
         assert err == [f"error: {raised.args[0]}"]
     else:
         assert err[0].startswith("Traceback") and "internal error in casm (a bug" in err[-1], err
+
+
+@pytest.mark.parametrize("env,speaks", [({}, True), ({"RANK": "0", "LOCAL_RANK": "0"}, True), ({"RANK": "1"}, False),
+                                        ({"SLURM_PROCID": "3"}, False), ({"LOCAL_RANK": "1"}, False),
+                                        ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, False)])
+def test_only_rank_zero_writes_the_closing_lines(monkeypatch, env, speaks):
+    from casm import cli
+
+    for key in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert cli.speaks() is speaks
