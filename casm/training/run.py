@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor, OnExceptionCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
@@ -18,7 +18,7 @@ from casm.checkpoints import POOL_FOLDER, read_checkpoint, run_checkpoints, stal
 from casm.config import RESUME_LAST, ConfigError, config_changes, to_yaml, with_defaults
 from casm.data.datamodule import LocalizationDataModule
 from casm.errors import TrainingDivergedError, UserError
-from casm.training.checkpoint_io import AtomicCheckpointIO
+from casm.training.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
 from casm.training.console import EpochSummary, StepProgressBar
 from casm.training.lficam_module import LFICAMModule
 from casm.training.module import CASMModule
@@ -139,8 +139,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bo
         # last.ckpt links to it
         # save_on_train_epoch_end: else, with check_val_every_n_epoch > 1, Lightning saves only after
         # validation and an epoch without one (the last, say) is never checkpointed
-        ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-                        save_last="link", save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True),
+        RunCheckpoint("epoch", 3, dirpath=ckpt_dir, save_last="link", save_top_k=1, every_n_epochs=1,
+                      save_on_train_epoch_end=True),
         SaneExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
         LearningRateMonitor(logging_interval="epoch"),
         timer,
@@ -148,9 +148,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bo
     ]
     if t.checkpoint_every_n_steps:
         # the newest keep_step_checkpoints: "step" is a monitor Lightning always provides
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", auto_insert_metric_name=False,
-                                         every_n_train_steps=t.checkpoint_every_n_steps,
-                                         save_top_k=t.keep_step_checkpoints, monitor="step", mode="max"))
+        callbacks.append(RunCheckpoint("step", 7, dirpath=ckpt_dir, every_n_train_steps=t.checkpoint_every_n_steps,
+                                       save_top_k=t.keep_step_checkpoints, monitor="step", mode="max"))
     if cfg.logging.progress_bar:
         callbacks.append(StepProgressBar(refresh_rate=10))
     return pl.Trainer(

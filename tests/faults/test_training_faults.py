@@ -146,3 +146,23 @@ def test_a_requeued_slurm_job_continues_its_run(tiny_cfg, monkeypatch):
 def test_resume_last_needs_a_named_run_folder(tiny_cfg):
     with pytest.raises(ConfigError, match="resume=last .* logging.version=NAME"):
         train(tiny_cfg("resume=last"))
+
+
+@pytest.mark.parametrize("moved,source", [(False, "last.ckpt"), (False, "step0000014.ckpt"), (True, "last.ckpt")])
+def test_a_resumed_run_keeps_one_last_ckpt_and_only_the_newest_checkpoints(tiny_cfg, tmp_path, moved, source):
+    """Lightning forgets its list of kept checkpoints when the run folder moved (and a checkpoint never lists
+    itself): after a resume, old step and epoch files stayed, and last-v1.ckpt appeared beside a last.ckpt
+    still pointing at the old epoch, so the same resume command went back in time."""
+    import shutil
+
+    steps = ("trainer.checkpoint_every_n_steps=2", "trainer.keep_step_checkpoints=2", "logging.version=r")
+    first = tiny_cfg(*steps)
+    run = train(first)
+    if moved:
+        run = Path(shutil.move(str(Path(first.logging.out_dir)), str(tmp_path / "moved"))) / "default" / "r"
+    train(tiny_cfg(*steps, "trainer.max_epochs=4", f"resume={run / 'checkpoints' / source}"))
+    folder = run / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch003.ckpt", "last.ckpt", "step0000030.ckpt",
+                                                         "step0000032.ckpt"]
+    assert (folder / "last.ckpt").resolve().name == "epoch003.ckpt"
+    assert read_checkpoint(folder / "last.ckpt")["epoch"] == 3
