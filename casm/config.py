@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from casm.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped in the package; ./configs in a checkout links here
 
 
 @dataclass
