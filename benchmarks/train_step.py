@@ -11,6 +11,7 @@ step (classifier on clean and masked-out images, masker, evaluator from the pool
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import pytorch_lightning as pl
@@ -55,14 +56,16 @@ def time_steps(args: argparse.Namespace, casm: bool) -> float:
     if args.channels_last:
         module = module.to(memory_format=torch.channels_last)
     timer = StepTimer(args.warmup)
-    trainer = pl.Trainer(max_epochs=1, accelerator=args.device, devices=1, precision=args.precision, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
-                         enable_model_summary=False, callbacks=[timer])
-    trainer.fit(module, datamodule=dm)
+    with tempfile.TemporaryDirectory() as folder:  # the pool's snapshots go there, not into the checkout
+        trainer = pl.Trainer(max_epochs=1, accelerator=args.device, devices=1, precision=args.precision,
+                             logger=False, default_root_dir=folder, enable_checkpointing=False,
+                             enable_progress_bar=False, limit_val_batches=0, enable_model_summary=False,
+                             callbacks=[timer])
+        trainer.fit(module, datamodule=dm)
     return sorted(timer.times)[len(timer.times) // 2]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--width", type=int, default=64)
@@ -76,7 +79,11 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("overrides", nargs="*", help="more config overrides, e.g. masker.feature_layer=layer3")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     plain = time_steps(args, casm=False)
     casm = time_steps(args, casm=True)
     print(f"{args.arch} {args.size}px batch {args.batch} {args.device} {args.precision} "
