@@ -336,6 +336,17 @@ def test_report_pools_subsets_by_images_with_binomial_errors(tmp_path):
     assert le["seen_se"] == pytest.approx((seen * (1 - seen) / 40) ** 0.5)
     assert le["gap_se"] == pytest.approx((seen * (1 - seen) / 40 + 0.9 * 0.1 / 20) ** 0.5)
 
+    # a run whose training recorded collapsed masks is marked in the data, every table and the text
+    from casm.experiments.unseen_report import table, write_unseen_report
+
+    assert collect(split, [run], None)["runs"]["B-C"]["collapsed"] == []
+    (run_dir / "health.json").write_text(json.dumps({"collapsed": ["all-on masks (mean 0.950 > 0.9)"]}))
+    data = collect(split, [run], None)
+    assert data["runs"]["B-C"]["collapsed"] == ["all-on masks (mean 0.950 > 0.9)"]
+    assert "| B-C **(collapsed)** |" in table(data, "le", split.names)
+    report = write_unseen_report(tmp_path / "report", split, [run], OmegaConf.create({"name": "folder"}), None)
+    assert "- B-C: all-on masks (mean 0.950 > 0.9)" in (report / "unseen.md").read_text()
+
 
 def test_a_run_config_from_an_older_casm_is_the_same_config(tmp_path):
     """A key a later casm adds (at its default) does not make a started run 'another config'."""

@@ -26,6 +26,7 @@ from casm.data.datamodule import LocalizationDataModule, normalize_images
 from casm.errors import UserError
 from casm.evaluation.judges import Logits, build_judge, read_class_names
 from casm.fills import FILLS
+from casm.metrics.collapse import read_collapse
 from casm.metrics.faithfulness import (
     average_drop_increase,
     deletion_insertion,
@@ -520,6 +521,11 @@ def evaluation_notes(evaluator: Evaluator, results: dict) -> list[str]:
         notes.append(f"{evaluator.skipped_images} unreadable validation image(s) were skipped (data.skip_corrupt)")
     if not any("le" in r for r in results.values()):
         notes.append("the validation data has no boxes: localization metrics (LE, OM, F1, sweep, pointing) skipped")
+    collapsed = read_collapse(Path(evaluator.cfg.checkpoint).resolve().parent.parent) if evaluator.cfg.checkpoint \
+        else []
+    if collapsed:
+        notes.append(f"COLLAPSED: the training run's masks failed the collapse check at its last validation "
+                     f"({'; '.join(collapsed)}): the casm rows are not a result (RUN/health.json)")
     for name, r in results.items():
         if r["nan_maps"]:
             notes.append(f"{name}: {r['nan_maps']} map(s) contained NaN/inf and were left out of every metric")

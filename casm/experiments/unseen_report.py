@@ -19,6 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from casm.data.splits import ClassSplit
+from casm.metrics.collapse import read_collapse
 
 # (key in an evaluation's results, title, lower is better, what each image counts in)
 METRICS = [
@@ -68,6 +69,7 @@ def collect(split: ClassSplit, runs: list, judge: str | None) -> dict:
                 out["reference"][subset] = dict(scores["centre_box"], seen=False)
         seen_classes = sum(len(split.subsets[s]) for s in run.subsets)
         entry = {"trained_on": run.subsets, "fraction_seen": seen_classes / total_classes,
+                 "collapsed": read_collapse(run.run_dir),
                  "samples_per_class": run.config.data.samples_per_class, "subsets": cells,
                  "clean_top1": pooled(cells, "clean_top1", "images", True)}
         for key, weight in keys:
@@ -110,7 +112,8 @@ def table(data: dict, key: str, names: list[str]) -> str:
             return text if se is None or text == "—" else f"{text} ± {se:.3f}"
 
         gap_text = "—" if gap is None else f"{gap:+.3f}" if not key.startswith("acc_") else f"{gap:+.1f}"
-        lines.append(f"| {label} | {100 * run['fraction_seen']:.0f} % | " + " | ".join(cells) +
+        title = f"{label} **(collapsed)**" if run.get("collapsed") else label
+        lines.append(f"| {title} | {100 * run['fraction_seen']:.0f} % | " + " | ".join(cells) +
                      f" | {with_se('seen', _fmt(summary.get('seen'), key))} | "
                      f"{with_se('unseen', _fmt(summary.get('unseen'), key))} | {with_se('gap', gap_text)} |")
     if key == "le":
@@ -162,6 +165,11 @@ def write_unseen_report(out: Path, split: ClassSplit, runs: list, data_cfg: Dict
              " classes. Cells of subsets a model never saw are in *italics*; seen and unseen pool the images "
              "of those subsets; ± is the binomial standard error over validation images (one model per row, "
              "not a spread over training seeds).\n"]
+    collapsed = {label: run["collapsed"] for label, run in data["runs"].items() if run["collapsed"]}
+    if collapsed:
+        parts.append("**Collapsed runs** (marked in every table): their masks failed the collapse check at the last "
+                     "validation, so their numbers are not results:\n\n" + "\n".join(
+                         f"- {label}: {'; '.join(reasons)}" for label, reasons in collapsed.items()) + "\n")
     parts.append("Classifier top-1 on the validation images of its own classes: " + ", ".join(
         f"{label} {_fmt(run['clean_top1'], 'acc_')} %" for label, run in data["runs"].items()) + ".\n")
     for key, title, lower, _ in METRICS:

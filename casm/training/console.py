@@ -48,7 +48,17 @@ class EpochSummary(pl.Callback):
             parts.append(f"λ_R {pl_module.lambda_r.value:.3g}")
         if self.timer.last_epoch_seconds is not None:
             parts.append(f"{self.timer.last_epoch_seconds:.1f} s")
+        health = getattr(pl_module, "health", None)
+        if validated and health and health["epoch"] == trainer.current_epoch and health["collapsed"]:
+            parts.append(f"COLLAPSED: {'; '.join(health['collapsed'])}")
         return " | ".join(parts)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        health = getattr(pl_module, "health", None)
+        if trainer.is_global_zero and health and health["collapsed"]:
+            tqdm.write(f"casm: WARNING: at its last validation (epoch {health['epoch']}) this run's masks have "
+                       f"collapsed: {'; '.join(health['collapsed'])}. Its LE and accuracies are not a result; "
+                       f"see RUN/health.json, and docs on collapse for what to change")
 
 
 class StepProgressBar(TQDMProgressBar):

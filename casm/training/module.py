@@ -20,6 +20,7 @@ gradients never land in the classifier's ``.grad``.
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from pathlib import Path
@@ -36,11 +37,12 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.utils import make_grid
 
-from casm.checkpoints import POOL_FOLDER, read_checkpoint
+from casm.checkpoints import POOL_FOLDER, read_checkpoint, write_atomically
 from casm.config import with_defaults
 from casm.data.datamodule import denormalize, random_augmentation
 from casm.errors import NonFiniteLossError, TrainingDivergedError, UserError, shorten
 from casm.fills import keep_masked, remove_masked
+from casm.metrics.collapse import HEALTH_FILE, MaskHealth, MaskSpread
 from casm.metrics.localization import LocalizationError, reference_boxes
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
 from casm.models.modes import evaluation_mode, frozen_batchnorm_statistics
@@ -109,6 +111,9 @@ class CASMModule(pl.LightningModule):
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_masked_out_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_mask_mean = MeanMetric()
+        self.val_mask_spread = MaskSpread()
+        self.health: dict | None = None  # the newest validation's collapse check (after the warm-up)
+        self.health_log: list[dict] = []
         self.val_localization = LocalizationError()
         self.val_full_box = LocalizationError()
         self.val_centre_box = LocalizationError()
@@ -374,6 +379,7 @@ class CASMModule(pl.LightningModule):
         self.val_accuracy.update(logits, y)
         self.val_masked_out_accuracy.update(logits_out, y)
         self.val_mask_mean.update(mask.mean(dim=(1, 2, 3)))
+        self.val_mask_spread.update(mask)
         has_box = valid.any(dim=1)
         if has_box.any():
             gt, valid, correct = gt[has_box], valid[has_box], (logits.argmax(1) == y)[has_box]
@@ -388,12 +394,17 @@ class CASMModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.in_warmup and not self.trainer.sanity_checking and self.val_accuracy.update_count:
             self._maybe_end_warmup(float(self.val_accuracy.compute()))
-        self.log_dict({
+        values = {
             "val/accuracy": self.val_accuracy.compute(),
             "val/masked_out_accuracy": self.val_masked_out_accuracy.compute(),
             "val/mask_mean": self.val_mask_mean.compute(),
-        }, prog_bar=True)
-        for metric in (self.val_accuracy, self.val_masked_out_accuracy, self.val_mask_mean):
+        }
+        self.log_dict(values, prog_bar=True)
+        spread = self.val_mask_spread.compute()
+        self.log("val/mask_spread", spread)
+        health = MaskHealth(float(values["val/mask_mean"]), float(spread), float(values["val/accuracy"]),
+                            float(values["val/masked_out_accuracy"]))
+        for metric in (self.val_accuracy, self.val_masked_out_accuracy, self.val_mask_mean, self.val_mask_spread):
             metric.reset()
         if self.skipped_val_images:
             self.log("val/skipped_images", float(self.skipped_val_images), reduce_fx="sum", sync_dist=True)
@@ -410,7 +421,23 @@ class CASMModule(pl.LightningModule):
             if metric.total > 0:
                 self.log(f"val/le{name}", result["le"], prog_bar=not name)
                 self.log(f"val/om{name}", result["om"])
+                if name != "_full_box":
+                    setattr(health, f"le{name}", float(result["le"]))
             metric.reset()
+        if not self.in_warmup and not self.trainer.sanity_checking:  # a warm-up's masker has not trained yet
+            self._record_health(health)
+
+    def _record_health(self, health: MaskHealth) -> None:
+        """Whether the masks have collapsed (casm/metrics/collapse.py): logged, kept for the epoch line, and
+        written to RUN/health.json after every validation, so a finished or killed run says it."""
+        reasons = health.collapse_reasons()
+        self.log("val/collapsed", float(bool(reasons)))
+        self.health = {"epoch": self.current_epoch, **health.as_dict()}
+        self.health_log = [h for h in self.health_log if h["epoch"] < self.current_epoch] + [self.health]
+        folder = getattr(self.logger, "log_dir", None)
+        if folder and self.trainer.is_global_zero:
+            report = json.dumps({"collapsed": reasons, "final": self.health, "epochs": self.health_log}, indent=1)
+            write_atomically(Path(folder) / HEALTH_FILE, lambda f: f.write(report.encode()), what="health report")
 
     def _maybe_end_warmup(self, accuracy: float) -> None:
         """An accuracy warm-up ends after the first epoch whose validation top-1 (reduced over ranks, so
@@ -450,6 +477,7 @@ class CASMModule(pl.LightningModule):
             "warmup_end_epoch": self.warmup_end_epoch,
             "nonfinite_total": self.nonfinite_total,
             "skipped_images": self.skipped_images,
+            "health_log": self.health_log,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -469,6 +497,8 @@ class CASMModule(pl.LightningModule):
         self.warmup_end_epoch = int(state.get("warmup_end_epoch", self.warmup_end_epoch))
         self.nonfinite_total = int(state["nonfinite_total"])
         self.skipped_images = int(state["skipped_images"])
+        self.health_log = list(state.get("health_log", []))
+        self.health = self.health_log[-1] if self.health_log else None
 
 
 def batches_done_mid_epoch(checkpoint: dict) -> int:
