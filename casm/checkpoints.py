@@ -157,7 +157,7 @@ def read_snapshot(folder: Path, name: str, sha256: str, checkpoint: str | Path =
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != sha256:
         raise UserError(f"{path}: pool snapshot is damaged (its SHA-256 differs from the one {checkpoint} "
-                         f"recorded): {fix}")
+                        f"recorded): {fix}")
     return load(data)
 
 

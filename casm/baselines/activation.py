@@ -27,7 +27,7 @@ class CAM(CAMMethod):
         fc = _final_linear(self.model)
         if fc.in_features != activation.shape[1]:
             raise UserError(f"CAM: layer {self.target_layer!r} has {activation.shape[1]} channels but the head "
-                             f"takes {fc.in_features}; use the layer that feeds the global pooling")
+                            f"takes {fc.in_features}; use the layer that feeds the global pooling")
         return fc.weight[targets].detach()
 
 

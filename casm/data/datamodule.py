@@ -204,7 +204,7 @@ class LocalizationDataModule(pl.LightningDataModule):
         self.val_set = split_fn(c.root, "val", boxes_file=c.boxes_file, transform=eval_transform(c), **disk)
         if train and self.val_set.classes != self.train_set.classes:
             raise UserError(f"{c.root}: train and val have different classes "
-                             f"({len(self.train_set.classes)} vs {len(self.val_set.classes)})")
+                            f"({len(self.train_set.classes)} vs {len(self.val_set.classes)})")
 
     def setup(self, stage: str | None = None) -> None:
         self._build()
@@ -238,7 +238,7 @@ class LocalizationDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if len(self.train_set) < self.cfg.batch_size:  # drop_last would leave no batch: nothing would train
             raise UserError(f"the training split has {len(self.train_set)} images, fewer than data.batch_size="
-                             f"{self.cfg.batch_size}: lower data.batch_size or keep more classes / images")
+                            f"{self.cfg.batch_size}: lower data.batch_size or keep more classes / images")
         sampler = EpochShuffleSampler(len(self.train_set), self.seed, self.rank, self.world_size)
         module = self.trainer.lightning_module if self.trainer is not None else None
         if module is not None:

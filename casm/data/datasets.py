@@ -173,7 +173,7 @@ def _class_records(split_dir: Path, classes: list[str], boxes: dict | None = Non
         images = _images_in(split_dir / c)
         if not images:
             raise UserError(f"{split_dir / c} holds no images ({', '.join(IMAGE_EXTENSIONS)}); add images or "
-                             f"remove the folder (or leave the class out with data.exclude_classes)")
+                            f"remove the folder (or leave the class out with data.exclude_classes)")
         records += [(p, label, (boxes or {}).get(p.relative_to(split_dir).as_posix(), [])) for p in images]
     return records
 
@@ -194,7 +194,7 @@ def read_box_csv(path: Path) -> dict[str, list[list[float]]]:
             x0, y0, x1, y1 = coords
             if not all(math.isfinite(v) for v in coords) or x0 < 0 or y0 < 0 or x1 <= x0 or y1 <= y0:
                 raise UserError(f"{path}:{line_no}: box {coords} of {name} is not a box: coordinates must be finite "
-                                 f"pixels with 0 <= x0 < x1 and 0 <= y0 < y1 (x1, y1 exclusive)")
+                                f"pixels with 0 <= x0 < x1 and 0 <= y0 < y1 (x1, y1 exclusive)")
             boxes[name].append(coords)
     return dict(boxes)
 
@@ -232,7 +232,7 @@ def folder_split(root: Path, split: str, include=None, exclude=None, boxes_file:
     unknown = [n for n in boxes if n not in named and n.split("/", 1)[0] not in left_out]
     if unknown:
         raise UserError(f"{boxes_file}: {len(unknown)} row(s) name images that are not in {split_dir} "
-                         f"(e.g. {unknown[:3]}); paths are relative to {split_dir}")
+                        f"(e.g. {unknown[:3]}); paths are relative to {split_dir}")
     return BoxedImageDataset(keep_per_class(records, samples_per_class, seed), classes, transform, skip_corrupt)
 
 

@@ -69,7 +69,7 @@ class ClassSplit:
         unknown = [p for p in parts if p not in self.subsets]
         if unknown:
             raise UserError(f"{self.path or 'split'}: no subset {unknown[0]!r} in {spec!r}; "
-                             f"subsets are {', '.join(self.names)}")
+                            f"subsets are {', '.join(self.names)}")
 
     def classes_of(self, subsets: Sequence[str], all_classes: Sequence[str]) -> list[str]:
         """The classes of ``subsets``, in the dataset's order."""
@@ -88,8 +88,8 @@ class ClassSplit:
                   f"{len(ours - theirs)} of the data's are not in it (e.g. {sorted(ours - theirs)[:3]})"
                   if ours != theirs else "the same class names in another order")
         raise UserError(f"{where} was made for a {self.dataset['name']} dataset with {self.dataset['num_classes']} "
-                         f"classes, the data ({data_name}) has {len(all_classes)}: {detail}; write a split for "
-                         f"this data with python -m casm split")
+                        f"classes, the data ({data_name}) has {len(all_classes)}: {detail}; write a split for "
+                        f"this data with python -m casm split")
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "seed": self.seed, "proportions": self.proportions,
@@ -123,7 +123,7 @@ class ClassSplit:
             for c in classes:
                 if c in seen:
                     raise UserError(f"{path}: class {c!r} is in subsets {seen[c]} and {name}; "
-                                     f"subsets must be disjoint")
+                                    f"subsets must be disjoint")
                 seen[c] = name
         return cls(subsets, raw["proportions"], raw["seed"], raw["dataset"], path)
 
@@ -146,7 +146,7 @@ def make_split(all_classes: Sequence[str], data_name: str, proportions: Sequence
     if (counts == 0).any():
         empty = [n for n, c in zip(names, counts) if c == 0]
         raise UserError(f"{len(all_classes)} classes are too few for proportions {proportions}: subset(s) "
-                         f"{', '.join(empty)} would be empty")
+                        f"{', '.join(empty)} would be empty")
     order = np.random.default_rng(seed).permutation(len(all_classes))
     position = {c: i for i, c in enumerate(all_classes)}
     subsets, start = {}, 0

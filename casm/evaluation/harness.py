@@ -67,8 +67,8 @@ class KnownClasses:
         if model_classes is None:  # a checkpoint from before casm saved class names
             if model.num_classes != len(data_classes):
                 raise UserError(f"{who} has {model.num_classes} outputs and no class names, the data "
-                                 f"{len(data_classes)} classes; evaluate it on the classes it was trained on "
-                                 f"(a judge from outside casm: name its outputs with judges[i].classes)")
+                                f"{len(data_classes)} classes; evaluate it on the classes it was trained on "
+                                f"(a judge from outside casm: name its outputs with judges[i].classes)")
             model_classes = list(data_classes)
         index = {c: i for i, c in enumerate(model_classes)}
         return cls(model, torch.tensor([index.get(c, -1) for c in data_classes]))
@@ -98,7 +98,7 @@ def load_lficam(checkpoint: str | Path) -> tuple[nn.Module, list[str] | None]:
     hp = ckpt.get("hyper_parameters", {})
     if hp.get("config", {}).get("mode") != "lficam":
         raise UserError(f"lficam_checkpoint={checkpoint}: not a mode=lficam checkpoint; train one with "
-                         f"python train.py --config configs/lficam.yaml")
+                        f"python train.py --config configs/lficam.yaml")
     config = dict(hp["config"], model=dict(hp["config"]["model"], pretrained=None))
     module = LFICAMModule(config, hp["num_classes"])
     module.load_state_dict(ckpt["state_dict"])
@@ -116,7 +116,7 @@ def load_foreign_judge(spec: DictConfig, index: int, image_size: int, taken: set
     classes = read_class_names(spec.classes) if spec.classes else None
     if classes is not None and len(classes) != outputs:
         raise UserError(f"judges[{index}]: {spec.classes} names {len(classes)} classes, {spec.builder} has "
-                         f"{outputs} outputs")
+                        f"{outputs} outputs")
     return unique_name(spec.name or spec.builder.replace(":", ".").rsplit(".", 1)[-1], taken), \
         Logits(model, outputs), classes
 
@@ -235,7 +235,7 @@ class Evaluator:
         unknown = [m for m in cfg.methods if m != "casm" and m not in BASELINES]
         if unknown:
             raise UserError(f"methods: unknown {unknown}; choose from casm, {', '.join(BASELINES)} "
-                             f"(and lficam_checkpoint=PATH for LFI-CAM)")
+                            f"(and lficam_checkpoint=PATH for LFI-CAM)")
         self.lficam = match(*load_lficam(cfg.lficam_checkpoint), cfg.lficam_checkpoint) if cfg.lficam_checkpoint \
             else None
         self.judge_accuracy = {name: MeanMetric() for name in self.judges}  # clean top-1, method-independent

@@ -27,7 +27,7 @@ def import_builder(spec: str) -> Callable[..., nn.Module]:
     module_name, _, attribute = spec.rpartition(":") if ":" in spec else spec.rpartition(".")
     if not module_name or not attribute:
         raise UserError(f"judges: builder {spec!r} must be 'package.module.function' (e.g. torchvision.models."
-                         f"resnet50) or 'package.module:function'")
+                        f"resnet50) or 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -62,7 +62,7 @@ def build_judge(builder: str, weights: str, kwargs: dict | None, image_size: int
     except RuntimeError as err:
         first = str(err).strip().splitlines()
         raise UserError(f"judges: {weights} does not fit {builder}({kwargs or ''}): "
-                         f"{' '.join(first[:3])[:300]}") from err
+                        f"{' '.join(first[:3])[:300]}") from err
     model.eval()
     with torch.no_grad():
         output = logits_of(model(torch.zeros(1, 3, image_size, image_size)))

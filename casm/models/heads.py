@@ -135,7 +135,7 @@ def check_feature_layer(head: str, layer: str | None) -> None:
     if getattr(HEADS[head], "default_feature_layer", None) is None:
         readers = [name for name, h in HEADS.items() if getattr(h, "default_feature_layer", None)]
         raise UserError(f"masker.feature_layer={layer!r} applies to the heads that read one layer "
-                         f"({', '.join(readers)}), not the decoders: the {head} decoder reads every layer")
+                        f"({', '.join(readers)}), not the decoders: the {head} decoder reads every layer")
 
 
 def build_head(name: str, channels: dict[str, int], hidden: int = 64, feature_layer: str | None = None) -> MaskHead:

@@ -515,7 +515,7 @@ def load_trained(checkpoint: str | Path) -> tuple[CASMModule, dict]:
     hp = ckpt.get("hyper_parameters", {})
     if "config" not in hp or not any(k.startswith("masker.") for k in ckpt.get("state_dict", {})):
         raise UserError(f"{checkpoint}: not a casm training checkpoint with a masker; give the checkpoint a "
-                         f"casm training run wrote (RUN/checkpoints/last.ckpt)")
+                        f"casm training run wrote (RUN/checkpoints/last.ckpt)")
     config = dict(hp["config"])
     config["model"] = dict(config["model"], pretrained=None)
     config["masker"] = dict(config["masker"], encoder_pretrained=None)
@@ -525,5 +525,5 @@ def load_trained(checkpoint: str | Path) -> tuple[CASMModule, dict]:
     except RuntimeError as err:  # e.g. a head whose layout changed between casm versions
         head = config["masker"]["head"]
         raise UserError(f"{checkpoint}: its weights do not fit a {config['model']['arch']} with the {head} head of "
-                         f"this casm version ({shorten(err)})") from err
+                        f"this casm version ({shorten(err)})") from err
     return module.eval(), config
