@@ -68,7 +68,7 @@ def test_a_run_whose_masker_collapsed_says_so_and_records_it(tiny_cfg, monkeypat
     assert any("the same mask for every image" in r for r in health["collapsed"])
     out = capsys.readouterr()
     console = out.out + out.err
-    assert "COLLAPSED: all-on masks" in console and "WARNING: at its last validation (epoch 2)" in console
+    assert "collapse check failed: all-on masks" in console and "WARNING: at its last validation (epoch 2)" in console
     # and an evaluation of its checkpoint says so in its report
     from casm.cli import main
 

@@ -50,7 +50,7 @@ class EpochSummary(pl.Callback):
             parts.append(f"{self.timer.last_epoch_seconds:.1f} s")
         health = getattr(pl_module, "health", None)
         if validated and health and health["epoch"] == trainer.current_epoch and health["collapsed"]:
-            parts.append(f"COLLAPSED: {'; '.join(health['collapsed'])}")
+            parts.append(f"collapse check failed: {'; '.join(health['collapsed'])}")
         return " | ".join(parts)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
