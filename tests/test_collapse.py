@@ -19,10 +19,10 @@ HEALTHY = dict(mask_mean=0.222, mask_spread=0.31, accuracy=0.976, masked_out_acc
 
 
 def test_the_spread_of_identical_masks_is_zero_and_of_opposite_masks_one_half():
-    spread = MaskSpread()
+    spread = MaskSpread(64)
     spread.update(torch.rand(1, 1, 8, 8).expand(6, 1, 8, 8))
     assert float(spread.compute()) == pytest.approx(0, abs=1e-6)
-    spread.reset()
+    spread = MaskSpread(16)
     spread.update(torch.zeros(3, 1, 4, 4))
     spread.update(torch.ones(3, 1, 4, 4))  # per pixel: half 0, half 1 -> variance 1/4
     assert float(spread.compute()) == pytest.approx(0.5)
@@ -30,7 +30,7 @@ def test_the_spread_of_identical_masks_is_zero_and_of_opposite_masks_one_half():
 
 def test_the_spread_over_batches_equals_the_spread_of_all_images():
     masks = torch.rand(10, 1, 5, 7)
-    whole, parts = MaskSpread(), MaskSpread()
+    whole, parts = MaskSpread(35), MaskSpread(35)
     whole.update(masks)
     for chunk in masks.split(3):
         parts.update(chunk)

@@ -28,21 +28,19 @@ NO_EVIDENCE = 0.02  # masked-out top-1 this close to the clean top-1: the masks 
 class MaskSpread(Metric):
     """How much the masks differ between images: the root mean over pixels of each pixel's variance across
     all images (0 when every image gets the same mask, about 0.5 for independent binary masks of 0.5).
-    Needs masks of one size, as validation batches are."""
+    For masks of ``pixels`` pixels each, as validation batches are (fixed-size states sync across ranks,
+    also from a rank that saw no image)."""
 
     full_state_update = False
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, pixels: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("sum_sq", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("sum", torch.zeros(pixels, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("sum_sq", torch.zeros(pixels, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, masks: Tensor) -> None:
         m = masks.detach().flatten(1).double()  # (B, pixels)
-        if self.sum.dim() == 0:  # the pixel count is known at the first batch
-            self.sum = torch.zeros(m.shape[1], dtype=torch.float64, device=m.device)
-            self.sum_sq = torch.zeros_like(self.sum)
         self.sum += m.sum(dim=0)
         self.sum_sq += m.pow(2).sum(dim=0)
         self.total += len(m)

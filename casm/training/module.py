@@ -111,7 +111,7 @@ class CASMModule(pl.LightningModule):
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_masked_out_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_mask_mean = MeanMetric()
-        self.val_mask_spread = MaskSpread()
+        self.val_mask_spread = MaskSpread(self.cfg.data.image_size ** 2)  # validation masks are square
         self.health: dict | None = None  # the newest validation's collapse check (after the warm-up)
         self.health_log: list[dict] = []
         self.val_localization = LocalizationError()
