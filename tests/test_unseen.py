@@ -4,6 +4,7 @@ saw, and the protocol runner (resume without retraining)."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -250,7 +251,9 @@ def test_experiment_killed_after_its_first_run_resumes_without_retraining(tmp_pa
         assert "om" not in run["subsets"]["A"] and "om" in run["subsets"]["F"]
         assert run["le"]["seen"] is not None and run["le"]["unseen"] is not None
     table = (report / "unseen.md").read_text()
-    assert "| C-F | 80 % |" in table and "centred box" in table and (report / "unseen.png").stat().st_size > 0
+    # (a tiny run's masks fail the collapse check, which the row then says)
+    assert re.search(r"\| C-F( \*\*\(collapsed\)\*\*)? \| 80 % \|", table) and "centred box" in table
+    assert (report / "unseen.png").stat().st_size > 0
 
     changed = load_config(CONFIG_DIR / "unseen.yaml", TINY + EXPERIMENT + [f"logging.out_dir={tmp_path}",
                                                                            "trainer.max_epochs=3"])
