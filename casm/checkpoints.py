@@ -123,7 +123,7 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None], what: 
         os.replace(partial, path)
     except BaseException as err:
         partial.unlink(missing_ok=True)
-        cause = err if isinstance(err, OSError) else getattr(watched, "error", None)
+        cause = err if isinstance(err, OSError) else watched.error if watched else None
         if cause is not None:
             raise CheckpointWriteError(cause.errno, f"could not write {what} {path} ({cause.strerror or cause}); "
                                        f"nothing was written under that name: free space in {path.parent} or set "

@@ -22,10 +22,10 @@ import pytest
 from packaging.requirements import Requirement
 from PIL import Image
 
+from tests.conftest import TINY as SUITE_TINY
+
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["model.width=4", "masker.hidden=8", "data.image_size=32", "data.num_train=64", "data.num_val=32",
-        "data.batch_size=16", "trainer.max_epochs=1", "casm.warmup_epochs=0", "trainer.accelerator=cpu",
-        "logging.progress_bar=false"]
+TINY = SUITE_TINY + ["trainer.max_epochs=1"]  # one epoch: each subcommand only has to run
 
 
 def requirement_closure(requirements: list[str]) -> list[metadata.Distribution]:

@@ -430,9 +430,9 @@ class CASMModule(pl.LightningModule):
     def _record_health(self, health: MaskHealth) -> None:
         """Whether the masks have collapsed (casm/metrics/collapse.py): logged, kept for the epoch line, and
         written to RUN/health.json after every validation, so a finished or killed run says it."""
-        reasons = health.collapse_reasons()
-        self.log("val/collapsed", float(bool(reasons)))
         self.health = {"epoch": self.current_epoch, **health.as_dict()}
+        reasons = self.health["collapsed"]
+        self.log("val/collapsed", float(bool(reasons)))
         self.health_log = [h for h in self.health_log if h["epoch"] < self.current_epoch] + [self.health]
         folder = getattr(self.logger, "log_dir", None)
         if folder and self.trainer.is_global_zero:
