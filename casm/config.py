@@ -45,6 +45,10 @@ class DataConfig:
     split_file: Optional[str] = None  # a class split (python -m casm split) ...
     split_subsets: Optional[list[str]] = None  # ... and the subsets of it to keep, e.g. [C, D, E, F]
     samples_per_class: Optional[int] = None  # training split only: at most N images per class (data scarcity)
+    # the training budget's unit: images per epoch whatever the training split's size (a smaller split is cycled,
+    # each image once per shuffled pass), so warm-up, lr decay and validation, all counted in epochs, mean the
+    # same number of optimizer steps for 20 % of the classes as for 95 % (null: one pass over the split)
+    epoch_images: Optional[int] = None
     batch_size: int = 64  # the GLOBAL batch: images per step over all devices and nodes (each loads its share)
     num_workers: int = 2
     pin_memory: bool = True
@@ -333,7 +337,8 @@ class EvalConfig:
 # key -> (lowest allowed value, whether it must be strictly above it); None values mean "the default"
 _RANGES = {
     "data.image_size": (32, False), "data.batch_size": (0, True), "data.num_train": (0, True),
-    "data.num_val": (0, True), "data.num_workers": (0, False), "model.width": (0, True),
+    "data.num_val": (0, True), "data.num_workers": (0, False), "data.epoch_images": (0, True),
+    "model.width": (0, True),
     "masker.hidden": (0, True), "casm.pool_size": (0, True), "casm.snapshot_every": (0, True),
     "casm.lambda_r": (0, False), "casm.lambda_lr": (0, False), "casm.warmup_epochs": (0, False),
     "casm.masker_grad_clip": (0, True), "casm.masker_warmup_steps": (0, False),
@@ -435,6 +440,9 @@ def validate_data(data: DictConfig) -> None:
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ConfigError(f"data.{key}={names} names {', '.join(twice)} more than once: list each class once")
+    if data.epoch_images is not None and data.epoch_images < data.batch_size:
+        raise ConfigError(f"data.epoch_images={data.epoch_images} is less than one batch (data.batch_size="
+                          f"{data.batch_size}): an epoch would train nothing")
     if data.samples_per_class is not None and data.samples_per_class < 1:
         raise ConfigError(f"data.samples_per_class={data.samples_per_class} must be at least 1 (or null: all)")
 

@@ -123,8 +123,10 @@ class EpochShuffleSampler(Sampler[int]):
     ``DistributedSamplerWrapper`` would re-permute it with its own seed, and before Lightning 2.6.1
     (Lightning-AI/pytorch-lightning#21456) did not forward ``set_epoch`` to the sampler it wraps."""
 
-    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1,
+                 epoch_length: int | None = None) -> None:
         self.length, self.seed, self.epoch = length, seed, 0
+        self.epoch_length = epoch_length or length  # positions per epoch: more than length cycles the split
         self.rank, self.world_size = rank, world_size
         self.resume_at: tuple[int, int] | None = None  # (epoch, positions already consumed) after a mid-epoch resume
 
@@ -132,11 +134,13 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.length // self.world_size  # every rank the same count (the tail is dropped, as drop_last)
+        return self.epoch_length // self.world_size  # every rank the same count (the tail is dropped, as drop_last)
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.length, generator=g)[: len(self) * self.world_size].tolist()
+        passes = -(-self.epoch_length // self.length)  # whole shuffled passes, each image once per pass
+        order = torch.cat([torch.randperm(self.length, generator=g) for _ in range(passes)])
+        order = order[: len(self) * self.world_size].tolist()
         if self.resume_at is not None and self.resume_at[0] == self.epoch:
             order = order[self.resume_at[1]:]  # the resumed epoch goes on where the checkpoint left it
             self.resume_at = None
@@ -236,10 +240,12 @@ class LocalizationDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        if len(self.train_set) < self.cfg.batch_size:  # drop_last would leave no batch: nothing would train
+        if len(self.train_set) < self.cfg.batch_size and not self.cfg.epoch_images:  # drop_last: no batch at all
             raise UserError(f"the training split has {len(self.train_set)} images, fewer than data.batch_size="
-                            f"{self.cfg.batch_size}: lower data.batch_size or keep more classes / images")
-        sampler = EpochShuffleSampler(len(self.train_set), self.seed, self.rank, self.world_size)
+                            f"{self.cfg.batch_size}: lower data.batch_size, keep more classes / images, or set "
+                            f"data.epoch_images")
+        sampler = EpochShuffleSampler(len(self.train_set), self.seed, self.rank, self.world_size,
+                                      epoch_length=self.cfg.epoch_images)
         module = self.trainer.lightning_module if self.trainer is not None else None
         if module is not None:
             # Lightning makes a resumed run's first iterator before any epoch hook runs (and worker processes
