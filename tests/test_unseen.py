@@ -353,26 +353,27 @@ def test_report_pools_subsets_by_images_with_binomial_errors(tmp_path):
 
 def test_a_run_config_from_an_older_casm_is_the_same_config(tmp_path):
     """A key a later casm adds (at its default) does not make a started run 'another config'."""
+    from casm.experiments.runs import write_config
     from casm.experiments.unseen import UnseenExperiment
 
     cfg = load_config(CONFIG_DIR / "unseen.yaml", TINY + EXPERIMENT + [f"logging.out_dir={tmp_path}"])
     experiment = UnseenExperiment(cfg)
     run = experiment.plan(experiment.split())[0]
-    experiment._write_config(run)
+    write_config(run)
     older = run.config_file.read_text().replace("  flip: null\n", "")
     assert older != run.config_file.read_text()
     run.config_file.write_text(older)
-    experiment._write_config(run)  # accepted
+    write_config(run)  # accepted
     run.config_file.write_text(older.replace("max_epochs: 2", "max_epochs: 5"))
     with pytest.raises(ConfigError, match="started with another config"):
-        experiment._write_config(run)
+        write_config(run)
 
 
 def test_an_evaluation_from_an_older_casm_is_not_redone(tmp_path):
     """An earlier evaluation's settings are compared through the schema: a missing key at its default
     is the same evaluation, another value is not."""
     from casm.config import EvalConfig
-    from casm.experiments.unseen import _same_settings
+    from casm.experiments.runs import same_settings as _same_settings
 
     wanted = load_config(None, ["methods=[casm]", "max_images=16"], schema_class=EvalConfig)
     saved = OmegaConf.to_container(wanted, resolve=True)

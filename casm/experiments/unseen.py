@@ -19,68 +19,25 @@ Layout under ``OUT/NAME`` (``logging.out_dir`` / ``logging.name``)::
 
 from __future__ import annotations
 
-import functools
-import json
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from casm.checkpoints import run_checkpoints
-from casm.config import CLASS_SELECTION_KEYS, RESUME_LAST, ConfigError, EvalConfig, UnseenConfig, load_config, to_yaml
+from casm.config import CLASS_SELECTION_KEYS, ConfigError, EvalConfig, UnseenConfig, load_config
 from casm.data.datasets import dataset_classes
 from casm.data.splits import ClassSplit, make_split
-
-Launcher = Callable[[list[str]], int]  # argv after "python -m casm" -> exit code
-say = functools.partial(print, flush=True)  # lines must come before the training processes' own output
-
-
-def launch_subprocess(argv: list[str]) -> int:
-    """Run ``python -m casm ARGV`` as its own process (what a user would type)."""
-    return subprocess.run([sys.executable, "-m", "casm", *argv]).returncode
-
-
-@dataclass
-class PlannedRun:
-    label: str  # the training set as the report names it: "C-F", "B-F, 10 / class", "judge"
-    folder: str  # its folder under models/
-    subsets: list[str] | None  # the subsets it trains on; None: every class (the judge)
-    config: DictConfig  # its resolved training config
-    run_dir: Path
-    config_file: Path
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.ckpt"
-
-    @property
-    def finished(self) -> bool:
-        return (self.run_dir / "finished.json").is_file()
-
-    @property
-    def status(self) -> str:
-        if self.finished:
-            return "finished"
-        return "resume" if run_checkpoints(self.run_dir) else "new"
-
-    def train_argv(self) -> list[str]:
-        """A killed run continues from its newest checkpoint (``interrupted.ckpt`` too, if it came last)."""
-        argv = ["train", "--config", str(self.config_file)]
-        return argv + ([f"resume={RESUME_LAST}"] if self.status == "resume" else [])
-
-
-def _same_settings(saved: dict | None, wanted: DictConfig) -> bool:
-    """Whether an earlier evaluation used ``wanted``'s settings, compared through the schema (as run
-    configs are): a key a later casm adds, at its default, is no change."""
-    try:
-        saved_cfg = load_config(None, [], schema_class=EvalConfig, base=saved or {})
-    except ConfigError:
-        return False
-    return OmegaConf.to_container(saved_cfg, resolve=True) == OmegaConf.to_container(wanted, resolve=True)
+from casm.experiments.runs import (
+    Launcher,
+    LocalLauncher,
+    PlannedRun,
+    evaluation_done,
+    launch_subprocess,
+    place,
+    say,
+    train_runs,
+    write_config,
+)
 
 
 class UnseenExperiment:
@@ -133,7 +90,7 @@ class UnseenExperiment:
             if run.subsets is not None and len(split.classes_of(run.subsets, self.all_classes)) < 2:
                 raise ConfigError(f"training set {run.label} holds one class of {split.path}: a classifier needs "
                                   f"two; give unseen.proportions that leave it more")
-        folders = [r.folder for r in runs]
+        folders = [r.config.logging.name for r in runs]
         if len(set(folders)) != len(folders):
             raise ConfigError(f"unseen.training_sets names a run twice: {folders}")
         return runs
@@ -145,25 +102,9 @@ class UnseenExperiment:
         if subsets is not None:
             cfg.data.split_file, cfg.data.split_subsets = str(self.split_path), list(subsets)
         # models/<folder>/run: the run's logging.name is its folder, which names it as a judge too
-        cfg.logging.out_dir, cfg.logging.name, cfg.logging.version = str(self.root / "models"), folder, "run"
-        OmegaConf.set_struct(cfg, True)
-        return PlannedRun(label, folder, subsets, cfg, self.root / "models" / folder / "run",
-                          self.root / "configs" / f"{folder}.yaml")
-
-    def _write_config(self, run: PlannedRun) -> None:
-        """Write the run's config, refusing to continue a run that was started with another one. Both are
-        compared through the schema, so a key added by a later casm version (at its default) is no change."""
-        text = to_yaml(run.config)
-        if run.config_file.is_file():
-            try:
-                started_with = to_yaml(load_config(run.config_file))
-            except ConfigError:
-                started_with = None
-            if started_with != text:
-                raise ConfigError(f"{run.run_dir} was started with another config ({run.config_file}); give the "
-                                  f"experiment a new logging.name, or delete that run's folder and config to redo it")
-        run.config_file.parent.mkdir(parents=True, exist_ok=True)
-        run.config_file.write_text(text)
+        cfg = place(cfg, self.root / "models", folder, "run")
+        return PlannedRun(label, cfg, self.root / "models" / folder / "run", self.root / "configs" / f"{folder}.yaml",
+                          subsets=subsets)
 
     def describe(self, split: ClassSplit, runs: list[PlannedRun]) -> str:
         """What ``--dry-run`` prints: the split, then each run with its status and command."""
@@ -186,9 +127,8 @@ class UnseenExperiment:
         runs = self.plan(split)
         log(self.describe(split, runs))
         for run in runs:
-            self._write_config(run)
-        for run in runs:
-            self._train(run, log)
+            write_config(run, "the experiment (logging.name)")
+        train_runs(runs, LocalLauncher(self.launch), log)
         judge = next((r for r in runs if r.subsets is None), None)
         for run in runs:
             if run.subsets is not None:
@@ -196,23 +136,9 @@ class UnseenExperiment:
         from casm.experiments.unseen_report import write_unseen_report
 
         out = write_unseen_report(self.root / "report", split, [r for r in runs if r.subsets is not None],
-                                  self.cfg.data, judge.folder if judge else None)
+                                  self.cfg.data, judge.config.logging.name if judge else None)
         log(f"report written to {out}")
         return out
-
-    def _train(self, run: PlannedRun, log: Callable[[str], None]) -> None:
-        if run.finished:
-            log(f"[{run.label}] finished earlier: skipped")
-            return
-        argv = run.train_argv()
-        log(f"[{run.label}] {'resuming' if run.status == 'resume' else 'training'}: python -m casm {' '.join(argv)}")
-        start = time.time()
-        code = self.launch(argv)
-        if code != 0:
-            raise RuntimeError(f"training {run.label} failed (exit code {code}); finished runs are kept: fix the "
-                               f"cause and run the same command again to resume")
-        (run.run_dir / "finished.json").write_text(json.dumps({"seconds": round(time.time() - start, 1),
-                                                              "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}))
 
     def eval_config(self, run: PlannedRun, subset: str, judge: PlannedRun | None) -> DictConfig:
         data = OmegaConf.to_container(run.config.data, resolve=True)
@@ -235,8 +161,7 @@ class UnseenExperiment:
         trained = None
         for subset in split.names:
             cfg = self.eval_config(run, subset, judge)
-            report = Path(cfg.out_dir) / "metrics.json"
-            if report.is_file() and _same_settings(json.loads(report.read_text()).get("eval_config"), cfg):
+            if evaluation_done(Path(cfg.out_dir), cfg):
                 continue
             trained = trained or load_trained(run.checkpoint)
             log(f"[{run.label}] evaluating on subset {subset} ({'seen' if subset in run.subsets else 'unseen'})")
