@@ -206,16 +206,23 @@ def split_main(argv: list[str] | None = None) -> int:
 @reports_user_errors
 def experiment_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="casm experiment", description="Run a whole experiment protocol: 'unseen' = the CASM paper's unseen-class "
-        "study (split, one training run per training set, every model evaluated on every subset, a report).",
-        epilog="Protocol settings are the unseen.* keys of the config (see configs/unseen.yaml). Killed and started "
-               "again with the same command, it skips finished runs and resumes the unfinished one.")
-    parser.add_argument("protocol", choices=["unseen"])
-    parser.add_argument("--config", help="training YAML with an unseen section (default: configs/unseen.yaml)")
-    parser.add_argument("--dry-run", action="store_true", help="print the split and the runs it would make, and stop")
+        prog="casm experiment", description="Run a whole experiment: 'study' = variants of a training config, each "
+        "over the same seeds, evaluated alike, one report of means, intervals and paired differences "
+        "(docs/studies.md); "
+        "'unseen' = the CASM paper's unseen-class protocol (split, one training run per training set and seed, every "
+        "model evaluated on every subset, a report).",
+        epilog="Killed and started again with the same command, it skips finished runs and resumes the unfinished "
+               "ones. study: the overrides change the study file (e.g. seeds=[0,1]); unseen: the training config.")
+    parser.add_argument("protocol", choices=["study", "unseen"])
+    parser.add_argument("--config", help="study: the study YAML (required); unseen: training YAML with an unseen "
+                                         "section (default: configs/unseen.yaml)")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs it would make and their commands, "
+                                                               "and stop")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the training config")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides (see above)")
     args = parser.parse_intermixed_args(argv)  # flags and key=value overrides in any order
+    if args.protocol == "study":
+        return _study(args)
     from casm.experiments.unseen import UnseenExperiment
 
     cfg = load_config(args.config or str(CONFIG_DIR / "unseen.yaml"), args.overrides)
@@ -225,6 +232,20 @@ def experiment_main(argv: list[str] | None = None) -> int:
         print(experiment.describe(split, experiment.plan(split)))
         return 0
     experiment.run(progress=not args.no_progress)
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    from casm.experiments.study import Study, load_study
+
+    if not args.config:
+        raise UserError("experiment study needs --config STUDY.yaml (examples: casm/configs/studies/)")
+    cfg, path = load_study(args.config, args.overrides)
+    study = Study(cfg, path)
+    if args.dry_run:
+        print(study.describe(study.plan()))
+        return 0
+    study.run(progress=not args.no_progress)
     return 0
 
 

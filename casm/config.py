@@ -158,6 +158,37 @@ class UnseenConfig:
 
 
 @dataclass
+class StudyEvaluation:
+    """How every run of a study is scored: the same images (the base config's validation split), the same
+    methods and the same judges."""
+
+    overrides: list[str] = field(default_factory=lambda: ["methods=[casm]"])  # evaluate.py key=value
+    judge: bool = True  # train one classifier (the base config, every epoch a warm-up) to judge masked-out images
+    judge_seed: int = 100  # its seed: independent of every run's
+    judge_overrides: list[str] = field(default_factory=list)  # e.g. [model.arch=resnet34]
+    classifiers: list[str] = field(default_factory=list)  # more judges: checkpoints of classifiers trained earlier
+
+
+@dataclass
+class StudyConfig:
+    """``python -m casm experiment study --config STUDY.yaml``: variants x seeds, one report (docs/studies.md)."""
+
+    name: str = MISSING  # the study's folder under out_dir
+    base: Optional[str] = None  # training YAML every run starts from, relative to the study file (null: the default)
+    overrides: list[str] = field(default_factory=list)  # key=value for every run (before the variant's own)
+    variants: dict[str, list[str]] = MISSING  # name -> its key=value overrides ([] : the base as it is)
+    reference: Optional[str] = None  # the variant the others are compared with, paired by seed (null: the first)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # every variant trains once per seed
+    metrics: list[str] = field(default_factory=lambda: ["le", "om", "f1", "sweep_box_accuracy", "mask_mean",
+                                                        "acc_masked_out@judge", "clean_top1"])
+    evaluation: StudyEvaluation = field(default_factory=StudyEvaluation)
+    out_dir: str = "runs/studies"
+    launcher: str = "local"  # local (one run after the other) | submitit (every run its own job: SLURM)
+    submitit: dict[str, Any] = field(default_factory=dict)  # AutoExecutor parameters, e.g. {slurm_partition: gpu,
+    #                                                   timeout_min: 600, gpus_per_node: 8, cluster: local}
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -1,0 +1,182 @@
+"""A study's report: per variant and metric the mean ± sd over seeds, its Student-t 95 % interval, every
+seed's value, and the paired difference to the reference variant on the same seeds; runs whose masks
+failed the collapse check are marked wherever their numbers appear. Markdown, JSON, a plot and
+TensorBoard scalars (``study/<metric>/<variant>`` at step = seed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from casm.experiments.runs import Log, PlannedRun
+from casm.experiments.statistics import LEVEL, Summary, paired_difference, summarize
+from casm.metrics.collapse import read_collapse
+
+# metric key -> (title, which way is better); keys not listed are shown by their key
+TITLES = {
+    "le": ("LE (localization error)", "lower"),
+    "om": ("OM (LE or misclassified)", "lower"),
+    "f1": ("F1 (continuous)", "higher"),
+    "sweep_box_accuracy": ("box accuracy at the best threshold", "higher"),
+    "mask_mean": ("mask mean (share of the image kept)", None),
+    "acc_masked_out@judge": ("the judge's top-1 % on masked-out images", "lower"),
+    "clean_top1": ("the run's own classifier, clean top-1 %", "higher"),
+}
+COLLAPSED_MARK = "†"
+
+
+def metric_value(payload: dict, key: str) -> float | None:
+    """``key`` of the masker in an evaluation's metrics.json (``clean_top1``: its own classifier's)."""
+    if key == "clean_top1":
+        return (payload.get("clean_top1") or {}).get("own")
+    return payload["results"]["casm"].get(key)
+
+
+def collect(cfg: DictConfig, runs: list[PlannedRun], reference: str) -> dict:
+    """Every run's values, each variant's summaries and paired differences, the centred-box reference."""
+    values: dict[str, dict[str, dict[int, float]]] = {}  # variant -> metric -> seed -> value
+    collapsed: dict[str, dict[int, list[str]]] = {}
+    centre_box: list[float] = []
+    for run in runs:
+        variant, seed = run.tags["variant"], run.tags["seed"]
+        payload = json.loads((run.run_dir / "eval" / "metrics.json").read_text())
+        for key in cfg.metrics:
+            value = metric_value(payload, key)
+            if value is not None:
+                values.setdefault(variant, {}).setdefault(key, {})[seed] = float(value)
+        reasons = read_collapse(run.run_dir)
+        if reasons:
+            collapsed.setdefault(variant, {})[seed] = reasons
+        if "le" in payload["results"].get("centre_box", {}):
+            centre_box.append(payload["results"]["centre_box"]["le"])
+    out: dict = {"reference": reference, "seeds": list(cfg.seeds), "level": LEVEL, "variants": {},
+                 "centre_box_le": centre_box[0] if centre_box else None}
+    for variant in cfg.variants:
+        metrics = values.get(variant, {})
+        entry: dict = {"collapsed": {str(s): r for s, r in collapsed.get(variant, {}).items()}, "metrics": {}}
+        for key, by_seed in metrics.items():
+            seeds = sorted(by_seed)
+            summary = summarize([by_seed[s] for s in seeds])
+            paired = None
+            if variant != reference and key in values.get(reference, {}):
+                paired = paired_difference(by_seed, values[reference][key])
+            entry["metrics"][key] = {"seeds": {str(s): by_seed[s] for s in seeds}, "summary": summary.as_dict(),
+                                     "paired_difference": paired.as_dict() if paired else None}
+        out["variants"][variant] = entry
+    return out
+
+
+def _summary(d: dict | None) -> Summary | None:
+    if d is None:
+        return None
+    return Summary(d["n"], d["mean"], d["sd"], d["low"], d["high"], tuple(d["values"]))
+
+
+def _interval(s: Summary | None, digits: int) -> str:
+    if s is None:
+        return "—"
+    return "(one seed)" if s.sd is None else f"{s.low:.{digits}f} … {s.high:.{digits}f}"
+
+
+def metric_table(data: dict, key: str) -> str:
+    """One metric: a row per variant with its mean ± sd, interval, every seed, and the paired difference."""
+    digits = 1 if key.startswith(("acc_", "clean_top1")) else 3
+    title, better = TITLES.get(key, (key, None))
+    seeds = data["seeds"]
+    lines = [f"### {title}" + (f" ({better} is better)" if better else ""), "",
+             f"| variant | mean ± sd | {data['level']:.0%} interval | " + " | ".join(f"seed {s}" for s in seeds)
+             + f" | − {data['reference']} (paired) | its {data['level']:.0%} interval |",
+             "|---" * (len(seeds) + 5) + "|"]
+    for variant, entry in data["variants"].items():
+        m = entry["metrics"].get(key)
+        if m is None:
+            continue
+        s, d = _summary(m["summary"]), _summary(m["paired_difference"])
+        cells = []
+        for seed in seeds:
+            v = m["seeds"].get(str(seed))
+            mark = COLLAPSED_MARK if str(seed) in entry["collapsed"] else ""
+            cells.append("—" if v is None else f"{v:.{digits}f}{mark}")
+        diff = "reference" if variant == data["reference"] else ("—" if d is None else
+                                                                 f"{d.mean:+.{digits}f} ± {d.sd or 0:.{digits}f}")
+        lines.append(f"| {variant} | {s.mean:.{digits}f} ± {(s.sd or 0):.{digits}f} | {_interval(s, digits)} | "
+                     + " | ".join(cells) + f" | {diff} | {_interval(d, digits) if d else ''} |")
+    return "\n".join(lines)
+
+
+def markdown(data: dict, cfg: DictConfig) -> str:
+    lines = [f"# Study {cfg.name}", "",
+             f"{len(cfg.variants)} variant(s), seeds {list(cfg.seeds)}; intervals are Student-t {data['level']:.0%} "
+             f"intervals of the mean over seeds; differences are paired by seed against **{data['reference']}** "
+             f"(variant − reference)."]
+    if data["centre_box_le"] is not None:
+        lines.append(f"The centred box (a fixed map, no learning) scores LE {data['centre_box_le']:.3f} on these "
+                     f"images: a masker that does not beat it has not localized anything.")
+    failed = [f"{v} seed {s}: {'; '.join(r)}" for v, e in data["variants"].items() for s, r in e["collapsed"].items()]
+    if failed:
+        lines += ["", f"**{COLLAPSED_MARK} collapsed runs** (their masks failed the collapse check at the last "
+                  f"validation; the means include them, so read those rows as failed, not as results):", ""]
+        lines += [f"- {f}" for f in failed]
+    keys = [k for k in cfg.metrics if any(k in e["metrics"] for e in data["variants"].values())]
+    for key in keys:
+        lines += ["", metric_table(data, key)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict, keys: list[str], path: Path) -> None:
+    """Per metric: every seed's value as a point (collapsed runs as crosses), the mean and its interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = list(data["variants"])
+    fig, axes = plt.subplots(1, len(keys), figsize=(1.2 + 1.3 * len(variants) * len(keys), 3.6), dpi=120,
+                             squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for x, variant in enumerate(variants):
+            entry = data["variants"][variant]
+            m = entry["metrics"].get(key)
+            if m is None:
+                continue
+            for i, (seed, value) in enumerate(m["seeds"].items()):
+                bad = seed in entry["collapsed"]
+                ax.plot(x - 0.15 + 0.3 * i / max(1, len(m["seeds"]) - 1), value, "x" if bad else "o",
+                        color="tab:red" if bad else "tab:blue", alpha=0.7, markersize=5)
+            s = _summary(m["summary"])
+            err = None if s.sd is None else [[s.mean - s.low], [s.high - s.mean]]
+            ax.errorbar(x + 0.25, s.mean, yerr=err, fmt="s", color="black", capsize=4, markersize=5)
+        if key == "le" and data["centre_box_le"] is not None:
+            ax.axhline(data["centre_box_le"], color="grey", linestyle="--", linewidth=1, label="centred box")
+            ax.legend(fontsize=7)
+        ax.set_xticks(range(len(variants)), variants, rotation=30, fontsize=8)
+        ax.set_title(TITLES.get(key, (key,))[0], fontsize=8)
+    fig.suptitle(f"dots: seeds; squares: mean with its {data['level']:.0%} interval", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_study_report(out: Path, cfg: DictConfig, runs: list[PlannedRun], reference: str, log: Log) -> Path:
+    """Write study.md, study.json, study.png and tensorboard/ to ``out``; print the LE table; returns ``out``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = collect(cfg, runs, reference)
+    data["study"] = OmegaConf.to_container(cfg, resolve=True)
+    (out / "study.json").write_text(json.dumps(data, indent=2))
+    (out / "study.md").write_text(markdown(data, cfg))
+    keys = [k for k in cfg.metrics if any(k in e["metrics"] for e in data["variants"].values())]
+    if keys:
+        plot(data, [k for k in keys if k in ("le", "acc_masked_out@judge")] or keys[:1], out / "study.png")
+    writer = SummaryWriter(str(out / "tensorboard"))
+    for variant, entry in data["variants"].items():
+        for key, m in entry["metrics"].items():
+            for seed, value in m["seeds"].items():
+                writer.add_scalar(f"study/{key}/{variant}", value, int(seed))
+    writer.close()
+    if "le" in keys:
+        log(metric_table(data, "le"))
+    return out
