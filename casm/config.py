@@ -184,7 +184,7 @@ class StudyConfig:
     evaluation: StudyEvaluation = field(default_factory=StudyEvaluation)
     out_dir: str = "runs/studies"
     launcher: str = "local"  # local (one run after the other) | submitit (every run its own job: SLURM)
-    submitit: dict[str, Any] = field(default_factory=dict)  # AutoExecutor parameters, e.g. {slurm_partition: gpu,
+    submitit: Optional[dict[str, Any]] = None  # AutoExecutor parameters, e.g. {slurm_partition: gpu,
     #                                                   timeout_min: 600, gpus_per_node: 8, cluster: local}
 
 

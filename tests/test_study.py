@@ -143,3 +143,18 @@ def test_the_report_by_hand(tmp_path):
     text = markdown(data, cfg)
     assert "| F | 0.600 ± 0.100 | 0.352 … 0.848 | 0.500 | 0.700 | 0.600† | +0.300 ± 0.100 | 0.052 … 0.548 |" in text
     assert "- F seed 2: all-on masks" in text and "### OM" not in text
+
+
+@pytest.mark.slow
+def test_submitit_runs_the_trainings_as_jobs(tmp_path):
+    """submitit's local cluster (what SLURM would do, as processes here): every run its own job."""
+    pytest.importorskip("submitit")
+    path = _study_file(tmp_path, variants={"a": []}, seeds=[0], launcher="submitit",
+                       submitit={"cluster": "local", "timeout_min": 10})
+    cfg, resolved = load_study(path)
+    report = Study(cfg, resolved).run(progress=False, log=lambda m: None)
+    root = tmp_path / "out" / "tiny"
+    assert (root / "runs" / "a" / "seed0" / "finished.json").is_file()
+    assert list((root / "submitit").glob("*_log.out"))
+    le = json.loads((report / "study.json").read_text())["variants"]["a"]["metrics"]["le"]["summary"]
+    assert le["n"] == 1 and le["sd"] is None

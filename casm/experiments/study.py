@@ -62,7 +62,7 @@ class Study:
         self.base_file = self._base_file(study_file)
         self._check()
         if launcher is None:
-            launcher = (SubmititLauncher(self.root / "submitit", OmegaConf.to_container(cfg.submitit))
+            launcher = (SubmititLauncher(self.root / "submitit", OmegaConf.to_container(cfg.submitit or {}))
                         if cfg.launcher == "submitit" else LocalLauncher())
         self.launcher = launcher
 

@@ -99,9 +99,10 @@ def metric_table(data: dict, key: str) -> str:
             v = m["seeds"].get(str(seed))
             mark = COLLAPSED_MARK if str(seed) in entry["collapsed"] else ""
             cells.append("—" if v is None else f"{v:.{digits}f}{mark}")
-        diff = "reference" if variant == data["reference"] else ("—" if d is None else
-                                                                 f"{d.mean:+.{digits}f} ± {d.sd or 0:.{digits}f}")
-        lines.append(f"| {variant} | {s.mean:.{digits}f} ± {(s.sd or 0):.{digits}f} | {_interval(s, digits)} | "
+        diff = "reference" if variant == data["reference"] else ("—" if d is None else f"{d.mean:+.{digits}f}" + (
+            "" if d.sd is None else f" ± {d.sd:.{digits}f}"))
+        spread = f"{s.mean:.{digits}f}" + ("" if s.sd is None else f" ± {s.sd:.{digits}f}")
+        lines.append(f"| {variant} | {spread} | {_interval(s, digits)} | "
                      + " | ".join(cells) + f" | {diff} | {_interval(d, digits) if d else ''} |")
     return "\n".join(lines)
 
