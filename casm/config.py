@@ -153,7 +153,8 @@ class UnseenConfig:
     scarcity_set: Optional[str] = "B-F"  # the training set of the data-scarcity row ...
     scarcity_samples_per_class: Optional[int] = None  # ... with N training images per class (null: no such row)
     judge: bool = True  # train one classifier on every class to judge masked-out images of all subsets
-    judge_seed_offset: int = 1  # the judge's seed = seed + this (an independent classifier)
+    seeds: Optional[list[int]] = None  # every training set once per seed (null: the config's seed alone)
+    judge_seed_offset: int = 1  # the judge's seed = (first) seed + this (an independent classifier)
     eval_overrides: list[str] = field(default_factory=lambda: ["methods=[casm]"])  # evaluate.py key=value
 
 

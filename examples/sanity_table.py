@@ -12,11 +12,17 @@ import statistics
 import sys
 from pathlib import Path
 
-from ablation_table import cell
-
 from casm.data.datamodule import denormalize
+from casm.experiments.statistics import summarize
 from casm.sanity.attacks import attack_grid, validation_images
 from casm.sanity.under_attack import compare_to_reference, masks_of
+
+
+def cell(values: list[float]) -> str:
+    """mean ± sd over the seeds (one decimal for percentages)."""
+    s = summarize(values)
+    digits = 3 if abs(values[0]) < 2 else 1
+    return f"{s.mean:.{digits}f} ± {s.sd or 0:.{digits}f}"
 
 VARIANTS = ("original", "T1", "T2", "T3", "T4")
 IMAGES = 500  # the whole validation split of the built-in data

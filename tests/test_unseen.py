@@ -330,7 +330,7 @@ def test_report_pools_subsets_by_images_with_binomial_errors(tmp_path):
         row = {"le": le, "images": images, "images_seen": images if subset != "A" else 0}
         (run_dir / "eval" / subset / "metrics.json").write_text(json.dumps(
             {"results": {"casm": row, "centre_box": {"le": 0.7, "images": images}}, "clean_top1": {"own": 50.0}}))
-    run = SimpleNamespace(label="B-C", subsets=["B", "C"], run_dir=run_dir,
+    run = SimpleNamespace(label="B-C", subsets=["B", "C"], run_dir=run_dir, tags={},
                           config=OmegaConf.create({"data": {"samples_per_class": None}}))
     le = collect(split, [run], None)["runs"]["B-C"]["le"]
     seen = (0.5 * 10 + 0.2 * 30) / 40
@@ -349,6 +349,57 @@ def test_report_pools_subsets_by_images_with_binomial_errors(tmp_path):
     assert "| B-C **(collapsed)** |" in table(data, "le", split.names)
     report = write_unseen_report(tmp_path / "report", split, [run], OmegaConf.create({"name": "folder"}), None)
     assert "- B-C: all-on masks (mean 0.950 > 0.9)" in (report / "unseen.md").read_text()
+
+
+def _seeded_run(tmp_path, label, subsets, seed, les):
+    """A finished run of training set ``label`` at ``seed`` whose LE on subsets A, B is ``les``."""
+    from casm.experiments.runs import PlannedRun
+
+    run_dir = tmp_path / label / f"seed{seed}"
+    for subset, le in zip("AB", les):
+        (run_dir / "eval" / subset).mkdir(parents=True)
+        row = {"le": le, "images": 10, "images_seen": 10}
+        (run_dir / "eval" / subset / "metrics.json").write_text(json.dumps(
+            {"results": {"casm": row, "centre_box": {"le": 0.7, "images": 10}}, "clean_top1": {"own": 50.0}}))
+    return PlannedRun(f"{label}, seed {seed}", OmegaConf.create({"data": {"samples_per_class": None}}), run_dir,
+                      run_dir / "c.yaml", subsets=subsets, tags={"set": label, "seed": seed})
+
+
+def test_report_over_seeds_gives_each_gap_an_interval_and_pairs_it_with_the_first_sets(tmp_path):
+    """Set AB sees both subsets (no gap); set B sees B only: gap = LE(A) - LE(B) per seed, by hand."""
+    from casm.experiments.unseen_report import collect, seeds_table, write_unseen_report
+
+    split = ClassSplit({"A": ["a", "c"], "B": ["b", "d"]}, {}, 0, {}, None)
+    runs = [_seeded_run(tmp_path, "A+B", ["A", "B"], s, (0.3, 0.3)) for s in (0, 1, 2)]
+    runs += [_seeded_run(tmp_path, "B", ["B"], s, les) for s, les in
+             enumerate([(0.6, 0.3), (0.7, 0.3), (0.8, 0.3)])]  # gaps 0.3, 0.4, 0.5
+    data = collect(split, runs, None)
+    b = data["over_seeds"]["B"]
+    assert b["seeds"] == [0, 1, 2] and b["fraction_seen"] == pytest.approx(0.5)
+    gap = b["le"]["gap"]
+    assert gap["mean"] == pytest.approx(0.4) and gap["sd"] == pytest.approx(0.1)
+    assert gap["high"] - gap["mean"] == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, abs=1e-6)
+    assert "gap" not in data["over_seeds"]["A+B"]["le"]  # it sees every subset: no unseen LE, no gap
+    assert b["le"]["gap_minus_first"] is None  # ... so nothing to pair with
+    assert "| B | 50 % | 0, 1, 2 | 0.300 ± 0.000 [0.300, 0.300] | 0.700 ± 0.100 [0.452, 0.948] | " \
+           "+0.400 ± 0.100 [+0.152, +0.648] |" in seeds_table(data, "le")
+    report = write_unseen_report(tmp_path / "report", split, runs, OmegaConf.create({"name": "folder"}), None)
+    assert "## Over seeds" in (report / "unseen.md").read_text() and (report / "unseen.png").stat().st_size > 0
+
+
+def test_unseen_seeds_plan_one_run_per_set_and_seed(tmp_path):
+    from casm.experiments.unseen import UnseenExperiment
+
+    cfg = load_config(CONFIG_DIR / "unseen.yaml", TINY + EXPERIMENT + [f"logging.out_dir={tmp_path}",
+                                                                       "unseen.seeds=[3,4]", "unseen.judge=true"])
+    experiment = UnseenExperiment(cfg)
+    runs = experiment.plan(experiment.split(write=False))
+    assert [r.label for r in runs] == ["C-F, seed 3", "F, seed 3", "C-F, seed 4", "F, seed 4", "judge"]
+    assert [r.config.seed for r in runs] == [3, 3, 4, 4, 4]  # the judge: first seed + judge_seed_offset
+    assert runs[2].run_dir == tmp_path / "unseen" / "models" / "C-F" / "seed4"
+    with pytest.raises(ConfigError, match="names a seed twice"):
+        UnseenExperiment(load_config(CONFIG_DIR / "unseen.yaml", TINY + EXPERIMENT + [
+            f"logging.out_dir={tmp_path}", "unseen.seeds=[1,1]"])).plan(experiment.split(write=False))
 
 
 def test_a_run_config_from_an_older_casm_is_the_same_config(tmp_path):

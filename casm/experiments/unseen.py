@@ -72,39 +72,52 @@ class UnseenExperiment:
         split.path = self.split_path
         return split
 
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.cfg.unseen.seeds) if self.cfg.unseen.seeds is not None else [self.cfg.seed]
+
     def plan(self, split: ClassSplit) -> list[PlannedRun]:
+        """Every training set once per seed, seed by seed (the scarcity row with them), then the judge."""
         u = self.cfg.unseen
-        runs = [self._planned(spec, spec, split.resolve(spec), {}) for spec in u.training_sets]
+        rows = [(spec, spec, split.resolve(spec), {}) for spec in u.training_sets]
         if u.scarcity_samples_per_class:
             if not u.scarcity_set:
                 raise ConfigError("unseen.scarcity_samples_per_class needs unseen.scarcity_set (e.g. B-F)")
             n = u.scarcity_samples_per_class
-            runs.append(self._planned(f"{u.scarcity_set}, {n} / class", f"{u.scarcity_set}_{n}-per-class",
-                                      split.resolve(u.scarcity_set), {"data": {"samples_per_class": n}}))
+            rows.append((f"{u.scarcity_set}, {n} / class", f"{u.scarcity_set}_{n}-per-class",
+                         split.resolve(u.scarcity_set), {"data": {"samples_per_class": n}}))
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"unseen.seeds={self.seeds} names a seed twice")
+        runs = [self._planned(*row, seed) for seed in self.seeds for row in rows]
         if u.judge:
             epochs = self.cfg.trainer.max_epochs  # every epoch a warm-up epoch: a plain classifier
-            runs.append(self._planned("judge", "judge", None, {"seed": self.cfg.seed + u.judge_seed_offset,
-                                                               "casm": {"warmup_epochs": epochs,
-                                                                        "warmup_accuracy": None}}))
+            runs.append(self._planned("judge", "judge", None, {"casm": {"warmup_epochs": epochs,
+                                                                        "warmup_accuracy": None}},
+                                      self.seeds[0] + u.judge_seed_offset, one=True))
         for run in runs:
             if run.subsets is not None and len(split.classes_of(run.subsets, self.all_classes)) < 2:
                 raise ConfigError(f"training set {run.label} holds one class of {split.path}: a classifier needs "
                                   f"two; give unseen.proportions that leave it more")
-        folders = [r.config.logging.name for r in runs]
+        folders = [r.run_dir for r in runs]
         if len(set(folders)) != len(folders):
-            raise ConfigError(f"unseen.training_sets names a run twice: {folders}")
+            raise ConfigError(f"unseen.training_sets names a run twice: {list(u.training_sets)}")
         return runs
 
-    def _planned(self, label: str, folder: str, subsets: list[str] | None, changes: dict) -> PlannedRun:
-        cfg = OmegaConf.merge(self.cfg, changes)
+    def _planned(self, label: str, folder: str, subsets: list[str] | None, changes: dict, seed: int,
+                 one: bool = False) -> PlannedRun:
+        """models/<folder>/run (one seed: the layout before seeds existed, so older experiments resume), or
+        models/<folder>/seed<k>; the run's logging.name is its folder, which names it as a judge too."""
+        cfg = OmegaConf.merge(self.cfg, changes, {"seed": seed})
         OmegaConf.set_struct(cfg, False)
         cfg.unseen = OmegaConf.structured(UnseenConfig)  # the runs do not depend on the protocol's settings
         if subsets is not None:
             cfg.data.split_file, cfg.data.split_subsets = str(self.split_path), list(subsets)
-        # models/<folder>/run: the run's logging.name is its folder, which names it as a judge too
-        cfg = place(cfg, self.root / "models", folder, "run")
-        return PlannedRun(label, cfg, self.root / "models" / folder / "run", self.root / "configs" / f"{folder}.yaml",
-                          subsets=subsets)
+        by_seed = self.cfg.unseen.seeds is not None and not one
+        version = f"seed{seed}" if by_seed else "run"
+        cfg = place(cfg, self.root / "models", folder, version)
+        config_file = self.root / "configs" / (f"{folder}/{version}.yaml" if by_seed else f"{folder}.yaml")
+        return PlannedRun(f"{label}, seed {seed}" if by_seed else label, cfg, self.root / "models" / folder / version,
+                          config_file, subsets=subsets, tags={"set": label, "seed": seed})
 
     def describe(self, split: ClassSplit, runs: list[PlannedRun]) -> str:
         """What ``--dry-run`` prints: the split, then each run with its status and command."""

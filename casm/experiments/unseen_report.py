@@ -7,7 +7,9 @@ centred-box reference as a row, a plot of seen and unseen LE against the fractio
 of validation images, as if the subsets' images had been scored together. LE is a share of images, so
 its sampling error is binomial: the report gives ``sqrt(p (1 - p) / n)`` for seen and unseen and their
 root sum of squares for the gap. It measures the finite validation set, not the spread over training
-seeds (one model per row).
+seeds. With ``unseen.seeds`` every training set is trained once per seed, and "Over seeds" gives each
+set's seen and unseen score and gap as a mean with its Student-t 95 % interval over seeds, and each
+set's gap minus the first set's gap, paired by seed (does the gap grow when fewer classes are seen?).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from casm.data.splits import ClassSplit
+from casm.experiments.statistics import LEVEL, paired_difference, summarize
 from casm.metrics.collapse import read_collapse
 
 # (key in an evaluation's results, title, lower is better, what each image counts in)
@@ -82,10 +85,64 @@ def collect(split: ClassSplit, runs: list, judge: str | None) -> dict:
             le[f"{which}_se"] = standard_error(le[which], images)
         if le.get("gap") is not None:
             le["gap_se"] = math.hypot(le["seen_se"], le["unseen_se"])
+        entry.update(set=run.tags.get("set", run.label), seed=run.tags.get("seed"))
         out["runs"][run.label] = entry
+    out["over_seeds"] = over_seeds(out["runs"], [k for k, _ in keys])
     ref = out["reference"]
     out["reference_le"] = pooled(ref, "le", "images", False)
     return out
+
+
+def over_seeds(runs: dict, keys: list[str]) -> dict:
+    """Per training set: seen, unseen and gap of each metric summarized over its seeds, and its gap minus
+    the first set's gap paired by seed."""
+    sets: dict[str, list[dict]] = {}
+    for entry in runs.values():
+        sets.setdefault(entry["set"], []).append(entry)
+    first = next(iter(sets), None)
+    out = {}
+    for name, entries in sets.items():
+        row = {"seeds": [e["seed"] for e in entries], "fraction_seen": entries[0]["fraction_seen"],
+               "samples_per_class": entries[0]["samples_per_class"],
+               "collapsed_seeds": [e["seed"] for e in entries if e["collapsed"]]}
+        for key in keys:
+            row[key] = {which: summarize([e[key][which] for e in entries]).as_dict()
+                        for which in ("seen", "unseen", "gap") if all(e[key].get(which) is not None for e in entries)}
+            if name != first and "gap" in row[key]:
+                mine = {e["seed"]: e[key]["gap"] for e in entries}
+                theirs = {e["seed"]: e[key].get("gap") for e in sets[first] if e[key].get("gap") is not None}
+                paired = paired_difference(mine, theirs)
+                row[key]["gap_minus_first"] = paired.as_dict() if paired else None
+        out[name] = row
+    return out
+
+
+def _cell(summary: dict | None, digits: int = 3, signed: bool = False) -> str:
+    if not summary:
+        return "—"
+    sign = "+" if signed else ""
+    text = f"{summary['mean']:{sign}.{digits}f}"
+    if summary["sd"] is None:
+        return text
+    low, high = (f"{summary[k]:{sign}.{digits}f}" for k in ("low", "high"))
+    return f"{text} ± {summary['sd']:.{digits}f} [{low}, {high}]"
+
+
+def seeds_table(data: dict, key: str) -> str:
+    """Each training set over its seeds: mean ± sd [95 % interval] of seen, unseen, the gap, and the gap
+    minus the first set's (paired by seed)."""
+    sets = data["over_seeds"]
+    first = next(iter(sets), "")
+    head = ["training set", "classes seen", "seeds", "seen", "unseen", "gap (unseen − seen)", f"gap − {first}'s gap"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    digits = 1 if key.startswith("acc_") else 3
+    for name, row in sets.items():
+        m = row.get(key, {})
+        seeds = ", ".join(f"{s}{' (collapsed)' if s in row['collapsed_seeds'] else ''}" for s in row["seeds"])
+        diff = "—" if name == first else _cell(m.get("gap_minus_first"), digits, signed=True)
+        lines.append(f"| {name} | {100 * row['fraction_seen']:.0f} % | {seeds} | {_cell(m.get('seen'), digits)} | "
+                     f"{_cell(m.get('unseen'), digits)} | {_cell(m.get('gap'), digits, signed=True)} | {diff} |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value: float | None, key: str) -> str:
@@ -124,23 +181,34 @@ def table(data: dict, key: str, names: list[str]) -> str:
 
 
 def plot(data: dict, path: Path) -> None:
-    """Seen and unseen LE against the fraction of classes seen (the centred box as a dashed line)."""
+    """Seen and unseen LE against the fraction of classes seen: each set's mean over its seeds with its
+    interval (the centred box as a dotted line)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    full = [(r["fraction_seen"], r["le"]) for r in data["runs"].values() if not r["samples_per_class"]]
+    def point(summary: dict) -> tuple[float, list[list[float]] | None]:
+        spread = None if summary["sd"] is None else [[summary["mean"] - summary["low"]],
+                                                     [summary["high"] - summary["mean"]]]
+        return summary["mean"], spread
+
+    rows = [r for r in data["over_seeds"].values() if "seen" in r["le"] and "unseen" in r["le"]]
+    full = sorted((r for r in rows if not r["samples_per_class"]), key=lambda r: r["fraction_seen"])
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
-    full.sort(key=lambda p: p[0])
-    xs = [100 * f for f, _ in full]
-    for which, style in (("seen", "o-"), ("unseen", "s--")):
-        ax.plot(xs, [le[which] for _, le in full], style, label=f"{which} classes")
-    for label, r in data["runs"].items():
+    for which, style, shift in (("seen", "o-", -0.6), ("unseen", "s--", 0.6)):
+        xs = [100 * r["fraction_seen"] + shift for r in full]
+        means, errors = zip(*(point(r["le"][which]) for r in full)) if full else ((), ())
+        line = ax.plot(xs, means, style, label=f"{which} classes")[0]
+        for x, mean, err in zip(xs, means, errors):
+            if err is not None:
+                ax.errorbar(x, mean, yerr=err, color=line.get_color(), capsize=3)
+    for r in rows:
         if r["samples_per_class"]:
             for which, marker in (("seen", "^"), ("unseen", "v")):
-                ax.plot(100 * r["fraction_seen"], r["le"][which], marker, color="grey",
-                        label=f"{which}, {r['samples_per_class']} images / class")
+                mean, err = point(r["le"][which])
+                ax.errorbar(100 * r["fraction_seen"], mean, yerr=err, fmt=marker, color="grey", capsize=3,
+                            label=f"{which}, {r['samples_per_class']} images / class")
     if data["reference_le"] is not None:
         ax.axhline(data["reference_le"], color="black", linestyle=":", linewidth=1, label="centred box")
     ax.set_xlabel("classes seen in training (%)")
@@ -170,6 +238,14 @@ def write_unseen_report(out: Path, split: ClassSplit, runs: list, data_cfg: Dict
         parts.append("**Collapsed runs** (marked in every table): their masks failed the collapse check at the last "
                      "validation, so their numbers are not results:\n\n" + "\n".join(
                          f"- {label}: {'; '.join(reasons)}" for label, reasons in collapsed.items()) + "\n")
+    if any(len(row["seeds"]) > 1 for row in data["over_seeds"].values()):
+        parts.append(f"## Over seeds\n\nmean ± sd [Student-t {LEVEL:.0%} interval] over each set's seeds; the last "
+                     "column pairs each seed's gap with the same seed's gap of the first set. Every seed's own "
+                     "numbers are in the tables below.\n")
+        for key, title, lower, _ in METRICS:
+            key = key.format(judge=judge)
+            if key in ("le", f"acc_masked_out@{judge}"):
+                parts.append(f"### {title} ({'lower' if lower else 'higher'} is better)\n\n{seeds_table(data, key)}")
     parts.append("Classifier top-1 on the validation images of its own classes: " + ", ".join(
         f"{label} {_fmt(run['clean_top1'], 'acc_')} %" for label, run in data["runs"].items()) + ".\n")
     for key, title, lower, _ in METRICS:
