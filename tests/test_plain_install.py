@@ -108,6 +108,11 @@ def test_every_subcommand_runs_in_a_plain_install(plain_python, tmp_path):
           "--attacks", "T1", "--device", "cpu", cwd=cwd)  # its randomization plot needs matplotlib
     _casm(plain_python, "experiment", "unseen", "--no-progress", *TINY, f"logging.out_dir={runs}",
           "data.synthetic_classes=10", "unseen.proportions=[0.1,0.1,0.2,0.2,0.2,0.2]", "unseen.training_sets=[C-F]",
-          "unseen.judge=false", "unseen.scarcity_samples_per_class=null",
+          "unseen.judge=false", "unseen.scarcity_samples_per_class=null", "unseen.seeds=[0]", "data.epoch_images=64",
           "unseen.eval_overrides=['methods=[casm]','max_images_slow=4','faithfulness_steps=4']", cwd=cwd)
     assert (runs / "unseen" / "report" / "unseen.png").is_file() and (tmp_path / "ex" / "a_mask.png").is_file()
+    study = {"name": "s", "overrides": [o for o in TINY if not o.startswith("logging.")], "seeds": [0],
+             "variants": {"a": []}, "out_dir": str(runs), "evaluation": {"judge": False}}
+    (tmp_path / "study.yaml").write_text(json.dumps(study))  # JSON is YAML
+    _casm(plain_python, "experiment", "study", "--config", str(tmp_path / "study.yaml"), "--no-progress", cwd=cwd)
+    assert (runs / "s" / "report" / "study.png").is_file()  # the report's plot (matplotlib) and t quantiles (scipy)

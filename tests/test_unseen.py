@@ -212,7 +212,7 @@ EXPERIMENT = ["data.synthetic_classes=10", "unseen.proportions=[0.1,0.1,0.2,0.2,
               "unseen.training_sets=[C-F,F]", "unseen.judge=false",
               "unseen.scarcity_samples_per_class=null",
               "unseen.eval_overrides=['methods=[casm]','max_images_slow=4','faithfulness_steps=4']",
-              "data.num_train=160", "data.num_val=60",
+              "data.num_train=160", "data.num_val=60", "data.epoch_images=160", "unseen.seeds=null",
               "logging.name=unseen"]
 
 
@@ -306,7 +306,8 @@ def test_fake_imagenet_split_train_evaluate(tmp_path):
     assert split_main(["--out", str(split), "--proportions", "1,1,1,1,1,1", *data]) == 0
     args = ["unseen", "--no-progress", *TINY, *data, f"logging.out_dir={tmp_path / 'runs'}",
             f"unseen.split_file={split}",
-            "unseen.training_sets=[B-F,E-F]", "unseen.scarcity_samples_per_class=2",
+            "unseen.training_sets=[B-F,E-F]", "unseen.scarcity_samples_per_class=2", "unseen.seeds=null",
+            "data.epoch_images=null",
             "unseen.eval_overrides=['methods=[casm,gradcam]','max_images_slow=2','faithfulness_steps=2']"]
     assert experiment_main(args) == 0
     report = json.loads((tmp_path / "runs" / "unseen" / "report" / "metrics.json").read_text())
