@@ -90,6 +90,8 @@ def test_a_killed_study_resumes_without_retraining_what_finished(tmp_path, capsy
     ({"launcher": "slurm"}, "launcher='slurm' is not one of local, submitit"),
     ({"evaluation": {"overrides": ["methods=[gradcam]"]}}, "keep casm among them"),
     ({"evaluation": {"overides": []}}, "unknown config key 'evaluation.overides'"),
+    ({"variants": {"a": ["model.pretrained=@judge"]}}, "names the study's judge, but evaluation.judge is false"),
+    ({"overrides": ["model.pretrained=@judge"]}, "belongs in a variant's overrides only"),
 ])
 def test_a_study_typo_is_one_error_line(tmp_path, capsys, changes, message):
     path = _study_file(tmp_path, **changes)
@@ -109,6 +111,17 @@ def test_the_shipped_studies_plan(name, capsys):
     assert experiment_main(["study", "--config", str(CONFIG_DIR / "studies" / name), "--dry-run",
                             "out_dir=/nonexistent"]) == 0
     assert "report ->" in capsys.readouterr().out
+
+
+def test_a_variant_can_start_from_the_studys_judge(tmp_path):
+    path = _study_file(tmp_path, variants={"a": [], "fixed": ["casm.thinning=F", "model.pretrained=@judge"]},
+                       evaluation={"judge": True})
+    cfg, resolved = load_study(path)
+    runs = {r.label: r for r in Study(cfg, resolved).plan()}
+    judge = runs["judge"].checkpoint
+    assert runs["fixed, seed 0"].config.model.pretrained == str(judge) and runs["a, seed 0"].config.model.pretrained \
+        is None
+    assert runs["judge"].config.model.pretrained is None and runs["judge"].config.casm.warmup_epochs == 2
 
 
 def _fake_run(root: Path, variant: str, seed: int, le: float, collapsed: list[str] | None = None) -> PlannedRun:

@@ -38,6 +38,7 @@ from casm.experiments.runs import (
 )
 
 JUDGE = "judge"  # the judge's run name, hence its key in the metrics (acc_masked_out@judge)
+JUDGE_TOKEN = "@judge"  # in a variant's override value: the judge's checkpoint (e.g. model.pretrained=@judge)
 LAUNCHERS = ("local", "submitit")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -95,8 +96,20 @@ class Study:
         return self.cfg.reference or next(iter(self.cfg.variants))
 
     # ------------------------------------------------------------------ plan
+    @property
+    def judge_checkpoint(self) -> Path:
+        return self.root / "runs" / JUDGE / "run" / "checkpoints" / "last.ckpt"
+
     def _training_config(self, where: str, overrides: list[str]) -> DictConfig:
         common = ["logging.progress_bar=false", *self.cfg.overrides]
+        if any(JUDGE_TOKEN in o for o in common + overrides):
+            if not where.startswith("variants.") or any(JUDGE_TOKEN in o for o in common):
+                raise ConfigError(f"{self.source}: {JUDGE_TOKEN} (the judge's checkpoint) belongs in a variant's "
+                                  f"overrides only: the judge cannot start from itself")
+            if not self.cfg.evaluation.judge:
+                raise ConfigError(f"{self.source}: {where}: {JUDGE_TOKEN} names the study's judge, but "
+                                  f"evaluation.judge is false")
+            overrides = [o.replace(JUDGE_TOKEN, str(self.judge_checkpoint)) for o in overrides]
         try:
             cfg = load_config(self.base_file, common + overrides)
         except ConfigError as err:
