@@ -31,11 +31,23 @@ class Summary:
     def as_dict(self) -> dict:
         return dict(asdict(self), values=list(self.values), level=LEVEL)
 
-    def text(self, digits: int = 3) -> str:
-        """``0.315 ± 0.167 [0.108, 0.522]`` (mean ± sd [interval]); one value stays one value."""
+    @classmethod
+    def from_dict(cls, d: dict) -> Summary:
+        """The inverse of :meth:`as_dict` (reports keep summaries as JSON-ready dicts)."""
+        return cls(d["n"], d["mean"], d["sd"], d["low"], d["high"], tuple(d["values"]))
+
+    def text(self, digits: int = 3, signed: bool = False) -> str:
+        """``0.315 ± 0.167 [0.108, 0.522]`` (mean ± sd [interval]); one value stays one value. ``signed``:
+        mean and interval with their sign (a difference)."""
+        sign = "+" if signed else ""
         if self.sd is None:
-            return f"{self.mean:.{digits}f} (1 seed)"
-        return f"{self.mean:.{digits}f} ± {self.sd:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+            return f"{self.mean:{sign}.{digits}f} (1 seed)"
+        return (f"{self.mean:{sign}.{digits}f} ± {self.sd:.{digits}f} "
+                f"[{self.low:{sign}.{digits}f}, {self.high:{sign}.{digits}f}]")
+
+    def error_bar(self) -> list[list[float]] | None:
+        """The interval as matplotlib's asymmetric ``yerr`` around the mean (None: one seed, no interval)."""
+        return None if self.sd is None else [[self.mean - self.low], [self.high - self.mean]]
 
 
 def t_quantile(n: int, level: float = LEVEL) -> float:

@@ -19,6 +19,7 @@ Layout under ``OUT/NAME`` (``out_dir`` / ``name`` of the study file)::
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -123,11 +124,10 @@ class Study:
         """The judge (if any), then every variant for the first seed, then for the next, ..."""
         runs = []
         if self.cfg.evaluation.judge:
-            base = self._training_config("evaluation.judge_overrides", list(self.cfg.evaluation.judge_overrides))
-            epochs = base.trainer.max_epochs  # every epoch a warm-up epoch: a plain classifier
             cfg = self._training_config("evaluation.judge_overrides", [
-                *self.cfg.evaluation.judge_overrides, f"seed={self.cfg.evaluation.judge_seed}",
-                f"casm.warmup_epochs={epochs}", "casm.warmup_accuracy=null"])
+                *self.cfg.evaluation.judge_overrides, f"seed={self.cfg.evaluation.judge_seed}"])
+            cfg.casm.warmup_epochs = cfg.trainer.max_epochs  # every epoch a warm-up epoch: a plain classifier
+            cfg.casm.warmup_accuracy = None
             runs.append(PlannedRun(JUDGE, place(cfg, self.root / "runs", JUDGE, "run"), self.root / "runs" / JUDGE /
                                    "run", self.root / "configs" / f"{JUDGE}.yaml", tags={"variant": JUDGE}))
         for seed in self.cfg.seeds:  # seed by seed: the first paired comparison is complete early
@@ -140,17 +140,20 @@ class Study:
                                        tags={"variant": variant, "seed": seed}))
         return runs
 
+    @functools.cached_property
+    def _eval_data(self) -> dict:
+        """The base config's data (study overrides included), read once: the images every run is scored on."""
+        data = OmegaConf.to_container(self._training_config("overrides", []).data, resolve=True)
+        return dict(data, samples_per_class=None, epoch_images=None)
+
     def eval_config(self, run: PlannedRun | None, judge: PlannedRun | None) -> DictConfig:
         """Every run is scored on the base config's validation images (a variant that changes the training
         data is still evaluated on the same images as the others). ``run`` None: the settings alone."""
-        base = self._training_config("overrides", [])
-        data = OmegaConf.to_container(base.data, resolve=True)
-        data.update(samples_per_class=None, epoch_images=None)
         overrides = list(self.cfg.evaluation.overrides)
         if run is not None:
             overrides += [f"checkpoint={run.checkpoint}", f"out_dir={run.run_dir / 'eval'}"]
         try:
-            cfg = load_config(None, overrides, schema_class=EvalConfig, base={"data": data})
+            cfg = load_config(None, overrides, schema_class=EvalConfig, base={"data": self._eval_data})
         except ConfigError as err:
             raise ConfigError(f"{self.source}: evaluation.overrides: {err}") from err
         if "casm" not in cfg.methods:

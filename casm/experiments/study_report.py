@@ -69,9 +69,7 @@ def collect(cfg: DictConfig, runs: list[PlannedRun], reference: str) -> dict:
 
 
 def _summary(d: dict | None) -> Summary | None:
-    if d is None:
-        return None
-    return Summary(d["n"], d["mean"], d["sd"], d["low"], d["high"], tuple(d["values"]))
+    return None if d is None else Summary.from_dict(d)
 
 
 def _interval(s: Summary | None, digits: int) -> str:
@@ -107,6 +105,11 @@ def metric_table(data: dict, key: str) -> str:
     return "\n".join(lines)
 
 
+def shown_metrics(data: dict, cfg: DictConfig) -> list[str]:
+    """The study's metrics that some run's evaluation holds, in the study's order."""
+    return [k for k in cfg.metrics if any(k in e["metrics"] for e in data["variants"].values())]
+
+
 def markdown(data: dict, cfg: DictConfig) -> str:
     lines = [f"# Study {cfg.name}", "",
              f"{len(cfg.variants)} variant(s), seeds {list(cfg.seeds)}; intervals are Student-t {data['level']:.0%} "
@@ -120,8 +123,7 @@ def markdown(data: dict, cfg: DictConfig) -> str:
         lines += ["", f"**{COLLAPSED_MARK} collapsed runs** (their masks failed the collapse check at the last "
                   f"validation; the means include them, so read those rows as failed, not as results):", ""]
         lines += [f"- {f}" for f in failed]
-    keys = [k for k in cfg.metrics if any(k in e["metrics"] for e in data["variants"].values())]
-    for key in keys:
+    for key in shown_metrics(data, cfg):
         lines += ["", metric_table(data, key)]
     return "\n".join(lines) + "\n"
 
@@ -146,9 +148,8 @@ def plot(data: dict, keys: list[str], path: Path) -> None:
                 bad = seed in entry["collapsed"]
                 ax.plot(x - 0.15 + 0.3 * i / max(1, len(m["seeds"]) - 1), value, "x" if bad else "o",
                         color="tab:red" if bad else "tab:blue", alpha=0.7, markersize=5)
-            s = _summary(m["summary"])
-            err = None if s.sd is None else [[s.mean - s.low], [s.high - s.mean]]
-            ax.errorbar(x + 0.25, s.mean, yerr=err, fmt="s", color="black", capsize=4, markersize=5)
+            s = Summary.from_dict(m["summary"])
+            ax.errorbar(x + 0.25, s.mean, yerr=s.error_bar(), fmt="s", color="black", capsize=4, markersize=5)
         if key == "le" and data["centre_box_le"] is not None:
             ax.axhline(data["centre_box_le"], color="grey", linestyle="--", linewidth=1, label="centred box")
             ax.legend(fontsize=7)
@@ -169,7 +170,7 @@ def write_study_report(out: Path, cfg: DictConfig, runs: list[PlannedRun], refer
     data["study"] = OmegaConf.to_container(cfg, resolve=True)
     (out / "study.json").write_text(json.dumps(data, indent=2))
     (out / "study.md").write_text(markdown(data, cfg))
-    keys = [k for k in cfg.metrics if any(k in e["metrics"] for e in data["variants"].values())]
+    keys = shown_metrics(data, cfg)
     if keys:
         plot(data, [k for k in keys if k in ("le", "acc_masked_out@judge")] or keys[:1], out / "study.png")
     writer = SummaryWriter(str(out / "tensorboard"))

@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from casm.data.splits import ClassSplit
-from casm.experiments.statistics import LEVEL, paired_difference, summarize
+from casm.experiments.statistics import LEVEL, Summary, paired_difference, summarize
 from casm.metrics.collapse import read_collapse
 
 # (key in an evaluation's results, title, lower is better, what each image counts in)
@@ -120,12 +120,8 @@ def over_seeds(runs: dict, keys: list[str]) -> dict:
 def _cell(summary: dict | None, digits: int = 3, signed: bool = False) -> str:
     if not summary:
         return "—"
-    sign = "+" if signed else ""
-    text = f"{summary['mean']:{sign}.{digits}f}"
-    if summary["sd"] is None:
-        return text
-    low, high = (f"{summary[k]:{sign}.{digits}f}" for k in ("low", "high"))
-    return f"{text} ± {summary['sd']:.{digits}f} [{low}, {high}]"
+    s = Summary.from_dict(summary)
+    return f"{s.mean:{'+' if signed else ''}.{digits}f}" if s.sd is None else s.text(digits, signed)
 
 
 def seeds_table(data: dict, key: str) -> str:
@@ -189,9 +185,8 @@ def plot(data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     def point(summary: dict) -> tuple[float, list[list[float]] | None]:
-        spread = None if summary["sd"] is None else [[summary["mean"] - summary["low"]],
-                                                     [summary["high"] - summary["mean"]]]
-        return summary["mean"], spread
+        s = Summary.from_dict(summary)
+        return s.mean, s.error_bar()
 
     rows = [r for r in data["over_seeds"].values() if "seen" in r["le"] and "unseen" in r["le"]]
     full = sorted((r for r in rows if not r["samples_per_class"]), key=lambda r: r["fraction_seen"])
