@@ -90,6 +90,8 @@ class CasmConfig:
     warmup_accuracy: Optional[float] = None  # ... end the warm-up after the first epoch whose val top-1 reaches this
     masker_grad_clip: float = 10.0
     masker_warmup_steps: int = 0  # masker lr ramps linearly from 0 over these steps (0: off)
+    # validate, save and export an exponential moving average of the masker over about this many steps
+    masker_average_steps: Optional[int] = None  # (training is unchanged; training/averaging.py); null: the last weights
     max_nonfinite_steps: int = 20  # consecutive non-finite (or diverging) steps before the run stops
     divergence_loss: Optional[float] = 1000.0  # a loss above this is divergence: the step is skipped (null: off)
     # beyond the paper (Phang et al. 2020; casm/training/losses.py, fills.py); 0 / mean: the paper's objective
@@ -374,6 +376,7 @@ _RANGES = {
     "masker.hidden": (0, True), "casm.pool_size": (0, True), "casm.snapshot_every": (0, True),
     "casm.lambda_r": (0, False), "casm.lambda_lr": (0, False), "casm.warmup_epochs": (0, False),
     "casm.masker_grad_clip": (0, True), "casm.masker_warmup_steps": (0, False),
+    "casm.masker_average_steps": (0, True),
     "casm.max_nonfinite_steps": (0, True), "casm.divergence_loss": (0, True),
     "casm.lambda_in": (0, False), "casm.lambda_tv": (0, False),
     "optim.classifier_lr": (0, True), "optim.masker_lr": (0, True),

@@ -100,10 +100,12 @@ def _final_state(run_dir: Path) -> dict:
     return read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
 
 
-def test_resume_continues_exactly(tiny_cfg, tmp_path):
-    """2 epochs straight == 1 epoch, killed, resumed for a 2nd: weights, optimizers, pool, lambda_R."""
+@pytest.mark.parametrize("averaged", [False, True])
+def test_resume_continues_exactly(tiny_cfg, tmp_path, averaged):
+    """2 epochs straight == 1 epoch, killed, resumed for a 2nd: weights, optimizers, pool, lambda_R (and the
+    masker's average: the live masker it trains on and the average it saves)."""
     common = ["casm.thinning=L100", "casm.snapshot_every=2", "casm.pool_size=2", "casm.lambda_mode=target_area",
-              "casm.warmup_epochs=1", "trainer.max_epochs=3"]
+              "casm.warmup_epochs=1", "trainer.max_epochs=3"] + (["casm.masker_average_steps=3"] if averaged else [])
     straight = train(tiny_cfg(*common, "logging.name=straight"))
     first = train(tiny_cfg(*common, "logging.name=resumed", "trainer.max_epochs=2"))
     resumed = train(tiny_cfg(*common, "trainer.max_epochs=3", f"resume={first / 'checkpoints' / 'last.ckpt'}"))
@@ -120,6 +122,11 @@ def test_resume_continues_exactly(tiny_cfg, tmp_path):
     for sa, sb in zip(snapshots_a, snapshots_b):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a["casm_state"]["lambda_r"] == b["casm_state"]["lambda_r"]
+    live_a, live_b = (s["casm_state"]["masker_average"].get("live_masker", {}) for s in (a, b))
+    assert len(live_a) == (len(list(k for k in a["state_dict"] if k.startswith("masker."))) if averaged else 0)
+    for k, v in live_a.items():
+        assert torch.equal(v, live_b[k]), k
+        assert not averaged or k.endswith("num_batches_tracked") or not torch.equal(v, a["state_dict"][k]), k
     assert a["optimizer_states"][1]["state"][0]["exp_avg"].equal(b["optimizer_states"][1]["state"][0]["exp_avg"])
     assert (first / "config.yaml").is_file()
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from casm.metrics.collapse import HEALTH_FILE, MaskHealth, MaskSpread
 from casm.metrics.localization import LocalizationError, reference_boxes
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
 from casm.models.modes import evaluation_mode, frozen_batchnorm_statistics
+from casm.training.averaging import MaskerAverage, restore_live_masker
 from casm.training.batching import batch_plan
 from casm.training.distributed import all_reduce_mean, assert_same_on_all_ranks, world_size
 from casm.training.losses import masker_loss
@@ -81,6 +83,9 @@ class CASMModule(pl.LightningModule):
         self.cfg = with_defaults(config)  # a checkpoint of an earlier casm lacks the newer keys
         c = self.cfg.casm
         self.classifier, self.masker = build_models(self.cfg, num_classes)
+        # the masker that is validated, saved and exported; None: the live one (see training/averaging.py)
+        self.masker_average = MaskerAverage(self.masker, c.masker_average_steps) if c.masker_average_steps else None
+        self._averaged_validation = ExitStack()  # holds the average's weights in the masker during a validation
         self.strategy = resolve_strategy(c.thinning, c.p_pool, c.snapshot_every, c.pool_size)
         self.batch_plan = batch_plan(self.cfg)
         self.pool = ClassifierPool(self.strategy, self.cfg.seed, self.batch_plan.global_batch,
@@ -148,6 +153,8 @@ class CASMModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.pool.to(self.device)
+        if self.masker_average:
+            self.masker_average.to(self.device)
 
     def on_train_epoch_start(self) -> None:
         self.epoch_steps = self.epoch_skipped = 0
@@ -272,6 +279,8 @@ class CASMModule(pl.LightningModule):
             return
         self.lambda_r.update(float(all_reduce_mean([mean_mask])[0]))
         self.casm_step += 1
+        if self.masker_average:
+            self.masker_average.update(self.masker)
 
         out_correct = logits_out.detach().argmax(dim=1) == y
         self.log_dict({
@@ -362,6 +371,10 @@ class CASMModule(pl.LightningModule):
                 f"optim.masker_lr, or check the data; resume from the last checkpoint with resume=PATH.")
 
     # ---------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        if self.masker_average:  # validate the masker that will be saved and used
+            self._averaged_validation.enter_context(self.masker_average.swapped_into(self.masker))
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.skipped_val_images += int(batch["skipped"])
         x, y, gt, valid = batch["image"], batch["label"], batch["boxes"], batch["box_valid"]
@@ -426,6 +439,7 @@ class CASMModule(pl.LightningModule):
             metric.reset()
         if not self.in_warmup and not self.trainer.sanity_checking:  # a warm-up's masker has not trained yet
             self._record_health(health)
+        self._averaged_validation.close()  # the live masker trains on
 
     def _record_health(self, health: MaskHealth) -> None:
         """Whether the masks have collapsed (casm/metrics/collapse.py): logged, kept for the epoch line, and
@@ -478,6 +492,7 @@ class CASMModule(pl.LightningModule):
             "nonfinite_total": self.nonfinite_total,
             "skipped_images": self.skipped_images,
             "health_log": self.health_log,
+            "masker_average": self.masker_average.pack(state) if self.masker_average else {},
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -499,6 +514,11 @@ class CASMModule(pl.LightningModule):
         self.skipped_images = int(state["skipped_images"])
         self.health_log = list(state.get("health_log", []))
         self.health = self.health_log[-1] if self.health_log else None
+        averaged = state.get("masker_average", {})  # state_dict's masker.* is the average: train on the live one
+        if self.masker_average:
+            self.masker_average.unpack(checkpoint["state_dict"], averaged)
+        else:
+            restore_live_masker(checkpoint["state_dict"], averaged)
 
 
 def batches_done_mid_epoch(checkpoint: dict) -> int:
