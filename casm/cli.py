@@ -254,7 +254,8 @@ def sanity_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="casm sanity", description="Sanity checks of the post-hoc methods on a trained classifier: the Grad-CAM "
         "manipulation attacks T1-T4, and the cascading randomization of the classifier (for each CAM method) and of "
-        "the masker (SPEC 5). Writes sanity.json, sanity.md, a PNG grid per attack, randomization.png, TensorBoard.")
+        "the masker (docs/sanity.md). Writes sanity.json, sanity.md, a PNG grid per attack, randomization.png, "
+        "TensorBoard.")
     parser.add_argument("--checkpoint", required=True, help="a casm training checkpoint (its classifier is attacked)")
     parser.add_argument("--out", help="output folder (default: RUN/sanity)")
     parser.add_argument("--images", type=int, default=64, help="validation images measured (default 64)")

@@ -61,7 +61,7 @@ class ModelConfig:
     arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
     width: int = 64  # base width; 64 = torchvision's ResNets, smaller for tiny runs
     pretrained: Optional[str] = None  # torchvision or casm weights file for the classifier
-    # sanity check: train the masker against this classifier edited by a manipulation attack T1-T4 (SPEC 5;
+    # sanity check: train the masker against this classifier edited by a manipulation attack T1-T4 (docs/sanity.md;
     # needs casm.thinning=F and masker.encoder=separate: the masker then learns from its outputs alone)
     manipulation: Optional[str] = None
 
@@ -77,7 +77,7 @@ class MaskerConfig:
 
 @dataclass
 class CasmConfig:
-    thinning: str = "L100"  # F | L | FL | L100 | L1000 (SPEC 1.3)
+    thinning: str = "L100"  # F | L | FL | L100 | L1000 (docs/training.md)
     p_pool: Optional[float] = None  # null: the strategy's value
     snapshot_every: Optional[int] = None  # null: the strategy's value (steps at optim.lr_reference_batch)
     pool_size: Optional[int] = None  # null: the strategy's value
@@ -146,7 +146,7 @@ class LoggingConfig:
 
 @dataclass
 class UnseenConfig:
-    """``python -m casm experiment unseen``: the unseen-class protocol (CASM paper 6.4, SPEC 6)."""
+    """``python -m casm experiment unseen``: the unseen-class protocol (CASM paper 6.4, docs/unseen.md)."""
 
     split_file: Optional[str] = None  # null: OUT/NAME/split.json, written from the data on the first run
     proportions: list[float] = field(default_factory=lambda: [0.05, 0.05, 0.10, 0.30, 0.30, 0.20])  # A, B, C, ...
@@ -331,7 +331,7 @@ _CHOICES = {
 
 @dataclass
 class JudgeConfig:
-    """A judge from outside casm (SPEC 4.4): ``builder(**kwargs)`` with the state dict in ``weights``."""
+    """A judge from outside casm (docs/evaluation.md): ``builder(**kwargs)`` with the state dict in ``weights``."""
 
     builder: str = MISSING  # importable callable: torchvision.models.resnet50 or my_package.models:build
     weights: str = MISSING  # state dict: .pt/.pth (read with weights_only=True) or .safetensors
@@ -342,7 +342,7 @@ class JudgeConfig:
 
 @dataclass
 class EvalConfig:
-    """``evaluate.py``: which methods, on which data, with which metric settings (SPEC 2 and 4)."""
+    """``evaluate.py``: which methods, on which data, with which metric settings (docs/evaluation.md)."""
 
     checkpoint: Optional[str] = None  # a casm training checkpoint (set by --checkpoint)
     data: DataConfig = field(default_factory=DataConfig)  # default: the checkpoint's own data config
@@ -352,12 +352,12 @@ class EvalConfig:
     scorecam_chunk: int = 256  # (image, channel) pairs per Score-CAM forward pass
     max_images: Optional[int] = None  # cap on evaluated images (null: the whole validation split)
     max_images_slow: int = 200  # cap for Score-CAM and the faithfulness curves
-    binarization: str = "quantile"  # quantile | alpha_mean (SPEC 4.1)
+    binarization: str = "quantile"  # quantile | alpha_mean (docs/evaluation.md)
     alpha: float = 1.0
     sweep_thresholds: int = 21
     faithfulness_steps: int = 32  # deletion / insertion steps
     pointing_tolerance: int = 15
-    classifiers: list[str] = field(default_factory=list)  # more classifier checkpoints for SPEC 4.4
+    classifiers: list[str] = field(default_factory=list)  # more classifier checkpoints (judges, docs/evaluation.md)
     judges: list[JudgeConfig] = field(default_factory=list)  # ... and classifiers from outside casm
     baseline_classifiers: list[str] = field(default_factory=list)  # also run the baselines on these
     figure_images: int = 8

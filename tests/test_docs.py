@@ -17,7 +17,8 @@ from casm.config import Config, EvalConfig, StudyConfig
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-COMMAND = re.compile(r"(?:python|\.venv/bin/python) (?:-m casm|train\.py|evaluate\.py)[^`\n|]*|make [a-z]+")
+COMMAND = re.compile(r"(?:python|\.venv/bin/python) (?:-m casm|train\.py|evaluate\.py|(?:benchmarks|examples)/\w+\.py)"
+                     r"[^`\n|]*|make [a-z]+")
 KEY = re.compile(r"^'?([a-z_]+(?:\.[a-z_0-9]+)+)=")  # dotted keys only: plain words may be shell variables
 PLACEHOLDER = re.compile(r"[A-Z]{2,}|<|\.\.\.|…")  # FILE, RUN, <set>, ...: not a literal path
 
@@ -60,14 +61,35 @@ def _code(page: Path):
                 yield number, span
 
 
+def _anchors(page: Path) -> set[str]:
+    """The fragment each heading of a Markdown page gets (GitHub's rule: lower case, punctuation other than
+    ``-`` and ``_`` dropped, spaces to ``-``)."""
+    fenced, anchors = False, set()
+    for line in page.read_text().splitlines():
+        fenced = fenced != line.startswith("```")
+        heading = re.match(r"#+ (.*)", line)
+        if heading and not fenced:
+            anchors.add(re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-"))
+    return anchors
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
-def test_every_relative_link_names_a_file(page):
+def test_every_relative_link_names_a_file_and_heading(page):
     for number, line in _page_lines(page):
         for target in LINK.findall(line):
-            if target.startswith(("http://", "https://", "#", "mailto:")):
+            if target.startswith(("http://", "https://", "mailto:")):
                 continue
-            path = (page.parent / target.split("#")[0]).resolve()
+            file, _, anchor = target.partition("#")
+            path = (page.parent / file).resolve() if file else page
             assert path.exists(), f"{page.name}:{number}: link to {target} names no file"
+            if anchor and path.suffix == ".md":
+                assert anchor in _anchors(path), f"{page.name}:{number}: {path.name} has no heading #{anchor}"
+
+
+def test_the_anchor_rule_matches_headings_with_code_and_punctuation(tmp_path):
+    page = tmp_path / "p.md"
+    page.write_text("# Title\n## ImageNet (`data.name=imagenet`, `configs/imagenet.yaml`)\n```\n# not a heading\n```\n")
+    assert _anchors(page) == {"title", "imagenet-datanameimagenet-configsimagenetyaml"}
 
 
 def _check_command(text: str, where: str) -> None:
@@ -87,8 +109,8 @@ def _check_command(text: str, where: str) -> None:
         assert all(n in COMMANDS for n in named), f"{where}: python -m casm {words[0]}: no such subcommand"
         command, words = words[0], words[1:]
     else:
+        assert (ROOT / words[0]).is_file(), f"{where}: no script {words[0]}"
         command, words = Path(words[0]).stem, words[1:]
-        assert (ROOT / f"{command}.py").is_file(), f"{where}: no script {command}.py"
     if command == "experiment" and words:
         command = "study" if words[0] == "study" else "train"
     schema = SCHEMAS.get(command, SCHEMAS["train"] if command == "split" else None)  # sanity, export: flags only
@@ -121,6 +143,7 @@ def test_every_command_line_names_what_exists(page):
     ("python -m casm experiment study --config configs/studies/digits.yaml evaluation.judgee=false",
      "evaluation.judgee is no key of the study config"),
     ("make trian", "no make target trian"),
+    ("python benchmarks/train_stepp.py", "no script benchmarks/train_stepp.py"),
 ])
 def test_the_checker_catches(line, message):
     with pytest.raises(AssertionError, match=message):

@@ -1,4 +1,4 @@
-"""Gradient-free CAMs: CAM and Score-CAM (SPEC 2)."""
+"""Gradient-free CAMs: CAM and Score-CAM (docs/evaluation.md)."""
 
 from __future__ import annotations
 

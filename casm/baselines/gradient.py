@@ -1,4 +1,4 @@
-"""Gradient-based CAMs: Grad-CAM and Grad-CAM++ (SPEC 2)."""
+"""Gradient-based CAMs: Grad-CAM and Grad-CAM++ (docs/evaluation.md)."""
 
 from __future__ import annotations
 

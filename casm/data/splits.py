@@ -1,4 +1,4 @@
-"""Class split files for unseen-class experiments (CASM paper 6.4, SPEC 6).
+"""Class split files for unseen-class experiments (CASM paper 6.4, docs/unseen.md).
 
 A split file divides a dataset's classes into disjoint named subsets (the paper: A-F holding 5, 5,
 10, 30, 30 and 20 % of ImageNet's classes). Training selects subsets by name

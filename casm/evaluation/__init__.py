@@ -1,4 +1,4 @@
-"""The evaluation harness behind evaluate.py (SPEC 4)."""
+"""The evaluation harness behind evaluate.py (docs/evaluation.md)."""
 
 from casm.evaluation.harness import Evaluator, evaluate, load_classifier
 from casm.training.module import load_trained

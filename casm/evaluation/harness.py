@@ -1,4 +1,4 @@
-"""The evaluation harness: every method's maps on the same images, every metric (SPEC 4), one report.
+"""The evaluation harness: every method's maps on the same images, every metric (docs/evaluation.md), one report.
 
 Methods are the trained masker ("casm"), the CAM baselines on the masker's own classifier (and on
 any ``baseline_classifiers``), and two toy references ("full image", "centre box"). Each produces a
@@ -131,7 +131,7 @@ def unique_name(base: str, taken: set[str]) -> str:
 
 def load_classifier(checkpoint: str | Path, taken: set[str] = frozenset()
                     ) -> tuple[str, ResNetClassifier, list[str] | None]:
-    """A classifier from a casm training checkpoint (its own architecture and classes), for SPEC 4.4 /
+    """A classifier from a casm training checkpoint (its own architecture and classes), for the judges /
     baselines, with a readable unique name: its run's ``logging.name`` (checkpoint files are all
     last.ckpt), numbered when two runs share a name; and its class names."""
     ckpt = read_checkpoint(checkpoint)

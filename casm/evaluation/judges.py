@@ -1,4 +1,4 @@
-"""Judges from outside casm (SPEC 4.4): any ``nn.Module`` a builder makes, with a weights file.
+"""Judges from outside casm (docs/evaluation.md): any ``nn.Module`` a builder makes, with a weights file.
 
 A judge is a classifier the evaluation asks "is this masked image still recognisable?". casm's own
 checkpoints are one kind; a user's own classifier is the other: an importable builder (a torchvision

@@ -1,4 +1,4 @@
-"""The unseen-class protocol end to end (CASM paper 6.4, SPEC 6): one split file, one training run
+"""The unseen-class protocol end to end (CASM paper 6.4, docs/unseen.md): one split file, one training run
 per training set (plus a data-scarcity row and a judge trained on every class), every model evaluated
 on every subset, one report.
 

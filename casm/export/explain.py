@@ -3,7 +3,7 @@
 Images of any size and mode (greyscale, RGBA, palette) are converted to RGB, resized whole to the
 masker's square input (no crop, so every pixel gets a value), normalized as the manifest says, and
 the masks are resized back to each image's own size. The box is the tight box of the largest
-4-connected component of the binarized mask (SPEC 4.1, quantile rule).
+4-connected component of the binarized mask (docs/evaluation.md, quantile rule).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Does the map point at what the classifier uses? (SPEC 4.3). Batched: each function takes a batch
+"""Does the map point at what the classifier uses? (docs/evaluation.md). Batched: each function takes a batch
 of images and maps and returns one score per image; the harness averages them with torchmetrics.
 
 Images are normalized tensors, so "remove" means "set to 0" (the dataset mean colour).
@@ -91,9 +91,9 @@ def energy_pointing_game(maps: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> Te
 
 def masked_classification(model: nn.Module, images: Tensor, binary: Tensor, labels: Tensor,
                           inpaint: bool = True, fill: str = "mean") -> dict[str, Tensor]:
-    """SPEC 4.4, per image: is ``model`` right on the masked-in ``b*x``, the masked-out ``(1-b)*x``,
-    and the masked-out image inpainted by OpenCV's Telea method (radius 3, uint8 pixel space)? With
-    another ``fill`` (a run trained with ``casm.fill``), the removed pixels of the first two get it."""
+    """The judges' scores (docs/evaluation.md), per image: is ``model`` right on the masked-in ``b*x``, the
+    masked-out ``(1-b)*x``, and the masked-out image inpainted by OpenCV's Telea method (radius 3, uint8 pixel
+    space)? With another ``fill`` (a run trained with ``casm.fill``), the removed pixels of the first two get it."""
     from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
 
     b = (binary if binary.dim() == 4 else binary[:, None]).float()

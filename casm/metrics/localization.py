@@ -1,4 +1,4 @@
-"""Box localization from saliency maps: LE and OM (SPEC 4.1).
+"""Box localization from saliency maps: LE and OM (docs/evaluation.md).
 
 Boxes are ``[x0, y0, x1, y1]`` in pixels with exclusive ends; ground truth comes padded as
 (B, N, 4) with a (B, N) validity mask, since images have different numbers of boxes.
@@ -156,7 +156,7 @@ def continuous_f1(maps: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> tuple[Ten
 
 
 class ContinuousF1(Metric):
-    """Mean over images of the continuous F1 (best box) and F1a (mean over boxes), SPEC 4.1."""
+    """Mean over images of the continuous F1 (best box) and F1a (mean over boxes) (docs/evaluation.md)."""
 
     full_state_update = False
     higher_is_better = True

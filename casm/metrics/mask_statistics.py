@@ -1,4 +1,4 @@
-"""Statistics of the masks themselves (SPEC 4.2): size, spread, decisiveness, smoothness."""
+"""Statistics of the masks themselves (docs/evaluation.md): size, spread, decisiveness, smoothness."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LFI-CAM-style attention heads (SPEC 3): alternates to the decoders, same ``head(features, image)``
+"""LFI-CAM-style attention heads (docs/heads.md): alternates to the decoders, same ``head(features, image)``
 interface, so CASM trains them with the same objective and pool (``masker.head=lfi`` / ``abn``).
 """
 
@@ -13,7 +13,7 @@ from casm.models.heads import MaskHead
 
 def spatial_min_max(maps: Tensor, constant: float = 1.0) -> Tensor:
     """Per-sample, per-channel min-max over space of (B, K, h, w); a constant map becomes ``constant``
-    (1 for LFI-CAM's normalized feature maps: SPEC 3 step 2)."""
+    (1 for LFI-CAM's normalized feature maps: docs/heads.md)."""
     flat = maps.flatten(2)
     low = flat.min(dim=2, keepdim=True).values
     high = flat.max(dim=2, keepdim=True).values

@@ -34,7 +34,7 @@ def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 1) -> nn.Sequential:
 
 
 class CasmeDecoder(MaskHead):
-    """The published CASME decoder layout (SPEC 1.1).
+    """The published CASME decoder layout (docs/heads.md).
 
     layer1..4 -> 1x1 conv to ``hidden`` + BN + ReLU, bilinearly upsampled to the layer1 grid (H/4),
     concatenated with the stem features (4*hidden + stem channels; 320 for ResNet at width 64),

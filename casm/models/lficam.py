@@ -1,4 +1,4 @@
-"""LFI-CAM's own classifier (SPEC 3 step 5): the attention map re-weights the features it is computed
+"""LFI-CAM's own classifier (docs/heads.md): the attention map re-weights the features it is computed
 from, and a perception branch classifies ``F * (1 + A)``. Trained with cross-entropy only; the
 attention map is then an explanation method like CAM (``evaluate.py methods=[lficam]``)."""
 

@@ -26,7 +26,7 @@ def frozen_batchnorm_statistics(module: nn.Module) -> Iterator[nn.Module]:
     """BatchNorm layers still normalize with the batch's statistics inside the block (train mode),
     but their running statistics are not updated (momentum 0), and are restored after.
 
-    Why: the current classifier also classifies masked-out images (SPEC 1.2, eq. 8). Letting those
+    Why: the current classifier also classifies masked-out images (docs/training.md, the paper's eq. 8). Letting those
     update its running statistics mixes the statistics of half-erased images into the ones used at
     evaluation on clean images, so the features the masker reads at evaluation differ from those it
     was trained on (in a width-32 run without this, the final validation mask was 0.246 of the image in

@@ -1,1 +1,1 @@
-"""Sanity checks of saliency methods: manipulation attacks (SPEC 5)."""
+"""Sanity checks of saliency methods: manipulation attacks (docs/sanity.md)."""

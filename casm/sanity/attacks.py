@@ -187,7 +187,7 @@ def sanity_report(checkpoint: str | Path, out: Path | None = None, images: int =
     classifier = module.classifier.to(device).eval()
     results = run_attacks(classifier, x, y, out, attacks, slow_images=slow_images, denormalize=denormalize)
     report = {"checkpoint": str(checkpoint), "images": count, "attacks": results}
-    text = "# Manipulation attacks (SPEC 5)\n\n" + attacks_table(results) + "\n"
+    text = "# Manipulation attacks\n\n" + attacks_table(results) + "\n"
     if randomization:
         masker = module.masker.standalone(module.classifier.trunk).to(device).eval()
         report["randomization"], report["randomization_chance"] = run_cascades(classifier, masker, x, METHODS,

@@ -1,5 +1,5 @@
 """The Grad-CAM manipulation attacks T1-T4 (Viering et al., "How to manipulate CNNs to make them lie: the
-Grad-CAM case"; SPEC 5), for casm's ResNet classifiers.
+Grad-CAM case"; docs/sanity.md), for casm's ResNet classifiers.
 
 Each attack returns an edited copy of a trained classifier whose last stage (``trunk.layer4``, the
 layer the CAM baselines explain) has one more channel ``Z`` and whose linear head has one more column:

@@ -1,4 +1,4 @@
-"""Model-parameter randomization tests (Adebayo et al. 2018, "Sanity Checks for Saliency Maps"; SPEC 5).
+"""Model-parameter randomization tests (Adebayo et al. 2018, "Sanity Checks for Saliency Maps"; docs/sanity.md).
 
 Cascading randomization: re-initialize a network's layers from the top down, one stage more at a time,
 and compare each method's maps with the maps of the trained network. A method whose maps barely change

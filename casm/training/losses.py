@@ -1,4 +1,4 @@
-"""The CASM masker objective (SPEC 1.2, step 8)."""
+"""The CASM masker objective (docs/training.md)."""
 
 from __future__ import annotations
 

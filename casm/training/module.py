@@ -1,4 +1,4 @@
-"""The CASM LightningModule: a classifier and a masker trained together (SPEC 1.2).
+"""The CASM LightningModule: a classifier and a masker trained together (docs/training.md).
 
 One step, for a batch (x, y):
 

@@ -1,4 +1,4 @@
-"""The thinned pool of classifier snapshots that the masker is evaluated against (SPEC 1.3)."""
+"""The thinned pool of classifier snapshots that the masker is evaluated against (docs/training.md)."""
 
 from __future__ import annotations
 

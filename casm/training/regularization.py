@@ -1,4 +1,4 @@
-"""lambda_R: the weight of the mask-area (L1) term, fixed or adapted to a target area (SPEC 1.4)."""
+"""lambda_R: the weight of the mask-area (L1) term, fixed or adapted to a target area (docs/training.md)."""
 
 from __future__ import annotations
 
