@@ -33,6 +33,21 @@ def _study(path: Path, launch=None) -> Study:
     return Study(cfg, resolved, LocalLauncher(launch or main))
 
 
+def test_each_run_is_marked_finished_when_it_ends_not_when_the_study_does(tmp_path):
+    """The study process itself killed (Ctrl-C, SIGTERM, a lost SLURM allocation) during b, seed 1: the
+    three runs that ended before are finished on disk, so a new start skips them instead of resuming."""
+    def study_killed_during_b_seed_1(argv):
+        if argv[2].endswith("b/seed1.yaml"):
+            raise KeyboardInterrupt
+        return main(argv)
+
+    with pytest.raises(KeyboardInterrupt):
+        _study(_study_file(tmp_path), study_killed_during_b_seed_1).run(progress=False, log=lambda m: None)
+    finished = sorted(p.parent.relative_to(tmp_path / "out" / "tiny" / "runs").as_posix()
+                      for p in (tmp_path / "out" / "tiny" / "runs").glob("*/seed*/finished.json"))
+    assert finished == ["a/seed0", "a/seed1", "b/seed0"]
+
+
 def test_a_killed_study_resumes_without_retraining_what_finished(tmp_path, capsys):
     path = _study_file(tmp_path)
     calls = []

@@ -26,6 +26,7 @@ from casm.config import RESUME_LAST, ConfigError, EvalConfig, load_config, to_ya
 
 Launcher = Callable[[list[str]], int]  # argv after "python -m casm" -> exit code
 Log = Callable[[str], None]
+Ended = Callable[[str, int, float], None]  # a job ended: its label, exit code and seconds
 say = functools.partial(print, flush=True)  # lines must come before the training processes' own output
 FINISHED = "finished.json"
 
@@ -111,12 +112,14 @@ class LocalLauncher:
     def __init__(self, launch: Launcher = launch_subprocess) -> None:
         self.launch = launch
 
-    def run(self, jobs: list[tuple[str, list[str]]], log: Log) -> dict[str, tuple[int, float]]:
-        """label -> (exit code, seconds) of each job that ran."""
+    def run(self, jobs: list[tuple[str, list[str]]], log: Log, ended: Ended = lambda *_: None
+            ) -> dict[str, tuple[int, float]]:
+        """label -> (exit code, seconds) of each job that ran; ``ended`` hears of each job as it ends."""
         done = {}
         for label, argv in jobs:
             start = time.time()
             done[label] = (self.launch(argv), time.time() - start)
+            ended(label, *done[label])
             if done[label][0] != 0:
                 break  # the rest would meet the same cause; finished runs are kept
         return done
@@ -140,7 +143,8 @@ class SubmititLauncher:
         except (TypeError, ValueError) as err:
             raise ConfigError(f"submitit: {err}") from err
 
-    def run(self, jobs: list[tuple[str, list[str]]], log: Log) -> dict[str, tuple[int, float]]:
+    def run(self, jobs: list[tuple[str, list[str]]], log: Log, ended: Ended = lambda *_: None
+            ) -> dict[str, tuple[int, float]]:
         from submitit.helpers import CommandFunction
 
         start, submitted = time.time(), {}
@@ -155,6 +159,7 @@ class SubmititLauncher:
             except Exception as err:  # a failed job: its log is in the submitit folder
                 log(f"[{label}] job {job.job_id} failed: {str(err).splitlines()[0] if str(err) else err!r}")
                 done[label] = (1, time.time() - start)
+            ended(label, *done[label])
         return done
 
 
@@ -168,15 +173,15 @@ def train_runs(runs: list[PlannedRun], launcher: LocalLauncher | SubmititLaunche
         argv = run.train_argv()
         log(f"[{run.label}] {'resuming' if run.status == 'resume' else 'training'}: python -m casm {' '.join(argv)}")
         pending.append((run, argv))
-    done = launcher.run([(run.label, argv) for run, argv in pending], log)
-    failed = []
-    for run, _ in pending:
-        code, seconds = done.get(run.label, (None, 0.0))
+    by_label = {run.label: run for run, _ in pending}
+
+    def mark(label: str, code: int, seconds: float) -> None:  # at once: a killed study keeps what finished
         if code == 0:
-            (run.run_dir / FINISHED).write_text(json.dumps({"seconds": round(seconds, 1),
-                                                            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}))
-        elif code is not None:
-            failed.append(f"{run.label} failed (exit code {code})")
+            (by_label[label].run_dir / FINISHED).write_text(json.dumps(
+                {"seconds": round(seconds, 1), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}))
+
+    done = launcher.run([(run.label, argv) for run, argv in pending], log, mark)
+    failed = [f"{label} failed (exit code {code})" for label, (code, _) in done.items() if code != 0]
     if failed:
         raise RuntimeError(f"training {', '.join(failed)}; finished runs are kept: fix the cause and run the same "
                            f"command again to resume")
