@@ -23,9 +23,10 @@ from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
 from casm.config import DataConfig
-from casm.data.datamodule import LocalizationDataModule, normalize_images, train_transform
+from casm.data.datamodule import LocalizationDataModule
 from casm.data.datasets import imagenet_split
 from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
+from casm.data.transforms import normalize_images, train_transform
 
 
 def make_tree(root: Path, images: int, classes: int = 10, size: tuple[int, int] = (500, 375)) -> None:

@@ -12,7 +12,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from casm.data.datamodule import denormalize
+from casm.data.transforms import denormalize
 from casm.experiments.statistics import summarize
 from casm.sanity.attacks import attack_grid, validation_images
 from casm.sanity.under_attack import compare_to_reference, masks_of

@@ -18,8 +18,8 @@ TOLERANCE = 1e-4  # max abs difference of maps in [0, 1]
 
 
 def _trained(model, steps=30):
-    from casm.data.datamodule import normalize_images
     from casm.data.datasets import SyntheticShapes
+    from casm.data.transforms import normalize_images
 
     ds = SyntheticShapes("train", 64, 64)
     x = normalize_images(torch.stack([ds[i]["image"].as_subclass(torch.Tensor) for i in range(64)]))

@@ -3,9 +3,13 @@
 import math
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 from casm.config import ConfigError
 from casm.training.batching import batch_plan, per_device_batch
+from casm.training.lficam_module import LFICAMModule
+from casm.training.module import CASMModule
 
 
 @pytest.mark.parametrize("world, expected", [(1, 128), (2, 64), (8, 16)])
@@ -44,3 +48,22 @@ def test_the_imagenet_config_is_the_papers_batch_and_lr_at_any_gpu_count():
     plan = batch_plan(cfg)
     assert (plan.global_batch, plan.reference_batch, plan.classifier_lr, plan.masker_lr) == (128, 128, 1e-3, 1e-3)
     assert [per_device_batch(128, w) for w in (1, 2, 4, 8)] == [128, 64, 32, 16]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_casm_and_lficam_classifiers_get_the_same_scaled_optimizer(tiny_cfg, optimizer):
+    """One rule: LFI-CAM's classifier used to take optim.classifier_lr unscaled."""
+    cfg = tiny_cfg(f"optim.classifier_optimizer={optimizer}", "data.batch_size=32", "optim.lr_reference_batch=16",
+                   "optim.classifier_lr_scaling=linear", "optim.classifier_lr=0.001")
+    config = OmegaConf.to_container(cfg)
+    casm_opt = CASMModule(config, num_classes=10).configure_optimizers()[0][0]
+    lfi_opt = LFICAMModule(config, num_classes=10).configure_optimizers()[0][0]
+    for opt in (casm_opt, lfi_opt):
+        assert type(opt) is {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[optimizer]
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.002)
+
+
+def test_lficam_skips_a_batch_whose_images_were_all_unreadable(tiny_cfg):
+    module = LFICAMModule(OmegaConf.to_container(tiny_cfg("mode=lficam")), num_classes=10)
+    batch = {"image": torch.zeros(0, 3, 32, 32), "label": torch.zeros(0, dtype=torch.long)}
+    assert module.training_step(batch, 0) is None

@@ -189,8 +189,8 @@ def test_normalizing_on_the_device_gives_the_bits_of_torchvision_in_the_workers(
     import torch
     from torchvision.transforms import v2
 
-    from casm.data.datamodule import normalize_images
     from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
+    from casm.data.transforms import normalize_images
 
     images = torch.randint(0, 256, (4, 3, 17, 23), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     workers = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 PATCHED_TRAINING = """
 import json, sys
 from casm.cli import train_main
-from casm.data.datamodule import denormalize
+from casm.data.transforms import denormalize
 from casm.training.module import CASMModule
 
 original = CASMModule.training_step

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from casm.cli import evaluate_main
-from casm.data.datamodule import normalize_images
 from casm.data.datasets import SyntheticShapes
 from casm.data.synthetic import CLASS_NAMES as SYNTHETIC_NAMES
+from casm.data.transforms import normalize_images
 
 FAST = ["max_images=16", "max_images_slow=4", "scorecam_chunk=64", "faithfulness_steps=4", "figure_images=4",
         "--no-progress"]

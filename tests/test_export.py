@@ -213,3 +213,25 @@ def test_loading_an_export_does_not_import_lightning(exported):
     code = (f"import sys, casm; casm.load_masker({str(exported)!r}); "
             f"sys.exit(1 if 'pytorch_lightning' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"name": "synthetic", "image_size": 64}, 64),  # generated at its size: no resize
+    ({"name": "imagenet", "image_size": 224}, 256),  # the paper's 256 / 224
+    ({"name": "folder", "image_size": 96}, 96),  # a square image at the input size loses no pixel
+    ({"name": "imagenet", "image_size": 224, "resize": 240}, 240),
+    ({"name": "imagenet", "image_size": 224, "center_crop": False}, 224),  # resized whole
+])
+def test_the_evaluation_resize_is_one_rule_for_the_data_and_the_manifest(data, expected):
+    from casm.config import load_config
+    from casm.data.transforms import eval_geometry, eval_resize
+
+    cfg = load_config(None, [f"data.{k}={v}" for k, v in data.items()] + ["data.root=/x"]).data
+    assert eval_resize(cfg) == expected
+    resizes = [t.size for t in eval_geometry(cfg) if type(t).__name__ == "Resize"]
+    assert resizes in ([], [[expected]], [[expected, expected]], [(expected, expected)])
+
+
+def test_the_manifest_records_the_resize_its_run_evaluated_with(trained_checkpoint):
+    manifest = masker_from_checkpoint(trained_checkpoint).manifest
+    assert manifest.resize == manifest.image_size == 32  # the built-in data (was 256/224 x size for every dataset)

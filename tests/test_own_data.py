@@ -12,8 +12,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from casm.config import ConfigError, DataConfig, load_config
-from casm.data.datamodule import LocalizationDataModule, train_transform
+from casm.data.datamodule import LocalizationDataModule
 from casm.data.datasets import imagenet_split
+from casm.data.transforms import train_transform
 from casm.evaluation.harness import figure_picks, next_free_folder
 from tests.conftest import TINY
 

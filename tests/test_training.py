@@ -13,7 +13,8 @@ import torch
 import casm.training.module as module_lib
 from casm.checkpoints import read_checkpoint, read_pool
 from casm.config import ConfigError, load_config
-from casm.data.datamodule import LocalizationDataModule, normalize_images
+from casm.data.datamodule import LocalizationDataModule
+from casm.data.transforms import normalize_images
 from casm.models import ResNetClassifier
 from casm.training.module import CASMModule, NonFiniteLossError
 from casm.training.run import check_resume_compatible, train

@@ -14,9 +14,10 @@ from omegaconf import OmegaConf
 from casm.cli import evaluate_main, split_main
 from casm.config import CONFIG_DIR, ConfigError, DataConfig, evaluation_data, load_config
 from casm.data import synthetic
-from casm.data.datamodule import LocalizationDataModule, normalize_images
+from casm.data.datamodule import LocalizationDataModule
 from casm.data.datasets import SyntheticShapes, dataset_classes, keep_per_class
 from casm.data.splits import ClassSplit, fingerprint, make_split
+from casm.data.transforms import normalize_images
 from casm.evaluation.harness import KnownClasses
 from tests.conftest import TINY
 

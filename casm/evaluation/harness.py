@@ -22,7 +22,8 @@ from casm.baselines import BASELINES, CAMMethod
 from casm.baselines.base import logits_of
 from casm.checkpoints import read_checkpoint
 from casm.config import ConfigError
-from casm.data.datamodule import LocalizationDataModule, normalize_images
+from casm.data.datamodule import LocalizationDataModule
+from casm.data.transforms import normalize_images
 from casm.errors import UserError
 from casm.evaluation.judges import Logits, build_judge, read_class_names
 from casm.fills import FILLS

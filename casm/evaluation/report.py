@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import torch
 
-from casm.data.datamodule import denormalize
+from casm.data.transforms import denormalize
 from casm.metrics.localization import predicted_boxes
 
 # (table title, [(key in the results, column title, format)]); a column appears when some method has it

@@ -24,7 +24,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from casm.config import CLASS_SELECTION_KEYS, ConfigError, EvalConfig, UnseenConfig, load_config
+from casm.config import CLASS_SELECTION_KEYS, ConfigError, EvalConfig, UnseenConfig, evaluation_data, load_config
 from casm.data.datasets import dataset_classes
 from casm.data.splits import ClassSplit, make_split
 from casm.experiments.runs import (
@@ -154,9 +154,9 @@ class UnseenExperiment:
         return out
 
     def eval_config(self, run: PlannedRun, subset: str, judge: PlannedRun | None) -> DictConfig:
-        data = OmegaConf.to_container(run.config.data, resolve=True)
-        data.update({k: None for k in CLASS_SELECTION_KEYS}, samples_per_class=None,
-                    split_file=str(self.split_path), split_subsets=[subset])
+        chosen = {"split_file": str(self.split_path), "split_subsets": [subset]}  # the training's classes dropped
+        data = evaluation_data(OmegaConf.to_container(run.config.data, resolve=True), [f"data.{k}=" for k in chosen])
+        data.update(chosen)
         overrides = list(self.cfg.unseen.eval_overrides) + [
             f"checkpoint={run.checkpoint}", f"out_dir={run.run_dir / 'eval' / subset}"]
         if judge is not None:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 import casm
 from casm.checkpoints import write_atomically
 from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
+from casm.data.transforms import eval_resize
 from casm.errors import UserError
 from casm.models import Masker, ResNetTrunk, build_head
 
@@ -51,7 +52,7 @@ class MaskerManifest:
     head: str
     hidden: int
     image_size: int
-    resize: int
+    resize: int  # the shorter side the run's evaluation resized to before its centre crop (explain resizes whole)
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     classes: list[str] = field(default_factory=list)
@@ -149,7 +150,7 @@ def masker_from_checkpoint(checkpoint_path: str | Path) -> StandaloneMasker:
     manifest = MaskerManifest(
         arch=cfg.model.arch, width=cfg.model.width, head=cfg.masker.head, hidden=cfg.masker.hidden,
         feature_layer=cfg.masker.get("feature_layer"),
-        image_size=image_size, resize=cfg.data.resize or round(image_size * 256 / 224),
+        image_size=image_size, resize=eval_resize(module.cfg.data),
         classes=list(module.hparams.get("class_names") or []), source_checkpoint=str(checkpoint_path),
     )
     standalone = StandaloneMasker(manifest)

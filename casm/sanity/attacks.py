@@ -154,7 +154,8 @@ def validation_images(config: dict, count: int, device: str | torch.device = "cp
     from omegaconf import OmegaConf
 
     from casm.config import DataConfig
-    from casm.data.datamodule import LocalizationDataModule, normalize_images
+    from casm.data.datamodule import LocalizationDataModule
+    from casm.data.transforms import normalize_images
 
     data = OmegaConf.merge(OmegaConf.structured(DataConfig), config["data"], {"samples_per_class": None})
     dm = LocalizationDataModule(data, config.get("seed", 0), splits=("val",))
@@ -176,7 +177,7 @@ def sanity_report(checkpoint: str | Path, out: Path | None = None, images: int =
 
     from torch.utils.tensorboard import SummaryWriter
 
-    from casm.data.datamodule import denormalize
+    from casm.data.transforms import denormalize
     from casm.sanity.randomization import plot_cascades, run_cascades
     from casm.training.module import load_trained
 

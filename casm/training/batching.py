@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
+import torch
 from omegaconf import DictConfig
 
 from casm.config import ConfigError
@@ -72,3 +74,12 @@ def batch_plan(cfg: DictConfig) -> BatchPlan:
     reference = o.lr_reference_batch or batch
     return BatchPlan(batch, reference, scale_lr(o.classifier_lr, o.classifier_lr_scaling, batch, reference),
                      scale_lr(o.masker_lr, o.masker_lr_scaling, batch, reference))
+
+
+def classifier_optimizer(parameters: Iterable[torch.nn.Parameter], cfg: DictConfig) -> torch.optim.Optimizer:
+    """The classifier's optimizer (``optim.classifier_optimizer``) at its batch-scaled learning rate; one
+    definition for the CASM and the LFI-CAM modules."""
+    o, lr = cfg.optim, batch_plan(cfg).classifier_lr
+    if o.classifier_optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=o.classifier_weight_decay)
+    return torch.optim.SGD(parameters, lr=lr, momentum=o.classifier_momentum, weight_decay=o.classifier_weight_decay)

@@ -35,6 +35,15 @@ def all_reduce_mean(tensors: list[Tensor]) -> list[Tensor]:
     return out
 
 
+def empty_on_any_rank(images: Tensor) -> bool:
+    """Whether some rank's batch has no image (all unreadable, ``data.skip_corrupt``): every rank must then
+    skip the step together, or the others wait forever in a gradient all-reduce this rank never joins."""
+    empty = images.numel() == 0
+    if world_size() > 1:
+        empty = bool(all_reduce_mean([torch.tensor([float(empty)], device=images.device)])[0] > 0)
+    return empty
+
+
 def assert_same_on_all_ranks(value: Tensor, what: str) -> None:
     """Fail loudly if ranks disagree on ``value`` (e.g. weights or the pool's RNG state): a DDP run
     whose ranks drifted apart would otherwise train silently wrong."""

@@ -14,6 +14,8 @@ from casm.config import with_defaults
 from casm.metrics.localization import LocalizationError
 from casm.models.lficam import LFICAMClassifier
 from casm.models.resnet import ResNetClassifier
+from casm.training.batching import classifier_optimizer
+from casm.training.distributed import empty_on_any_rank
 
 
 class LFICAMModule(pl.LightningModule):
@@ -35,15 +37,12 @@ class LFICAMModule(pl.LightningModule):
         self.val_localization = LocalizationError()
 
     def configure_optimizers(self):
-        o = self.cfg.optim
-        if o.classifier_optimizer == "adam":
-            opt = torch.optim.Adam(self.parameters(), lr=o.classifier_lr, weight_decay=o.classifier_weight_decay)
-        else:
-            opt = torch.optim.SGD(self.parameters(), lr=o.classifier_lr, momentum=o.classifier_momentum,
-                                  weight_decay=o.classifier_weight_decay)
-        return [opt], [torch.optim.lr_scheduler.StepLR(opt, o.lr_step_epochs, o.lr_gamma)]
+        opt = classifier_optimizer(self.parameters(), self.cfg)
+        return [opt], [torch.optim.lr_scheduler.StepLR(opt, self.cfg.optim.lr_step_epochs, self.cfg.optim.lr_gamma)]
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if empty_on_any_rank(batch["image"]):  # every image of a rank's batch unreadable: all ranks skip it
+            return None
         logits, _, attention = self.model(batch["image"])
         loss = F.cross_entropy(logits, batch["label"])
         self.log_dict({"train/classifier_loss": loss, "train/attention_mean": attention.mean(),

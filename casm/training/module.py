@@ -40,7 +40,7 @@ from torchvision.utils import make_grid
 
 from casm.checkpoints import POOL_FOLDER, read_checkpoint, write_atomically
 from casm.config import with_defaults
-from casm.data.datamodule import denormalize, random_augmentation
+from casm.data.transforms import denormalize, random_augmentation
 from casm.errors import NonFiniteLossError, TrainingDivergedError, UserError, shorten
 from casm.fills import keep_masked, remove_masked
 from casm.metrics.collapse import HEALTH_FILE, MaskHealth, MaskSpread
@@ -48,8 +48,8 @@ from casm.metrics.localization import LocalizationError, reference_boxes
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
 from casm.models.modes import evaluation_mode, frozen_batchnorm_statistics
 from casm.training.averaging import MaskerAverage, restore_live_masker
-from casm.training.batching import batch_plan
-from casm.training.distributed import all_reduce_mean, assert_same_on_all_ranks, world_size
+from casm.training.batching import batch_plan, classifier_optimizer
+from casm.training.distributed import all_reduce_mean, assert_same_on_all_ranks, empty_on_any_rank
 from casm.training.losses import masker_loss
 from casm.training.pool import ClassifierPool, resolve_strategy
 from casm.training.regularization import LambdaController
@@ -127,12 +127,7 @@ class CASMModule(pl.LightningModule):
     def configure_optimizers(self):
         o, plan = self.cfg.optim, self.batch_plan
         rank_zero_info(plan.describe(self._trainer.world_size if self._trainer else 1, o))
-        if o.classifier_optimizer == "adam":
-            opt_c = torch.optim.Adam(self.classifier.parameters(), lr=plan.classifier_lr,
-                                     weight_decay=o.classifier_weight_decay)
-        else:
-            opt_c = torch.optim.SGD(self.classifier.parameters(), lr=plan.classifier_lr,
-                                    momentum=o.classifier_momentum, weight_decay=o.classifier_weight_decay)
+        opt_c = classifier_optimizer(self.classifier.parameters(), self.cfg)
         opt_m = torch.optim.Adam(self.masker.parameters(), lr=plan.masker_lr, weight_decay=o.masker_weight_decay)
         masker_gamma = o.lr_gamma if o.masker_lr_gamma is None else o.masker_lr_gamma
         schedulers = [torch.optim.lr_scheduler.StepLR(opt_c, o.lr_step_epochs, o.lr_gamma),
@@ -209,10 +204,7 @@ class CASMModule(pl.LightningModule):
         """A batch whose every image was unreadable (``data.skip_corrupt``) has nothing to train on. Under
         DDP the other ranks would wait forever in the gradient all-reduce this rank never joins, so all
         ranks learn of it (one 1-element all-reduce) and skip the step together."""
-        empty = x.numel() == 0
-        if world_size() > 1:
-            empty = bool(all_reduce_mean([torch.tensor([float(empty)], device=self.device)])[0] > 0)
-        if not empty:
+        if not empty_on_any_rank(x):
             return False
         self.empty_batches += 1
         self.log("train/empty_batches", float(self.empty_batches))
