@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 
-from casm.config import CONFIG_DIR, RESUME_LAST, load_config
+from casm.config import CONFIG_DIR, MANIPULATION_ATTACKS, RESUME_LAST, load_config
 from casm.data.images import DEFAULT_MAX_PIXELS
 from casm.errors import CheckpointWriteError, NonFiniteLossError, UserError
 
@@ -260,16 +260,18 @@ def sanity_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output folder (default: RUN/sanity)")
     parser.add_argument("--images", type=int, default=64, help="validation images measured (default 64)")
     parser.add_argument("--slow-images", type=int, default=8, help="of those, for Score-CAM (default 8)")
-    parser.add_argument("--attacks", default="T1,T2,T3,T4")
+    parser.add_argument("--attacks", default=",".join(MANIPULATION_ATTACKS))
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--no-randomization", action="store_true", help="the attacks only")
     args = parser.parse_args(argv)
-    from casm.sanity.attacks import ATTACKS, attacks_table, cascade_table, sanity_report
+    from casm.sanity.attacks import attacks_table
+    from casm.sanity.report import cascade_table, sanity_report
 
     attacks = tuple(a.strip() for a in args.attacks.split(","))
-    unknown = [a for a in attacks if a not in ATTACKS]
+    unknown = [a for a in attacks if a not in MANIPULATION_ATTACKS]
     if unknown or args.images < 1 or args.slow_images < 1:
-        raise UserError(f"--attacks takes {','.join(ATTACKS)} (got {unknown}); --images and --slow-images >= 1")
+        raise UserError(f"--attacks takes {','.join(MANIPULATION_ATTACKS)} (got {unknown}); "
+                        f"--images and --slow-images >= 1")
     report, out = sanity_report(args.checkpoint, args.out, args.images, args.slow_images, attacks, args.device,
                                 randomization=not args.no_randomization)
     print(attacks_table(report["attacks"]))

@@ -209,6 +209,9 @@ class Config:
 RESUME_LAST = "last"  # resume=last: the newest checkpoint in the run's own folder, or a fresh start
 
 
+MANIPULATION_ATTACKS = ("T1", "T2", "T3", "T4")  # the Grad-CAM attacks of casm/sanity/manipulation.py
+
+
 class ConfigError(UserError):
     """A config file or override that does not fit the schema."""
 
@@ -436,8 +439,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.max_val_images={cfg.trainer.max_val_images} and trainer.limit_val_batches="
                           f"{cfg.trainer.limit_val_batches} both cap validation: keep one")
     if cfg.model.manipulation is not None:
-        if cfg.model.manipulation not in ("T1", "T2", "T3", "T4"):
-            raise ConfigError(f"model.manipulation={cfg.model.manipulation!r} is not one of T1, T2, T3, T4")
+        if cfg.model.manipulation not in MANIPULATION_ATTACKS:
+            raise ConfigError(f"model.manipulation={cfg.model.manipulation!r} is not one of "
+                              f"{', '.join(MANIPULATION_ATTACKS)}")
         if cfg.casm.thinning != "F" or cfg.masker.encoder != "separate" or not cfg.model.pretrained:
             raise ConfigError("model.manipulation attacks a trained, fixed classifier: it needs model.pretrained=FILE, "
                               "casm.thinning=F and masker.encoder=separate (a shared encoder would read the "

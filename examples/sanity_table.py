@@ -14,7 +14,8 @@ from pathlib import Path
 
 from casm.data.transforms import denormalize
 from casm.experiments.statistics import summarize
-from casm.sanity.attacks import attack_grid, validation_images
+from casm.sanity.attacks import attack_grid
+from casm.sanity.report import validation_images
 from casm.sanity.under_attack import compare_to_reference, masks_of
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from casm.metrics.localization import (
-    LocalizationError,
+    LocalizationMetric,
     binarize,
     box_iou,
     largest_component_box,
@@ -46,7 +46,7 @@ def test_predicted_box_of_a_blob():
 
 
 def test_localization_error_and_om():
-    metric = LocalizationError(rule="alpha_mean")
+    metric = LocalizationMetric(rule="alpha_mean")
     maps = torch.zeros(3, 16, 16)
     maps[0, 0:8, 0:8] = 1  # exactly the box: hit
     maps[1, 0:8, 0:8] = 1  # hit, but the classifier is wrong: OM error
@@ -60,7 +60,7 @@ def test_localization_error_and_om():
 
 
 def test_any_ground_truth_box_counts_and_padding_is_ignored():
-    metric = LocalizationError(rule="alpha_mean")
+    metric = LocalizationMetric(rule="alpha_mean")
     maps = torch.zeros(1, 16, 16)
     maps[0, 8:16, 8:16] = 1
     gt = torch.tensor([[[0.0, 0.0, 4.0, 4.0], [8.0, 8.0, 16.0, 16.0]]])

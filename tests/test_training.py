@@ -207,13 +207,13 @@ def test_ddp_on_two_cpu_processes(tmp_path, tiny_overrides):
 
 
 def _single_process_le(ckpt: Path) -> float:
-    from casm.metrics.localization import LocalizationError
+    from casm.metrics.localization import LocalizationMetric
     from casm.training.module import load_trained
 
     module, config = load_trained(ckpt)
     dm = LocalizationDataModule(load_config(None, [f"{k}={v}" for k, v in _flat("data", config["data"])]).data)
     dm.setup()
-    metric = LocalizationError()
+    metric = LocalizationMetric()
     with torch.no_grad():
         for batch in dm.val_dataloader():
             x = normalize_images(batch["image"])

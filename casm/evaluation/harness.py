@@ -38,7 +38,7 @@ from casm.metrics.faithfulness import (
 from casm.metrics.localization import (
     BoxAccuracySweep,
     ContinuousF1,
-    LocalizationError,
+    LocalizationMetric,
     binarize,
     box_masks,
     reference_boxes,
@@ -153,8 +153,8 @@ class MethodScores:
     rule: str
     alpha: float
     thresholds: int
-    localization: LocalizationError = None
-    localization_other_rule: LocalizationError = None
+    localization: LocalizationMetric = None
+    localization_other_rule: LocalizationMetric = None
     f1: ContinuousF1 = field(default_factory=ContinuousF1)
     sweep_select: BoxAccuracySweep = None
     sweep_test: BoxAccuracySweep = None
@@ -167,8 +167,8 @@ class MethodScores:
 
     def __post_init__(self) -> None:
         other = "alpha_mean" if self.rule == "quantile" else "quantile"
-        self.localization = LocalizationError(self.rule, self.alpha)
-        self.localization_other_rule = LocalizationError(other, self.alpha)
+        self.localization = LocalizationMetric(self.rule, self.alpha)
+        self.localization_other_rule = LocalizationMetric(other, self.alpha)
         self.sweep_select = BoxAccuracySweep(self.thresholds)
         self.sweep_test = BoxAccuracySweep(self.thresholds)
 

@@ -94,7 +94,7 @@ def localization_hits(boxes: Tensor, gt_boxes: Tensor, gt_valid: Tensor, iou_thr
     return iou.max(dim=1).values > iou_threshold
 
 
-class LocalizationError(Metric):
+class LocalizationMetric(Metric):
     """LE = 1 - [max IoU > 0.5] and OM (also wrong when the top-1 class is wrong), averaged over images.
 
     ``update(maps=..., ...)`` binarizes the maps; ``update(boxes=..., ...)`` takes boxes directly

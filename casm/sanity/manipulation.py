@@ -30,10 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from casm.config import MANIPULATION_ATTACKS as ATTACKS  # one list: configs are checked against it too
 from casm.errors import UserError
 from casm.models.resnet import ResNetClassifier
-
-ATTACKS = ("T1", "T2", "T3", "T4")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from casm.config import with_defaults
-from casm.metrics.localization import LocalizationError
+from casm.metrics.localization import LocalizationMetric
 from casm.models.lficam import LFICAMClassifier
 from casm.models.resnet import ResNetClassifier
 from casm.training.batching import classifier_optimizer
@@ -34,7 +34,7 @@ class LFICAMModule(pl.LightningModule):
             self.model.load_trunk(donor.state_dict())
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_mask_mean = MeanMetric()
-        self.val_localization = LocalizationError()
+        self.val_localization = LocalizationMetric()
 
     def configure_optimizers(self):
         opt = classifier_optimizer(self.parameters(), self.cfg)

@@ -44,7 +44,7 @@ from casm.data.transforms import denormalize, random_augmentation
 from casm.errors import NonFiniteLossError, TrainingDivergedError, UserError, shorten
 from casm.fills import keep_masked, remove_masked
 from casm.metrics.collapse import HEALTH_FILE, MaskHealth, MaskSpread
-from casm.metrics.localization import LocalizationError, reference_boxes
+from casm.metrics.localization import LocalizationMetric, reference_boxes
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
 from casm.models.modes import evaluation_mode, frozen_batchnorm_statistics
 from casm.training.averaging import MaskerAverage, restore_live_masker
@@ -119,9 +119,9 @@ class CASMModule(pl.LightningModule):
         self.val_mask_spread = MaskSpread(self.cfg.data.image_size ** 2)  # validation masks are square
         self.health: dict | None = None  # the newest validation's collapse check (after the warm-up)
         self.health_log: list[dict] = []
-        self.val_localization = LocalizationError()
-        self.val_full_box = LocalizationError()
-        self.val_centre_box = LocalizationError()
+        self.val_localization = LocalizationMetric()
+        self.val_full_box = LocalizationMetric()
+        self.val_centre_box = LocalizationMetric()
 
     # ---------------------------------------------------------------- set-up
     def configure_optimizers(self):
