@@ -209,7 +209,7 @@ class Config:
 RESUME_LAST = "last"  # resume=last: the newest checkpoint in the run's own folder, or a fresh start
 
 
-MANIPULATION_ATTACKS = ("T1", "T2", "T3", "T4")  # the Grad-CAM attacks of casm/sanity/manipulation.py
+MANIPULATION_ATTACKS = ("T1", "T2", "T3", "T4")  # the Grad-CAM attacks of casm/models/manipulation.py
 
 
 class ConfigError(UserError):

@@ -7,7 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from casm.config import ConfigError
-from casm.training.batching import batch_plan, per_device_batch
+from casm.distributed import per_device_batch
+from casm.training.batching import batch_plan
 from casm.training.lficam_module import LFICAMModule
 from casm.training.module import CASMModule
 

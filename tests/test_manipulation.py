@@ -9,7 +9,7 @@ import torch
 
 from casm.baselines import BASELINES
 from casm.models import ResNetClassifier
-from casm.sanity.manipulation import attack_target, manipulate, map_distance, paste_sticker, sticker_pattern
+from casm.models.manipulation import attack_target, manipulate, map_distance, paste_sticker, sticker_pattern
 from casm.sanity.under_attack import compare_to_reference, mask_agreement
 
 SIZE = 128  # a 4 x 4 grid after layer4: maps with a shape

@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from casm.data.datasets import ShuffledLabels, SyntheticShapes, folder_split, imagenet_split
 from casm.data.splits import class_selection
 from casm.data.transforms import eval_transform, normalize_images, train_transform
+from casm.distributed import per_device_batch
 from casm.errors import UserError
-from casm.training.batching import per_device_batch
 
 
 def collate_with_boxes(samples: list[dict | None]) -> dict:

@@ -24,6 +24,7 @@ from casm.checkpoints import read_checkpoint
 from casm.config import ConfigError
 from casm.data.datamodule import LocalizationDataModule
 from casm.data.transforms import normalize_images
+from casm.distributed import gather_objects, launched_processes, rank, sum_over_ranks, world_size
 from casm.errors import UserError
 from casm.evaluation.judges import Logits, build_judge, read_class_names
 from casm.fills import FILLS
@@ -45,7 +46,6 @@ from casm.metrics.localization import (
 )
 from casm.metrics.mask_statistics import MaskStatistics
 from casm.models import ResNetClassifier
-from casm.training.distributed import gather_objects, launched_processes, rank, sum_over_ranks, world_size
 from casm.training.module import CASMModule, load_trained
 
 SLOW_METHODS = ("scorecam",)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from casm.baselines import BASELINES
 from casm.baselines.base import logits_of
-from casm.sanity.manipulation import (
+from casm.models.manipulation import (
     ATTACKS,
     attack_target,
     manipulate,

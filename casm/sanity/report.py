@@ -14,8 +14,8 @@ from torch import Tensor
 from casm.config import DataConfig
 from casm.data.datamodule import LocalizationDataModule
 from casm.data.transforms import denormalize, normalize_images
+from casm.models.manipulation import ATTACKS
 from casm.sanity.attacks import METHODS, attacks_table, run_attacks
-from casm.sanity.manipulation import ATTACKS
 from casm.sanity.randomization import plot_cascades, run_cascades
 from casm.training.module import load_trained
 

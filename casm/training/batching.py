@@ -26,18 +26,7 @@ from typing import Iterable
 import torch
 from omegaconf import DictConfig
 
-from casm.config import ConfigError
-
 SCALING_RULES = ("linear", "sqrt", "none")
-
-
-def per_device_batch(global_batch: int, world_size: int) -> int:
-    """Images each device loads per step; refuses a global batch that does not split evenly."""
-    if global_batch % world_size:
-        raise ConfigError(f"data.batch_size={global_batch} is the global batch (all devices together) and does not "
-                          f"split evenly over {world_size} processes; use a multiple of {world_size}, e.g. "
-                          f"data.batch_size={max(1, global_batch // world_size) * world_size}")
-    return global_batch // world_size
 
 
 def scale_lr(lr: float, rule: str, batch: int, reference: int) -> float:

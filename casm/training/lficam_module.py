@@ -11,11 +11,11 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from casm.config import with_defaults
+from casm.distributed import empty_on_any_rank
 from casm.metrics.localization import LocalizationMetric
 from casm.models.lficam import LFICAMClassifier
 from casm.models.resnet import ResNetClassifier
 from casm.training.batching import classifier_optimizer
-from casm.training.distributed import empty_on_any_rank
 
 
 class LFICAMModule(pl.LightningModule):

@@ -41,15 +41,16 @@ from torchvision.utils import make_grid
 from casm.checkpoints import POOL_FOLDER, read_checkpoint, write_atomically
 from casm.config import with_defaults
 from casm.data.transforms import denormalize, random_augmentation
+from casm.distributed import all_reduce_mean, assert_same_on_all_ranks, empty_on_any_rank
 from casm.errors import NonFiniteLossError, TrainingDivergedError, UserError, shorten
 from casm.fills import keep_masked, remove_masked
 from casm.metrics.collapse import HEALTH_FILE, MaskHealth, MaskSpread
 from casm.metrics.localization import LocalizationMetric, reference_boxes
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
+from casm.models.manipulation import manipulate
 from casm.models.modes import evaluation_mode, frozen_batchnorm_statistics
 from casm.training.averaging import MaskerAverage, restore_live_masker
 from casm.training.batching import batch_plan, classifier_optimizer
-from casm.training.distributed import all_reduce_mean, assert_same_on_all_ranks, empty_on_any_rank
 from casm.training.losses import masker_loss
 from casm.training.pool import ClassifierPool, resolve_strategy
 from casm.training.regularization import LambdaController
@@ -68,9 +69,7 @@ def build_models(cfg: DictConfig, num_classes: int) -> tuple[ResNetClassifier, M
             encoder.load_state_dict(donor.trunk.state_dict())
     masker = Masker(build_head(cfg.masker.head, classifier.trunk.channels, cfg.masker.hidden,
                                cfg.masker.get("feature_layer")), encoder)
-    if cfg.model.manipulation:  # the sanity check "casm under attack" (casm/sanity/manipulation.py)
-        from casm.sanity.manipulation import manipulate
-
+    if cfg.model.manipulation:  # the sanity check "casm under attack" (docs/sanity.md)
         # in train mode like the unattacked classifier; on_train_epoch_start freezes both alike
         classifier = manipulate(classifier, cfg.model.manipulation, cfg.data.image_size, seed=cfg.seed).train()
     return classifier, masker

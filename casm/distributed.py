@@ -1,4 +1,5 @@
-"""Gradient averaging across DDP ranks, done by hand; and the few collectives evaluation needs.
+"""Processes: the per-device share of the global batch, gradient averaging across DDP ranks done by
+hand, and the few collectives training and evaluation need (below every layer that runs on many GPUs).
 
 Why not DDP's own reducer: it assumes one backward pass per forward, over all parameters. A CASM
 step takes two sets of gradients from one forward pass (the masker's through the evaluator, the
@@ -16,9 +17,20 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from casm.config import ConfigError
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def per_device_batch(global_batch: int, world_size: int) -> int:
+    """Images each device loads per step; refuses a global batch that does not split evenly."""
+    if global_batch % world_size:
+        raise ConfigError(f"data.batch_size={global_batch} is the global batch (all devices together) and does not "
+                          f"split evenly over {world_size} processes; use a multiple of {world_size}, e.g. "
+                          f"data.batch_size={max(1, global_batch // world_size) * world_size}")
+    return global_batch // world_size
 
 
 def all_reduce_mean(tensors: list[Tensor]) -> list[Tensor]:
