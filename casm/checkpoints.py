@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
 import torch
+from safetensors.torch import load, load_file, save
 from torch import Tensor
 
 from casm.errors import CheckpointWriteError, UserError, shorten
@@ -59,8 +60,6 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -137,8 +136,6 @@ def write_snapshot(folder: Path, step: int, state: dict[str, Tensor]) -> tuple[s
 
     The random suffix keeps a resumed run (which takes a snapshot at a step again) from overwriting
     the file an abandoned later checkpoint refers to."""
-    from safetensors.torch import save
-
     data = save({k: v.detach().cpu().contiguous() for k, v in state.items()})
     name = f"step{step:07d}-{uuid.uuid4().hex[:8]}.safetensors"
     write_atomically(folder / name, lambda f: f.write(data), what="pool snapshot")
@@ -147,8 +144,6 @@ def write_snapshot(folder: Path, step: int, state: dict[str, Tensor]) -> tuple[s
 
 def read_snapshot(folder: Path, name: str, sha256: str, checkpoint: str | Path = "the checkpoint") -> dict[str, Tensor]:
     """A snapshot a checkpoint refers to, checked against its digest."""
-    from safetensors.torch import load
-
     path = folder / name
     fix = ("the pool folder must stay beside checkpoints/ (copy or move the whole run folder); resume from a "
            "checkpoint whose snapshots are intact, or start again")

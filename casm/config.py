@@ -419,7 +419,7 @@ FP16_PRECISIONS = ("16-mixed", "16", "16-true", "transformer-engine-float16")
 
 def validate(cfg: DictConfig) -> None:
     """Check values the schema's types cannot: enumerations and ranges (before anything is built)."""
-    from casm.models.heads import HEADS, check_feature_layer  # heads register themselves; import late
+    from casm.models.head_registry import HEADS, check_feature_layer  # the models layer's names: config sits below it
 
     choices = dict(_CHOICES, **{"masker.head": tuple(HEADS)})
     for key, allowed in choices.items():

@@ -18,10 +18,13 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
 from casm.errors import UserError
 
 FILLS = ("mean", "blur", "telea", "noise")
@@ -35,8 +38,6 @@ def fill_for(images: Tensor, removed: Tensor, kind: str) -> Tensor | None:
         if kind == "blur":
             return blur(images)
         if kind == "telea":
-            from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
-
             return telea_inpaint(images, removed[:, 0] > 0.5, IMAGENET_MEAN, IMAGENET_STD)
         if kind == "noise":
             return torch.randn_like(images)
@@ -75,9 +76,6 @@ def keep_masked(images: Tensor, mask: Tensor, kind: str = "mean") -> Tensor:
 
 def telea_inpaint(images: Tensor, holes: Tensor, mean, std) -> Tensor:
     """Fill ``holes`` (B, H, W) bool of normalized images with cv2.inpaint(INPAINT_TELEA, radius 3)."""
-    import cv2
-    import numpy as np
-
     m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
     pixels = ((images * s + m).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()

@@ -21,23 +21,7 @@ from torch import Tensor, nn
 
 from casm.errors import UserError
 from casm.models.modes import evaluation_mode
-
-
-def logits_of(output: Tensor | tuple) -> Tensor:
-    """casm classifiers return ``(logits, features)``; plain ones return logits."""
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-class LogitsOnly(nn.Module):
-    """Wraps a casm classifier (``x -> (logits, features)``) for libraries that expect ``x -> logits``
-    (grad-cam, torchcam, ONNX tools)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        return logits_of(self.model(x))
+from casm.models.outputs import LogitsOnly, logits_of  # noqa: F401  (part of this module's interface)
 
 
 def default_target_layer(model: nn.Module) -> str:

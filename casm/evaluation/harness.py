@@ -27,6 +27,7 @@ from casm.data.transforms import normalize_images
 from casm.distributed import gather_objects, launched_processes, rank, sum_over_ranks, world_size
 from casm.errors import UserError
 from casm.evaluation.judges import Logits, build_judge, read_class_names
+from casm.evaluation.report import write_reports
 from casm.fills import FILLS
 from casm.metrics.collapse import read_collapse
 from casm.metrics.faithfulness import (
@@ -46,6 +47,7 @@ from casm.metrics.localization import (
 )
 from casm.metrics.mask_statistics import MaskStatistics
 from casm.models import ResNetClassifier
+from casm.training.lficam_module import LFICAMModule
 from casm.training.module import CASMModule, load_trained
 
 SLOW_METHODS = ("scorecam",)
@@ -93,8 +95,6 @@ def _class_names(ckpt: dict) -> list[str] | None:
 
 def load_lficam(checkpoint: str | Path) -> tuple[nn.Module, list[str] | None]:
     """The LFI-CAM classifier of a ``mode=lficam`` training checkpoint (eval mode) and its class names."""
-    from casm.training.lficam_module import LFICAMModule
-
     ckpt = read_checkpoint(checkpoint)
     hp = ckpt.get("hyper_parameters", {})
     if hp.get("config", {}).get("mode") != "lficam":
@@ -487,8 +487,6 @@ def evaluate(cfg: DictConfig, progress: bool = True, trained: tuple[CASMModule, 
              ) -> tuple[dict, "Evaluator", Path]:
     """Run the whole evaluation; returns (results, evaluator, output folder). ``trained``: the
     (module, config) of ``cfg.checkpoint`` when the caller has loaded it already."""
-    from casm.evaluation.report import write_reports
-
     module, train_config = trained or load_trained(cfg.checkpoint)
     with launched_processes(cfg.device) as device:
         torch.manual_seed(cfg.seed)

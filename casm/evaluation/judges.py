@@ -17,9 +17,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from casm.baselines.base import logits_of
 from casm.checkpoints import read_weights
 from casm.errors import UserError
+from casm.models.outputs import logits_of
 
 
 def import_builder(spec: str) -> Callable[..., nn.Module]:

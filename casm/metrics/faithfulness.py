@@ -12,9 +12,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
-from casm.baselines.base import logits_of
+from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
 from casm.fills import keep_masked, remove_masked, telea_inpaint
 from casm.metrics.localization import box_masks
+from casm.models.outputs import logits_of
 
 
 @torch.no_grad()
@@ -94,8 +95,6 @@ def masked_classification(model: nn.Module, images: Tensor, binary: Tensor, labe
     """The judges' scores (docs/evaluation.md), per image: is ``model`` right on the masked-in ``b*x``, the
     masked-out ``(1-b)*x``, and the masked-out image inpainted by OpenCV's Telea method (radius 3, uint8 pixel
     space)? With another ``fill`` (a run trained with ``casm.fill``), the removed pixels of the first two get it."""
-    from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
-
     b = (binary if binary.dim() == 4 else binary[:, None]).float()
     variants = {"masked_in": keep_masked(images, b, fill), "masked_out": remove_masked(images, b, fill)}
     if inpaint:

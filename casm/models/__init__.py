@@ -1,6 +1,7 @@
 """Networks: ResNet classifiers with multi-scale features, mask heads and the masker."""
 
-from casm.models.heads import HEADS, CasmeDecoder, DeconvDecoder, MaskHead, build_head
+from casm.models.head_registry import HEADS, build_head
+from casm.models.heads import CasmeDecoder, DeconvDecoder, MaskHead
 from casm.models.masker import Masker
 from casm.models.resnet import FEATURE_NAMES, ResNetClassifier, ResNetTrunk
 

@@ -3,19 +3,14 @@
 Every head has the same interface, so CASM training, evaluation and export never need to know which
 one they hold: ``head(features, image) -> mask`` with ``features`` the dict a
 :class:`~casm.models.resnet.ResNetTrunk` returns and ``mask`` of shape (B, 1, H, W) at the image's
-resolution. New heads (e.g. LFI-CAM-style attention) register themselves in :data:`HEADS`.
+resolution. Every head is named in :data:`casm.models.head_registry.HEADS`, which builds them.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from casm.errors import UserError
-from casm.models.resnet import FEATURE_NAMES
 
 
 class MaskHead(nn.Module):
@@ -110,39 +105,3 @@ class DeconvDecoder(MaskHead):
         if logits.shape[-2:] != image.shape[-2:]:
             logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
         return torch.sigmoid(logits)
-
-
-HeadBuilder = Callable[..., MaskHead]
-HEADS: dict[str, HeadBuilder] = {"casme": CasmeDecoder, "deconv": DeconvDecoder}
-
-
-def _register_attention_heads() -> None:
-    from casm.models.attention import ABNHead, LFIHead  # attention.py imports MaskHead from here
-
-    HEADS.update(lfi=LFIHead, abn=ABNHead)
-
-
-_register_attention_heads()
-
-
-def check_feature_layer(head: str, layer: str | None) -> None:
-    """Refuse a ``masker.feature_layer`` that ``head`` cannot read. Heads that read one feature map
-    declare it as ``default_feature_layer``; the decoders read every layer and take none."""
-    if layer is None:
-        return
-    if layer not in FEATURE_NAMES:
-        raise UserError(f"masker.feature_layer={layer!r} is not one of {', '.join(FEATURE_NAMES)}")
-    if getattr(HEADS[head], "default_feature_layer", None) is None:
-        readers = [name for name, h in HEADS.items() if getattr(h, "default_feature_layer", None)]
-        raise UserError(f"masker.feature_layer={layer!r} applies to the heads that read one layer "
-                        f"({', '.join(readers)}), not the decoders: the {head} decoder reads every layer")
-
-
-def build_head(name: str, channels: dict[str, int], hidden: int = 64, feature_layer: str | None = None) -> MaskHead:
-    """``feature_layer`` (the attention heads only): the one feature map they read; None = the head's own."""
-    if name not in HEADS:
-        raise UserError(f"masker.head={name!r} is not a known head; choose one of {sorted(HEADS)}")
-    check_feature_layer(name, feature_layer)
-    if feature_layer is None:
-        return HEADS[name](channels, hidden=hidden)
-    return HEADS[name](channels, hidden=hidden, feature_layer=feature_layer)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.functional import spearman_corrcoef, structural_similarity_index_measure
 
+from casm.baselines import BASELINES
 from casm.models.masker import Masker
 from casm.models.resnet import ResNetClassifier, ResNetTrunk
 
@@ -97,8 +98,6 @@ def run_cascades(classifier: nn.Module, masker: Masker, images: Tensor, methods:
     """The classifier's cascade for each CAM method, and the masker's own cascade (its standalone copy:
     head, then the encoder it reads); Score-CAM on the first ``slow_images`` images. Returns the curves and,
     per method, its :func:`chance_similarity` on the trained model."""
-    from casm.baselines import BASELINES
-
     def cam(method: str) -> Callable[[nn.Module, Tensor], Tensor]:
         def explain(model: nn.Module, x: Tensor) -> Tensor:
             with BASELINES[method](model, "trunk.layer4") as m:

@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from casm.export.standalone import masker_from_checkpoint
+
 
 @torch.no_grad()
 def masks_of(checkpoint: str | Path, images: Tensor, batch: int = 100) -> Tensor:
     """(B, H, W) masks in [0, 1] of a training checkpoint's masker on normalized ``images``."""
-    from casm.export.standalone import masker_from_checkpoint
-
     masker = masker_from_checkpoint(checkpoint).masker.to(images.device)
     return torch.cat([masker(images[i: i + batch])[:, 0] for i in range(0, len(images), batch)])
 
