@@ -11,6 +11,10 @@ class UserError(ValueError):
     (A ``ValueError`` so that library callers catching that keep working.)"""
 
 
+class ExportError(UserError):
+    """A folder that is not a valid masker export, or a checkpoint that cannot be exported."""
+
+
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (a full disk, a read-only folder); nothing was left under its name."""
 

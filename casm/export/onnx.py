@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from casm.export.standalone import ExportError, StandaloneMasker
+from casm.errors import ExportError
+
+if TYPE_CHECKING:  # a type only: standalone.py imports this module
+    from casm.export.standalone import StandaloneMasker
 
 ONNX_TOLERANCE = 1e-4  # max |onnxruntime - torch| on the validation batch, masks in [0, 1]
 
@@ -15,7 +19,7 @@ ONNX_TOLERANCE = 1e-4  # max |onnxruntime - torch| on the validation batch, mask
 def export_onnx(model: StandaloneMasker, path: Path, batch: int = 2) -> float:
     """Write ``path`` (dynamic batch axis) and return the max abs difference to PyTorch on a random batch."""
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # an optional extra: imported only when an ONNX file is asked for
     except ImportError as err:
         raise ExportError("ONNX export needs onnx and onnxruntime: pip install 'casm-saliency[onnx]'") from err
     size = model.manifest.image_size

@@ -31,7 +31,8 @@ import casm
 from casm.checkpoints import write_atomically
 from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
 from casm.data.transforms import eval_resize
-from casm.errors import UserError
+from casm.errors import ExportError
+from casm.export.onnx import export_onnx
 from casm.models import Masker, ResNetTrunk, build_head
 
 WEIGHTS_FILE = "masker.safetensors"
@@ -39,10 +40,6 @@ MANIFEST_FILE = "masker.json"
 FORMAT = "casm-masker"
 FORMAT_VERSION = 2  # 2: the manifest carries its own SHA-256; 1 (no checksum) is refused
 MAX_IMAGE_SIZE = 4096  # a masker input side beyond this is a corrupt manifest, not a model (memory grows with it)
-
-
-class ExportError(UserError):
-    """A folder that is not a valid masker export, or a checkpoint that cannot be exported."""
 
 
 @dataclass
@@ -172,8 +169,6 @@ def export_masker(checkpoint_path: str | Path, out_dir: str | Path, onnx: bool =
     manifest = json.dumps(asdict(model.manifest), indent=2).encode()
     write_atomically(out / MANIFEST_FILE, lambda f: f.write(manifest), what="masker manifest")
     if onnx:
-        from casm.export.onnx import export_onnx
-
         export_onnx(model, out / "masker.onnx")
     return out
 
