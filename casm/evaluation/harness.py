@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
+from tqdm.auto import tqdm
 
 from casm.baselines import BASELINES, CAMMethod
 from casm.baselines.base import logits_of
@@ -261,8 +262,6 @@ class Evaluator:
     def run(self, loader, progress: bool = True) -> dict[str, dict[str, float]]:
         """Every method over ``loader``'s images (this process's shard under torchrun: ``batch["index"]``
         are dataset positions); returns each method's metrics over all ranks."""
-        from tqdm.auto import tqdm
-
         cfg = self.cfg
         with ExitStack() as stack:
             baselines: dict[str, CAMMethod] = {}

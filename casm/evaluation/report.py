@@ -8,8 +8,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytorch_lightning
 import torch
+import torchmetrics
+import torchvision
 
+import casm
 from casm.data.transforms import denormalize
 from casm.metrics.localization import predicted_boxes
 
@@ -33,12 +37,6 @@ TABLES = [
 
 
 def versions() -> dict[str, str]:
-    import pytorch_lightning
-    import torchmetrics
-    import torchvision
-
-    import casm
-
     return {"casm": casm.__version__, "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "pytorch_lightning": pytorch_lightning.__version__,
             "torchmetrics": torchmetrics.__version__, "opencv": cv2.__version__}
@@ -105,7 +103,7 @@ def figure(evaluator, scale: int = 3) -> np.ndarray | None:
 
 def write_reports(out: Path, results: dict, evaluator, eval_config: dict, train_config: dict,
                   notes: list[str]) -> None:
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # deferred: TensorBoard's import is slow
 
     out.mkdir(parents=True, exist_ok=True)
     clean_top1 = {name: value for name, value in evaluator.clean_top1.items() if value == value}  # not NaN

@@ -26,6 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from casm.config import CONFIG_DIR, ConfigError, EvalConfig, StudyConfig, load_config
+from casm.evaluation import evaluate
 from casm.experiments.runs import (
     LocalLauncher,
     Log,
@@ -37,6 +38,7 @@ from casm.experiments.runs import (
     train_runs,
     write_config,
 )
+from casm.experiments.study_report import write_study_report
 
 JUDGE = "judge"  # the judge's run name, hence its key in the metrics (acc_masked_out@judge)
 JUDGE_TOKEN = "@judge"  # in a variant's override value: the judge's checkpoint (e.g. model.pretrained=@judge)
@@ -190,15 +192,11 @@ class Study:
         train_runs(variant_runs, self.launcher, log)
         for run in variant_runs:
             self._evaluate(run, judge, progress, log)
-        from casm.experiments.study_report import write_study_report
-
         out = write_study_report(self.root / "report", self.cfg, variant_runs, self.reference, log)
         log(f"report written to {out}")
         return out
 
     def _evaluate(self, run: PlannedRun, judge: PlannedRun | None, progress: bool, log: Log) -> None:
-        from casm.evaluation import evaluate
-
         cfg = self.eval_config(run, judge)
         if evaluation_done(Path(cfg.out_dir), cfg):
             return

@@ -130,7 +130,7 @@ def markdown(data: dict, cfg: DictConfig) -> str:
 
 def plot(data: dict, keys: list[str], path: Path) -> None:
     """Per metric: every seed's value as a point (collapsed runs as crosses), the mean and its interval."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib's import is slow and only the plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -163,7 +163,7 @@ def plot(data: dict, keys: list[str], path: Path) -> None:
 
 def write_study_report(out: Path, cfg: DictConfig, runs: list[PlannedRun], reference: str, log: Log) -> Path:
     """Write study.md, study.json, study.png and tensorboard/ to ``out``; print the LE table; returns ``out``."""
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # deferred: TensorBoard's import is slow
 
     out.mkdir(parents=True, exist_ok=True)
     data = collect(cfg, runs, reference)

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from casm.config import CLASS_SELECTION_KEYS, ConfigError, EvalConfig, UnseenConfig, evaluation_data, load_config
 from casm.data.datasets import dataset_classes
 from casm.data.splits import ClassSplit, make_split
+from casm.evaluation import evaluate, load_trained
 from casm.experiments.runs import (
     Launcher,
     LocalLauncher,
@@ -38,6 +39,7 @@ from casm.experiments.runs import (
     train_runs,
     write_config,
 )
+from casm.experiments.unseen_report import write_unseen_report
 
 
 class UnseenExperiment:
@@ -146,8 +148,6 @@ class UnseenExperiment:
         for run in runs:
             if run.subsets is not None:
                 self._evaluate(run, split, judge, progress, log)
-        from casm.experiments.unseen_report import write_unseen_report
-
         out = write_unseen_report(self.root / "report", split, [r for r in runs if r.subsets is not None],
                                   self.cfg.data, judge.config.logging.name if judge else None)
         log(f"report written to {out}")
@@ -169,8 +169,6 @@ class UnseenExperiment:
 
     def _evaluate(self, run: PlannedRun, split: ClassSplit, judge: PlannedRun | None, progress: bool,
                   log: Callable[[str], None]) -> None:
-        from casm.evaluation import evaluate, load_trained
-
         trained = None
         for subset in split.names:
             cfg = self.eval_config(run, subset, judge)

@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from casm.data.splits import ClassSplit
+from casm.data.synthetic import missing_cues
 from casm.experiments.statistics import LEVEL, Summary, paired_difference, summarize
 from casm.metrics.collapse import read_collapse
 
@@ -179,7 +180,7 @@ def table(data: dict, key: str, names: list[str]) -> str:
 def plot(data: dict, path: Path) -> None:
     """Seen and unseen LE against the fraction of classes seen: each set's mean over its seeds with its
     interval (the centred box as a dotted line)."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib's import is slow and only the plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -218,7 +219,7 @@ def plot(data: dict, path: Path) -> None:
 
 def write_unseen_report(out: Path, split: ClassSplit, runs: list, data_cfg: DictConfig, judge: str | None) -> Path:
     """Write unseen.md, unseen.png, metrics.json and tensorboard/ to ``out``; returns ``out``."""
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # deferred: TensorBoard's import is slow
 
     out.mkdir(parents=True, exist_ok=True)
     data = collect(split, runs, judge)
@@ -249,8 +250,6 @@ def write_unseen_report(out: Path, split: ClassSplit, runs: list, data_cfg: Dict
         key = key.format(judge=judge)
         parts.append(f"## {title} ({'lower' if lower else 'higher'} is better)\n\n{table(data, key, names)}")
     if data_cfg.name == "synthetic":
-        from casm.data.synthetic import missing_cues
-
         lines = []
         for run in runs:
             seen_classes = split.classes_of(run.subsets, [c for s in names for c in split.subsets[s]])

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm.auto import tqdm
 
 from casm.data.images import (
     DEFAULT_MAX_PIXELS,
@@ -163,8 +164,6 @@ def write_explanations(masker: StandaloneMasker, paths: Sequence[str | Path], ou
     """For each image: ``NAME_mask.png`` (8-bit; ``png16``: 16-bit; ``npy``: float32),
     ``NAME_overlay.png`` and ``NAME_box.json``. Unreadable or too large images are reported and
     skipped; the others are still written. Returns (images written, error messages)."""
-    from tqdm.auto import tqdm
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = expand_inputs(paths)

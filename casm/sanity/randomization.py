@@ -122,7 +122,7 @@ def run_cascades(classifier: nn.Module, masker: Masker, images: Tensor, methods:
 def plot_cascades(curves: dict[str, list[dict]], path, chance: dict[str, dict[str, float]] | None = None) -> None:
     """Spearman and SSIM against the number of stages re-initialized, one line per method (the masker's
     dashed), each method's chance level (:func:`chance_similarity`) as a dotted line of its colour."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib's import is slow and only the plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
