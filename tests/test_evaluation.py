@@ -114,7 +114,7 @@ def test_lficam_trains_and_is_evaluated_beside_the_baselines(trained_checkpoint,
     from omegaconf import OmegaConf
 
     from casm.data.datamodule import LocalizationDataModule
-    from casm.evaluation.harness import load_lficam
+    from casm.evaluation.loaders import load_lficam
     from casm.metrics.localization import binarize
 
     lficam, _ = load_lficam(run / "checkpoints" / "last.ckpt")
@@ -148,7 +148,7 @@ def test_baseline_rows_are_scored_against_the_classifier_they_explain(trained_ch
     from casm.baselines import GradCAM
     from casm.config import load_config
     from casm.data.datamodule import LocalizationDataModule
-    from casm.evaluation.harness import load_classifier
+    from casm.evaluation.loaders import load_classifier
     from casm.metrics.localization import binarize
     from casm.training.run import train
     from tests.conftest import TINY

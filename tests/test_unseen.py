@@ -18,7 +18,7 @@ from casm.data.datamodule import LocalizationDataModule
 from casm.data.datasets import SyntheticShapes, dataset_classes, keep_per_class
 from casm.data.splits import ClassSplit, fingerprint, make_split
 from casm.data.transforms import normalize_images
-from casm.evaluation.harness import KnownClasses
+from casm.evaluation.loaders import KnownClasses
 from tests.conftest import TINY
 
 CLASSES_100 = list(synthetic.class_names(100))

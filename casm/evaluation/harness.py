@@ -9,26 +9,25 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import MeanMetric
 from tqdm.auto import tqdm
 
 from casm.baselines import BASELINES, CAMMethod
 from casm.baselines.base import logits_of
-from casm.checkpoints import read_checkpoint
 from casm.config import ConfigError
 from casm.data.datamodule import LocalizationDataModule
 from casm.data.transforms import normalize_images
 from casm.distributed import gather_objects, launched_processes, rank, sum_over_ranks, world_size
 from casm.errors import UserError
-from casm.evaluation.judges import Logits, build_judge, read_class_names
+from casm.evaluation.loaders import KnownClasses, load_classifier, load_foreign_judge, load_lficam
 from casm.evaluation.report import write_reports
+from casm.evaluation.scores import REFERENCES, MethodScores, reference_map
 from casm.fills import FILLS
 from casm.metrics.collapse import read_collapse
 from casm.metrics.faithfulness import (
@@ -39,174 +38,13 @@ from casm.metrics.faithfulness import (
     pointing_game,
 )
 from casm.metrics.localization import (
-    BoxAccuracySweep,
-    ContinuousF1,
-    LocalizationMetric,
     binarize,
-    box_masks,
     reference_boxes,
 )
-from casm.metrics.mask_statistics import MaskStatistics
-from casm.models import ResNetClassifier
-from casm.training.lficam_module import LFICAMModule
 from casm.training.module import CASMModule, load_trained
 
 SLOW_METHODS = ("scorecam",)
-REFERENCES = {"full_image": "full", "centre_box": "centre"}  # method name -> reference box kind
 MapFn = Callable[[Tensor, dict, Tensor], Tensor]  # (images, features, logits) -> (B, H, W)
-
-
-@dataclass
-class KnownClasses:
-    """A classifier the evaluation uses, with the map from the data's labels to its logits: labels are
-    matched by class *name*, and a class the classifier was never trained on maps to -1, so no logit
-    is ever indexed with a label the classifier does not have."""
-
-    model: nn.Module
-    label_map: Tensor  # (number of evaluated classes,) logit index or -1
-
-    @classmethod
-    def match(cls, model: nn.Module, model_classes: list[str] | None, data_classes: list[str],
-              who: str) -> "KnownClasses":
-        if model_classes is None:  # a checkpoint from before casm saved class names
-            if model.num_classes != len(data_classes):
-                raise UserError(f"{who} has {model.num_classes} outputs and no class names, the data "
-                                f"{len(data_classes)} classes; evaluate it on the classes it was trained on "
-                                f"(a judge from outside casm: name its outputs with judges[i].classes)")
-            model_classes = list(data_classes)
-        index = {c: i for i, c in enumerate(model_classes)}
-        return cls(model, torch.tensor([index.get(c, -1) for c in data_classes]))
-
-    def to(self, device: torch.device) -> "KnownClasses":
-        return KnownClasses(self.model.to(device), self.label_map.to(device))
-
-    def labels(self, y: Tensor) -> Tensor:
-        """The data's labels as this classifier's logit indices (-1: a class it never saw)."""
-        return self.label_map[y]
-
-    @property
-    def known_count(self) -> int:
-        return int((self.label_map >= 0).sum())
-
-
-def _class_names(ckpt: dict) -> list[str] | None:
-    names = ckpt.get("hyper_parameters", {}).get("class_names")
-    return list(names) if names else None
-
-
-def load_lficam(checkpoint: str | Path) -> tuple[nn.Module, list[str] | None]:
-    """The LFI-CAM classifier of a ``mode=lficam`` training checkpoint (eval mode) and its class names."""
-    ckpt = read_checkpoint(checkpoint)
-    hp = ckpt.get("hyper_parameters", {})
-    if hp.get("config", {}).get("mode") != "lficam":
-        raise UserError(f"lficam_checkpoint={checkpoint}: not a mode=lficam checkpoint; train one with "
-                        f"python train.py --config configs/lficam.yaml")
-    config = dict(hp["config"], model=dict(hp["config"]["model"], pretrained=None))
-    module = LFICAMModule(config, hp["num_classes"])
-    module.load_state_dict(ckpt["state_dict"])
-    return module.model.eval(), _class_names(ckpt)
-
-
-def load_foreign_judge(spec: DictConfig, index: int, image_size: int, taken: set[str] = frozenset()
-                       ) -> tuple[str, nn.Module, list[str] | None]:
-    """A judge from ``judges[index]`` (see :mod:`casm.evaluation.judges`): unique name, model, class names."""
-    for key in ("builder", "weights"):
-        if OmegaConf.is_missing(spec, key):
-            raise ConfigError(f"judges[{index}].{key} is missing: a judge needs builder (e.g. torchvision.models."
-                              f"resnet50) and weights (a state-dict file)")
-    model, outputs = build_judge(spec.builder, spec.weights, OmegaConf.to_container(spec.kwargs), image_size)
-    classes = read_class_names(spec.classes) if spec.classes else None
-    if classes is not None and len(classes) != outputs:
-        raise UserError(f"judges[{index}]: {spec.classes} names {len(classes)} classes, {spec.builder} has "
-                        f"{outputs} outputs")
-    return unique_name(spec.name or spec.builder.replace(":", ".").rsplit(".", 1)[-1], taken), \
-        Logits(model, outputs), classes
-
-
-def unique_name(base: str, taken: set[str]) -> str:
-    """``base``, or ``base_2``, ``base_3``... when another classifier already has it."""
-    name, n = base, 2
-    while name in taken:
-        name, n = f"{base}_{n}", n + 1
-    return name
-
-
-def load_classifier(checkpoint: str | Path, taken: set[str] = frozenset()
-                    ) -> tuple[str, ResNetClassifier, list[str] | None]:
-    """A classifier from a casm training checkpoint (its own architecture and classes), for the judges /
-    baselines, with a readable unique name: its run's ``logging.name`` (checkpoint files are all
-    last.ckpt), numbered when two runs share a name; and its class names."""
-    ckpt = read_checkpoint(checkpoint)
-    hp = ckpt.get("hyper_parameters", {})
-    config = hp.get("config", {})
-    if "model" not in config or "num_classes" not in hp:
-        raise UserError(f"{checkpoint}: not a casm checkpoint; train a classifier with train.py (see README)")
-    classifier = ResNetClassifier(config["model"]["arch"], hp["num_classes"], config["model"]["width"])
-    classifier.load_state_dict_from(ckpt, checkpoint)
-    base = config.get("logging", {}).get("name") or Path(checkpoint).stem
-    return unique_name(base, taken), classifier.eval(), _class_names(ckpt)
-
-
-@dataclass
-class MethodScores:
-    """Every metric of one method, accumulated over batches (torchmetrics: DDP-ready)."""
-
-    rule: str
-    alpha: float
-    thresholds: int
-    localization: LocalizationMetric = None
-    localization_other_rule: LocalizationMetric = None
-    f1: ContinuousF1 = field(default_factory=ContinuousF1)
-    sweep_select: BoxAccuracySweep = None
-    sweep_test: BoxAccuracySweep = None
-    stats: MaskStatistics = field(default_factory=MaskStatistics)
-    means: dict[str, MeanMetric] = field(default_factory=dict)
-    images: int = 0
-    images_seen: int = 0  # of those, images of classes the explained classifier knows
-    nan_maps: int = 0
-    seconds: float = 0.0
-
-    def __post_init__(self) -> None:
-        other = "alpha_mean" if self.rule == "quantile" else "quantile"
-        self.localization = LocalizationMetric(self.rule, self.alpha)
-        self.localization_other_rule = LocalizationMetric(other, self.alpha)
-        self.sweep_select = BoxAccuracySweep(self.thresholds)
-        self.sweep_test = BoxAccuracySweep(self.thresholds)
-
-    def mean(self, name: str, values: Tensor) -> None:
-        self.means.setdefault(name, MeanMetric()).update(values.detach().float().cpu())
-
-    def counts(self) -> list[float]:
-        """What decides which metrics exist: summed over ranks before :meth:`result`, so that every rank
-        computes (and so synchronizes) the same metrics in the same order."""
-        return [self.images, self.images_seen, self.nan_maps, self.seconds, float(self.localization.total),
-                float(self.localization.om_total), float(self.sweep_select.total), float(self.sweep_test.total),
-                *[float(self.means[k].update_count) for k in sorted(self.means)]]
-
-    def result(self, counts: list[float] | None = None) -> dict[str, float]:
-        """The metrics; ``counts``: :meth:`counts` summed over all ranks (torchmetrics sum the states)."""
-        images, seen, nan_maps, seconds, located, om_total, selected, tested, *updates = counts or self.counts()
-        out: dict[str, float] = {"images": int(images), "images_seen": int(seen), "nan_maps": int(nan_maps),
-                                 "ms_per_image": 1000 * seconds / max(images, 1)}
-        out.update({k: float(v) for k, v in self.stats.compute().items()})
-        if located > 0:
-            loc = self.localization.compute()
-            other = self.localization_other_rule.compute()
-            out.update(le=float(loc["le"]), le_other_rule=float(other["le"]))
-            if om_total > 0:  # OM only on images of classes the classifier knows
-                out["om"] = float(loc["om"])
-            out.update({k: float(v) for k, v in self.f1.compute().items()})
-        if selected > 0 and tested > 0:
-            best = self.sweep_select.best_threshold()
-            out.update(sweep_threshold=best, sweep_box_accuracy=self.sweep_test.accuracy_at(best))
-        out.update({k: float(self.means[k].compute()) for k, n in zip(sorted(self.means), updates) if n > 0})
-        return out
-
-
-def reference_map(name: str, batch: int, height: int, width: int, device: torch.device) -> Tensor:
-    """A toy reference's map: 1 inside its box, 0 outside, (B, H, W)."""
-    boxes = reference_boxes(REFERENCES[name], batch, height, width, device)
-    return box_masks(boxes[:, None], torch.ones(batch, 1, dtype=torch.bool, device=device), height, width)[:, 0].float()
 
 
 class Evaluator:
