@@ -30,6 +30,12 @@ POOL_FOLDER = "pool"  # RUN/pool, beside RUN/checkpoints
 _REFERENCES = "references.json"  # in the pool folder: which checkpoint holds which snapshots
 
 
+def run_folder(checkpoint: str | Path) -> Path:
+    """The run a checkpoint belongs to: ``RUN/checkpoints/NAME.ckpt`` -> ``RUN`` (``last.ckpt``, a link, is
+    followed). The one place that knows the layout (config.yaml, pool/, health.json, eval/ live in RUN)."""
+    return Path(checkpoint).resolve().parent.parent
+
+
 # ------------------------------------------------------------------ reading
 def load_failure(err: Exception) -> str:
     """Why a safe ``torch.load`` refused a file, without torch's advice to retry with ``weights_only=False``:
@@ -165,7 +171,7 @@ def read_pool(path: str | Path) -> list[dict[str, Tensor]]:
         raise UserError(f"{path}: not a casm training checkpoint (no classifier pool)")
     if "files" not in pool:
         return list(pool["snapshots"])
-    folder = path.resolve().parent.parent / POOL_FOLDER
+    folder = run_folder(path) / POOL_FOLDER
     return [read_snapshot(folder, name, digest, path) for name, digest in zip(pool["files"], pool["sha256"])]
 
 

@@ -63,12 +63,12 @@ def reports_user_errors(main):
 def _resume_config(overrides: list[str]) -> str | None:
     """A resumed run reuses the config saved next to its checkpoint unless --config is given (resume=last
     has no checkpoint named yet: the command line that started the run gives the config again)."""
-    from pathlib import Path
-
     resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
     if not resume or resume == RESUME_LAST:
         return None
-    saved = Path(resume).resolve().parent.parent / "config.yaml"
+    from casm.checkpoints import run_folder  # torch: only once a resume is asked for
+
+    saved = run_folder(resume) / "config.yaml"
     return str(saved) if saved.is_file() else None
 
 

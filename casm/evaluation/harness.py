@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from casm.baselines import BASELINES, CAMMethod
 from casm.baselines.base import logits_of
+from casm.checkpoints import run_folder
 from casm.config import ConfigError
 from casm.data.datamodule import LocalizationDataModule
 from casm.data.transforms import normalize_images
@@ -331,7 +332,7 @@ def evaluate(cfg: DictConfig, progress: bool = True, trained: tuple[CASMModule, 
         datamodule.setup()
         evaluator = Evaluator(cfg, module, device, datamodule.classes)
         results = evaluator.run(datamodule.val_dataloader(), progress)
-        out = Path(cfg.out_dir) if cfg.out_dir else next_free_folder(Path(cfg.checkpoint).resolve().parent.parent
+        out = Path(cfg.out_dir) if cfg.out_dir else next_free_folder(run_folder(cfg.checkpoint)
                                                                       / "eval")
         out = Path(gather_objects(str(out))[0])  # rank 0's choice: the folders may appear between the ranks' looks
         if rank() == 0:
@@ -357,7 +358,7 @@ def evaluation_notes(evaluator: Evaluator, results: dict) -> list[str]:
         notes.append(f"{evaluator.skipped_images} unreadable validation image(s) were skipped (data.skip_corrupt)")
     if not any("le" in r for r in results.values()):
         notes.append("the validation data has no boxes: localization metrics (LE, OM, F1, sweep, pointing) skipped")
-    collapsed = read_collapse(Path(evaluator.cfg.checkpoint).resolve().parent.parent) if evaluator.cfg.checkpoint \
+    collapsed = read_collapse(run_folder(evaluator.cfg.checkpoint)) if evaluator.cfg.checkpoint \
         else []
     if collapsed:
         notes.append(f"COLLAPSED: the training run's masks failed the collapse check at its last validation "

@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from casm.checkpoints import run_folder
 from casm.config import DataConfig
 from casm.data.datamodule import LocalizationDataModule
 from casm.data.transforms import denormalize, normalize_images
@@ -56,7 +57,7 @@ def sanity_report(checkpoint: str | Path, out: Path | None = None, images: int =
     module, config = load_trained(checkpoint)
     x, y = validation_images(config, images, device)
     count = len(x)
-    out = Path(out) if out else Path(checkpoint).resolve().parent.parent / "sanity"
+    out = Path(out) if out else run_folder(checkpoint) / "sanity"
     classifier = module.classifier.to(device).eval()
     results = run_attacks(classifier, x, y, out, attacks, slow_images=slow_images, denormalize=denormalize)
     report = {"checkpoint": str(checkpoint), "images": count, "attacks": results}

@@ -20,11 +20,11 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from casm.checkpoints import POOL_FOLDER, SnapshotFiles, write_atomically
+from casm.checkpoints import POOL_FOLDER, SnapshotFiles, run_folder, write_atomically
 
 
 def _snapshot_files(path: Path) -> SnapshotFiles:
-    return SnapshotFiles(path.parent.parent / POOL_FOLDER)  # RUN/checkpoints/x.ckpt -> RUN/pool
+    return SnapshotFiles(run_folder(path) / POOL_FOLDER)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -14,7 +14,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, OnExceptionCheckpoi
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
-from casm.checkpoints import POOL_FOLDER, read_checkpoint, run_checkpoints, stale_partials
+from casm.checkpoints import POOL_FOLDER, read_checkpoint, run_checkpoints, run_folder, stale_partials
 from casm.config import RESUME_LAST, ConfigError, config_changes, to_yaml, with_defaults
 from casm.data.datamodule import LocalizationDataModule
 from casm.errors import TrainingDivergedError, UserError
@@ -65,7 +65,7 @@ def describe_resume(path: str, checkpoint: dict, changes: list[str]) -> str:
 def _run_dir(cfg: DictConfig) -> tuple[str, str, str]:
     """(save_dir, name, version): runs/NAME/VERSION. A resumed run keeps logging next to its checkpoint."""
     if cfg.resume and cfg.resume != RESUME_LAST:
-        run = Path(cfg.resume).resolve().parent.parent  # OUT/NAME/VERSION/checkpoints/x.ckpt
+        run = run_folder(cfg.resume)  # OUT/NAME/VERSION
         return str(run.parent.parent), run.parent.name, run.name
     is_child_rank = os.environ.get("LOCAL_RANK", "0") != "0"  # Lightning starts ranks > 0 as new processes
     version = cfg.logging.version or (os.environ.get(_VERSION_ENV) if is_child_rank else None)
