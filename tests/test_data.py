@@ -11,7 +11,7 @@ from PIL import Image
 from casm.config import DataConfig
 from casm.data import synthetic
 from casm.data.datamodule import LocalizationDataModule, collate_with_boxes
-from casm.data.datasets import CorruptImageError, SyntheticShapes, folder_split, imagenet_split
+from casm.data.datasets import CorruptImageError, SplitOptions, SyntheticShapes, folder_split, imagenet_split
 
 
 def test_synthetic_is_deterministic_and_boxes_bound_the_object():
@@ -87,8 +87,8 @@ def test_fake_imagenet_csv_boxes(fake_imagenet, tmp_path):
     csv_path.write_text("ImageId,PredictionString\n"
                         "ILSVRC2012_val_00000001,n01443537 100 50 199 149 \n"
                         "ILSVRC2012_val_00000002,n01440764 0 0 399 299 \n")
-    ds = imagenet_split(fake_imagenet, "val", boxes_file=csv_path,
-                        transform=_datamodule(fake_imagenet, "imagenet").val_set.transform)
+    ds = imagenet_split(fake_imagenet, "val", SplitOptions(
+        boxes_file=csv_path, transform=_datamodule(fake_imagenet, "imagenet").val_set.transform))
     sample = ds[0]
     assert sample["label"] == 1
     assert torch.allclose(sample["boxes"][0], torch.tensor(EXPECTED), atol=1e-3)
@@ -106,7 +106,7 @@ def test_folder_tree_with_box_csv_and_corrupt_images(tmp_path):
     assert [len(r[2]) for r in ds.records] == [2, 0, 0]
     with pytest.raises(CorruptImageError, match="broken.png"):
         [ds[i] for i in range(len(ds))]
-    skipping = folder_split(tmp_path, "val", skip_corrupt=True)
+    skipping = folder_split(tmp_path, "val", SplitOptions(skip_corrupt=True))
     batch = collate_with_boxes([skipping[i] for i in range(len(skipping))])
     assert batch["skipped"] == 1 and batch["image"].shape[0] == 2
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterator
 
 import pytorch_lightning as pl
@@ -9,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from casm.data.datasets import ShuffledLabels, SyntheticShapes, folder_split, imagenet_split
+from casm.data.datasets import ShuffledLabels, SplitOptions, SyntheticShapes, folder_split, imagenet_split
 from casm.data.splits import class_selection
 from casm.data.transforms import eval_transform, normalize_images, train_transform
 from casm.distributed import per_device_batch
@@ -135,10 +136,10 @@ class LocalizationDataModule(pl.LightningDataModule):
                                            **common)
             return
         split_fn = folder_split if c.name == "folder" else imagenet_split
-        disk = dict(common, skip_corrupt=c.skip_corrupt)
+        disk = SplitOptions(include=include, exclude=exclude, skip_corrupt=c.skip_corrupt, seed=c.seed)
         if train:
-            self.train_set = split_fn(c.root, "train", transform=train_transform(c), seed=c.seed, **disk, **limit)
-        self.val_set = split_fn(c.root, "val", boxes_file=c.boxes_file, transform=eval_transform(c), **disk)
+            self.train_set = split_fn(c.root, "train", replace(disk, transform=train_transform(c), **limit))
+        self.val_set = split_fn(c.root, "val", replace(disk, boxes_file=c.boxes_file, transform=eval_transform(c)))
         if train and self.val_set.classes != self.train_set.classes:
             raise UserError(f"{c.root}: train and val have different classes "
                             f"({len(self.train_set.classes)} vs {len(self.val_set.classes)})")

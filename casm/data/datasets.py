@@ -13,6 +13,7 @@ import math
 import os
 import xml.etree.ElementTree as ET
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -213,17 +214,30 @@ def keep_per_class(records: list[tuple[Path, int, list]], per_class: int | None,
     return [r for i, r in enumerate(records) if i in kept]
 
 
-def folder_split(root: Path, split: str, include=None, exclude=None, boxes_file: Path | None = None,
-                 transform=None, skip_corrupt: bool = False, samples_per_class: int | None = None,
-                 seed: int = 0) -> BoxedImageDataset:
+@dataclass(frozen=True)
+class SplitOptions:
+    """What a split of images on disk is read with (the data config's part of it), the same for every layout."""
+
+    include: list[str] | None = None  # class names to keep (None: all)
+    exclude: list[str] | None = None  # class names to drop
+    boxes_file: Path | None = None  # the validation boxes, where the layout's own place is not used
+    transform: Callable | None = None
+    skip_corrupt: bool = False  # unreadable images are skipped and counted instead of stopping the run
+    samples_per_class: int | None = None  # the training split only: at most N images per class
+    seed: int = 0  # which N images
+
+
+def folder_split(root: Path, split: str, options: SplitOptions = SplitOptions()) -> BoxedImageDataset:
     """``ROOT/SPLIT/<class>/<image>``; boxes for the validation split from ``ROOT/val_boxes.csv``
     (or ``data.boxes_file``), keyed by the image path relative to ``ROOT/val``."""
+    o = options
     root = _require_dir(Path(root), "dataset root")
     split_dir = _require_dir(root / split, f"{split} split folder")
-    classes = select_classes(_class_folders(split_dir), include, exclude)
+    classes = select_classes(_class_folders(split_dir), o.include, o.exclude)
     boxes: dict[str, list[list[float]]] = {}
+    boxes_file = None
     if split != "train":
-        boxes_file = Path(boxes_file) if boxes_file else root / f"{split}_boxes.csv"
+        boxes_file = Path(o.boxes_file) if o.boxes_file else root / f"{split}_boxes.csv"
         if boxes_file.is_file():
             boxes = read_box_csv(boxes_file)
     records = _class_records(split_dir, classes, boxes)
@@ -233,7 +247,7 @@ def folder_split(root: Path, split: str, include=None, exclude=None, boxes_file:
     if unknown:
         raise UserError(f"{boxes_file}: {len(unknown)} row(s) name images that are not in {split_dir} "
                         f"(e.g. {unknown[:3]}); paths are relative to {split_dir}")
-    return BoxedImageDataset(keep_per_class(records, samples_per_class, seed), classes, transform, skip_corrupt)
+    return BoxedImageDataset(keep_per_class(records, o.samples_per_class, o.seed), classes, o.transform, o.skip_corrupt)
 
 
 def read_imagenet_xml(path: Path) -> tuple[str, list[list[float]]]:
@@ -275,30 +289,30 @@ def _imagenet_annotations(root: Path, boxes_file: Path | None) -> dict[str, tupl
     return read_imagenet_csv(source)
 
 
-def imagenet_split(root: Path, split: str, include=None, exclude=None, boxes_file: Path | None = None,
-                   transform=None, skip_corrupt: bool = False, samples_per_class: int | None = None,
-                   seed: int = 0) -> BoxedImageDataset:
+def imagenet_split(root: Path, split: str, options: SplitOptions = SplitOptions()) -> BoxedImageDataset:
     """ILSVRC2012: ``ROOT/train/<synset>/*.JPEG``; ``ROOT/val/*.JPEG`` (flat) with boxes and labels from
     per-image XML files (``ROOT/val_xml/``, ``ROOT/Annotations/CLS-LOC/val/``, ``ROOT/bbox_val[/val]/``,
     ``ROOT/ILSVRC2012_bbox_val_v3/val/`` or beside the images in ``ROOT/val/``) or the challenge CSV
     (``ROOT/LOC_val_solution.csv``); or a ``data.boxes_file`` naming either."""
+    o = options
     root = _require_dir(Path(root), "ImageNet root")
     train_dir = root / "train"
     if split == "train":
-        classes = select_classes(_class_folders(_require_dir(train_dir, "ImageNet train folder")), include, exclude)
+        classes = select_classes(_class_folders(_require_dir(train_dir, "ImageNet train folder")), o.include, o.exclude)
         records = _class_records(train_dir, classes)
-        return BoxedImageDataset(keep_per_class(records, samples_per_class, seed), classes, transform, skip_corrupt)
+        return BoxedImageDataset(keep_per_class(records, o.samples_per_class, o.seed), classes, o.transform,
+                                 o.skip_corrupt)
 
     val_dir = _require_dir(root / split, "ImageNet val folder")
-    annotations = _imagenet_annotations(root, boxes_file)
-    classes = select_classes(_imagenet_synsets(root, annotations), include, exclude)
+    annotations = _imagenet_annotations(root, o.boxes_file)
+    classes = select_classes(_imagenet_synsets(root, annotations), o.include, o.exclude)
     index = {c: i for i, c in enumerate(classes)}
     records = []
     for path in _images_in(val_dir):
         synset, boxes = annotations.get(path.stem, ("", []))
         if synset in index:
             records.append((path, index[synset], boxes))
-    return BoxedImageDataset(records, classes, transform, skip_corrupt)
+    return BoxedImageDataset(records, classes, o.transform, o.skip_corrupt)
 
 
 def _imagenet_synsets(root: Path, annotations: dict | None = None, boxes_file: Path | None = None) -> list[str]:
