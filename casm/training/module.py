@@ -51,7 +51,7 @@ from casm.models.manipulation import manipulate
 from casm.models.modes import evaluation_mode, frozen_batchnorm_statistics
 from casm.training.averaging import MaskerAverage, restore_live_masker
 from casm.training.batching import batch_plan, classifier_optimizer
-from casm.training.losses import masker_loss
+from casm.training.losses import MaskerLoss, masker_loss
 from casm.training.pool import ClassifierPool, resolve_strategy
 from casm.training.regularization import LambdaController
 
@@ -229,31 +229,23 @@ class CASMModule(pl.LightningModule):
         if self.pool.wants_snapshot(self.casm_step):
             self.pool.add(self.classifier, self.casm_step)
         self._saved_buffers = [b.clone() for b in self._batchnorm_buffers()]
-        train_classifier = self.strategy.train_classifier
+        c = self.cfg.casm
 
         logits_clean, feats = self.classifier(x)  # (B, K), features at 5 scales
         clean_correct = logits_clean.argmax(dim=1) == y
         mask = self.masker(x, feats)  # (B, 1, H, W)
-        c = self.cfg.casm
         masked = [remove_masked(x, mask, c.fill)] + ([keep_masked(x, mask, c.fill)] if c.lambda_in else [])
-
         pool_index = self.pool.draw_evaluator()
-        if pool_index is None:  # running statistics stay those of clean images (see frozen_batchnorm_statistics)
-            with frozen_batchnorm_statistics(self.classifier):
-                logits_masked = [self.classifier(images)[0] for images in masked]
-        else:
-            with evaluation_mode(self.classifier):
-                snapshot = self.pool.snapshots[pool_index]
-                logits_masked = [functional_call(self.classifier, snapshot, (images,))[0] for images in masked]
+        logits_masked = self._evaluator_logits(masked, pool_index)
         logits_out = logits_masked[0]
 
         m_loss = masker_loss(logits_out, y, clean_correct, mask, self.lambda_r.value, c.score,
                              logits_in=logits_masked[-1], lambda_in=c.lambda_in, lambda_tv=c.lambda_tv)
         masker_params = [p for p in self.masker.parameters() if p.requires_grad]
         current_evaluates = pool_index is None
+        train_classifier = self.strategy.train_classifier
         grads_m = torch.autograd.grad(m_loss.total, masker_params, retain_graph=train_classifier and current_evaluates)
-        groups = {1: (masker_params, grads_m)}
-        losses = [m_loss.total.detach()]
+        groups, losses = {1: (masker_params, grads_m)}, [m_loss.total.detach()]
         c_loss = torch.zeros((), device=x.device)
         if train_classifier:
             c_loss = F.cross_entropy(logits_clean, y)
@@ -264,17 +256,36 @@ class CASMModule(pl.LightningModule):
             losses.append(c_loss.detach())
 
         mean_mask = mask.detach().mean()
-        warmup = self.cfg.casm.masker_warmup_steps
+        warmup = c.masker_warmup_steps
         lr_scale = {1: min(1.0, (self.casm_step + 1) / warmup)} if warmup else None
-        if not self._apply_gradients(groups, losses, clip={1: self.cfg.casm.masker_grad_clip}, lr_scale=lr_scale):
+        if not self._apply_gradients(groups, losses, clip={1: c.masker_grad_clip}, lr_scale=lr_scale):
             return
         self.lambda_r.update(float(all_reduce_mean([mean_mask])[0]))
         self.casm_step += 1
         if self.masker_average:
             self.masker_average.update(self.masker)
-
         out_correct = logits_out.detach().argmax(dim=1) == y
-        self.log_dict({
+        self.log_dict(self._step_scalars(m_loss, c_loss, mean_mask, clean_correct, out_correct, pool_index))
+        self.last_mask_area = mean_mask  # the progress bar reads it when it refreshes (console.StepProgressBar)
+        every = self.cfg.logging.image_every_n_steps
+        if every and self.casm_step % every == 1:
+            self._log_images("train/masks", x, mask)
+
+    def _evaluator_logits(self, masked: list[Tensor], pool_index: int | None) -> list[Tensor]:
+        """The evaluator's logits on each masked batch: the current classifier (``pool_index`` None; its
+        running statistics stay those of clean images, see frozen_batchnorm_statistics) or a pool snapshot
+        (eval mode, its weights taking no gradient)."""
+        if pool_index is None:
+            with frozen_batchnorm_statistics(self.classifier):
+                return [self.classifier(images)[0] for images in masked]
+        with evaluation_mode(self.classifier):
+            snapshot = self.pool.snapshots[pool_index]
+            return [functional_call(self.classifier, snapshot, (images,))[0] for images in masked]
+
+    def _step_scalars(self, m_loss: MaskerLoss, c_loss: Tensor, mean_mask: Tensor, clean_correct: Tensor,
+                      out_correct: Tensor, pool_index: int | None) -> dict[str, Tensor | float]:
+        c = self.cfg.casm
+        return {
             "train/masker_loss": m_loss.total.detach(),
             "train/classifier_loss": c_loss.detach(),
             "train/score": m_loss.score,
@@ -286,12 +297,8 @@ class CASMModule(pl.LightningModule):
             "train/clean_acc": clean_correct.float().mean(),
             "train/masked_out_acc": out_correct.float().mean(),
             "train/pool_size": float(len(self.pool)),
-            "train/used_pool": float(pool_index is not None),
-        })
-        self.last_mask_area = mean_mask  # the progress bar reads it when it refreshes (console.StepProgressBar)
-        every = self.cfg.logging.image_every_n_steps
-        if every and self.casm_step % every == 1:
-            self._log_images("train/masks", x, mask)
+            "train/used_pool": float(pool_index is not None),  # masked-out accuracy differs a lot between the two
+        }
 
     def _apply_gradients(self, groups: dict[int, tuple[list[Tensor], tuple[Tensor, ...]]], losses: list[Tensor],
                          clip: dict[int, float] | None = None, lr_scale: dict[int, float] | None = None) -> bool:
