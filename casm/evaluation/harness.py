@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -171,27 +172,38 @@ class Evaluator:
         self.figure_maps = {name: [maps.get(i) for i in order] for name, maps in self._figure_maps.items()}
 
     def _batch(self, batch: dict, baselines: dict[str, CAMMethod]) -> None:
-        cfg = self.cfg
-        x, y, gt, valid = batch["image"], batch["label"], batch["boxes"], batch["box_valid"]
+        x, y = batch["image"], batch["label"]
         with torch.no_grad():
             logits, feats = self.classifier(x)
         preds = logits.argmax(1)
-        with torch.no_grad():
-            for judge_name, judge in self.judges.items():
-                labels = judge.labels(y)
-                known = labels >= 0  # clean top-1 over the images of classes the judge was trained on
-                if known.any():
-                    judge_logits = logits if judge_name == "own" else logits_of(judge.model(x))
-                    hits = (judge_logits.argmax(1) == labels)[known]
-                    self.judge_accuracy[judge_name].update(hits.float().cpu() * 100)
-        index = batch["index"]  # dataset positions: the same images are slow / even / in the figure on any rank count
-        slow_ok = index < cfg.max_images_slow
-        h, w = x.shape[-2:]
+        self._clean_judge_accuracy(x, y, logits)
+        # dataset positions: the same images are slow / even / in the figure on any rank count
+        b = ScoredBatch(x, y, batch["boxes"], batch["box_valid"], batch["index"],
+                        batch["index"] < self.cfg.max_images_slow)
+        producers, explained = self._producers(x, y, preds, baselines)
+        for name, produce in producers.items():
+            self._score_method(name, produce, b, feats, logits, explained.get(name, (self.own, preds)))
+        for row in range(len(x)):
+            if int(b.index[row]) in self.figure_rows:
+                self._figure_samples[int(b.index[row])] = (x[row].cpu(), b.gt[row].cpu(), b.valid[row].cpu())
 
+    @torch.no_grad()
+    def _clean_judge_accuracy(self, x: Tensor, y: Tensor, logits: Tensor) -> None:
+        for judge_name, judge in self.judges.items():
+            labels = judge.labels(y)
+            known = labels >= 0  # clean top-1 over the images of classes the judge was trained on
+            if known.any():
+                judge_logits = logits if judge_name == "own" else logits_of(judge.model(x))
+                self.judge_accuracy[judge_name].update((judge_logits.argmax(1) == labels)[known].float().cpu() * 100)
+
+    def _producers(self, x: Tensor, y: Tensor, preds: Tensor, baselines: dict[str, CAMMethod]
+                   ) -> tuple[dict[str, MapFn], dict[str, tuple[KnownClasses, Tensor]]]:
+        """Each method's map function, and for those that do not explain the masker's classifier, the
+        classifier they explain with its predictions."""
+        h, w = x.shape[-2:]
         producers: dict[str, MapFn] = {}
-        # method -> (the classifier it explains, its predictions); default: the masker's classifier
         explained: dict[str, tuple[KnownClasses, Tensor]] = {}
-        if "casm" in cfg.methods:
+        if "casm" in self.cfg.methods:
             producers["casm"] = lambda x_, f_, l_: self.module.masker(x_, f_)[:, 0]
         if self.lficam is not None:
             producers["lficam"] = lambda x_, f_, l_: self.lficam.model.explain(x_)
@@ -212,89 +224,104 @@ class Evaluator:
             explained[name] = (self.baseline_models[suffix], baseline_preds[suffix])
         for ref in REFERENCES:
             producers[ref] = (lambda kind: (lambda x_, f_, l_: reference_map(kind, len(x_), h, w, x_.device)))(ref)
+        return producers, explained
 
-        for name, produce in producers.items():
-            rows = slow_ok if name.split("@")[0] in SLOW_METHODS else torch.ones_like(slow_ok)
-            s = self._scores(name)
-            if not rows.any():
-                continue
-            xs = x[rows]
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            with torch.no_grad() if name in ("casm", "lficam", *REFERENCES) else torch.enable_grad():
-                maps = produce(xs, {k: v[rows] for k, v in feats.items()}, logits[rows]).detach().float()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            s.seconds += time.perf_counter() - start
-            target, method_preds = explained.get(name, (self.own, preds))
-            s.images += int(rows.sum())
-            s.images_seen += int((rows & (target.labels(y) >= 0)).sum())
-            finite = torch.isfinite(maps).flatten(1).all(dim=1)
-            s.nan_maps += int((~finite).sum())
-            sel = rows.nonzero()[:, 0][finite]  # batch rows with a usable map
-            maps = maps[finite]
-            if len(sel) == 0:
-                continue
-            self._update(name, s, maps, sel, x, y, gt, valid, target, method_preds, index, slow_ok)
-            if name != "full_image":
-                for j, row in enumerate(sel.tolist()):
-                    if int(index[row]) in self.figure_rows:
-                        self._figure_maps.setdefault(name, {})[int(index[row])] = maps[j].cpu()
-        for row in range(len(x)):
-            if int(index[row]) in self.figure_rows:
-                self._figure_samples[int(index[row])] = (x[row].cpu(), gt[row].cpu(), valid[row].cpu())
+    def _score_method(self, name: str, produce: MapFn, b: ScoredBatch, feats: dict[str, Tensor], logits: Tensor,
+                      explains: tuple[KnownClasses, Tensor]) -> None:
+        """One method's maps for the batch (timed; the slow ones on the first images only), then its scores."""
+        rows = b.slow_ok if name.split("@")[0] in SLOW_METHODS else torch.ones_like(b.slow_ok)
+        s = self._scores(name)
+        if not rows.any():
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.no_grad() if name in ("casm", "lficam", *REFERENCES) else torch.enable_grad():
+            maps = produce(b.x[rows], {k: v[rows] for k, v in feats.items()}, logits[rows]).detach().float()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        s.seconds += time.perf_counter() - start
+        target, preds = explains
+        s.images += int(rows.sum())
+        s.images_seen += int((rows & (target.labels(b.y) >= 0)).sum())
+        finite = torch.isfinite(maps).flatten(1).all(dim=1)
+        s.nan_maps += int((~finite).sum())
+        sel = rows.nonzero()[:, 0][finite]  # batch rows with a usable map
+        maps = maps[finite]
+        if len(sel) == 0:
+            return
+        self._update(name, s, maps, sel, b, target, preds)
+        if name != "full_image":
+            for j, row in enumerate(sel.tolist()):
+                if int(b.index[row]) in self.figure_rows:
+                    self._figure_maps.setdefault(name, {})[int(b.index[row])] = maps[j].cpu()
 
-    def _update(self, name: str, s: MethodScores, maps: Tensor, sel: Tensor, x: Tensor, y: Tensor, gt: Tensor,
-                valid: Tensor, target: KnownClasses, preds: Tensor, index: Tensor, slow_ok: Tensor) -> None:
+    def _update(self, name: str, s: MethodScores, maps: Tensor, sel: Tensor, b: ScoredBatch, target: KnownClasses,
+                preds: Tensor) -> None:
         """Scores of one method's maps for the batch rows ``sel``. ``target`` is the classifier they
         explain: its ``preds`` decide which boxes count as correctly classified (OM), it runs the
         faithfulness curves and is the "own" judge, all on images of classes it knows only; the
         box-only metrics (LE, F1, sweep, pointing) take every image."""
-        cfg = self.cfg
-        labels = target.labels(y)
+        labels = target.labels(b.y)
         seen = labels >= 0
         correct = seen & (preds == labels)
         s.stats.update(maps)
-        has_box = valid[sel].any(dim=1)
+        has_box = b.valid[sel].any(dim=1)
         if has_box.any():
-            b_maps, b_sel = maps[has_box], sel[has_box]
-            g, v = gt[b_sel], valid[b_sel]
-            known = dict(correct=correct[b_sel], seen=seen[b_sel])
-            if name in REFERENCES:
-                boxes = reference_boxes(REFERENCES[name], len(b_sel), *x.shape[-2:], x.device)
-                s.localization.update(g, v, boxes=boxes, **known)
-                s.localization_other_rule.update(g, v, boxes=boxes, **known)
-            else:
-                s.localization.update(g, v, maps=b_maps, **known)
-                s.localization_other_rule.update(g, v, maps=b_maps, **known)
-                even = index[b_sel] % 2 == 0  # threshold chosen on even images, applied to odd ones
-                if even.any():
-                    s.sweep_select.update(b_maps[even], g[even], v[even])
-                if (~even).any():
-                    s.sweep_test.update(b_maps[~even], g[~even], v[~even])
-            s.f1.update(b_maps, g, v)
-            s.mean("pointing_game", pointing_game(b_maps, g, v, cfg.pointing_tolerance))
-            s.mean("energy_pointing_game", energy_pointing_game(b_maps, g, v))
-        binary = binarize(maps, cfg.binarization, cfg.alpha)
+            self._update_boxes(name, s, maps[has_box], sel[has_box], b, dict(correct=correct, seen=seen))
+        binary = binarize(maps, self.cfg.binarization, self.cfg.alpha)
         for judge_name, judge in {**self.judges, "own": target}.items():
-            judge_labels = judge.labels(y[sel])
+            judge_labels = judge.labels(b.y[sel])
             rows = judge_labels >= 0  # a judge scores only images of classes it was trained on
             if not rows.any():
                 continue
-            hits = masked_classification(judge.model, x[sel][rows], binary[rows], judge_labels[rows],
-                                         fill=cfg.fill or "mean")
+            hits = masked_classification(judge.model, b.x[sel][rows], binary[rows], judge_labels[rows],
+                                         fill=self.cfg.fill or "mean")
             for variant, hit in hits.items():
                 s.mean(f"acc_{variant}" + ("" if judge_name == "own" else f"@{judge_name}"), hit * 100)
-        slow = slow_ok[sel] & seen[sel]
+        slow = b.slow_ok[sel] & seen[sel]
         if slow.any():
-            xs, ms, ts = x[sel][slow], maps[slow], preds[sel][slow]
+            xs, ms, ts = b.x[sel][slow], maps[slow], preds[sel][slow]
             for mode in ("deletion", "insertion"):
-                _, auc = deletion_insertion(target.model, xs, ms, ts, mode, cfg.faithfulness_steps)
+                _, auc = deletion_insertion(target.model, xs, ms, ts, mode, self.cfg.faithfulness_steps)
                 s.mean(mode, auc)
             drop, increase = average_drop_increase(target.model, xs, ms, ts)
             s.mean("average_drop", drop)
             s.mean("increase_in_confidence", increase)
+
+    def _update_boxes(self, name: str, s: MethodScores, maps: Tensor, sel: Tensor, b: ScoredBatch,
+                      classified: dict[str, Tensor]) -> None:
+        """The box metrics of the rows ``sel`` that have boxes: LE/OM under both rules, the threshold sweep
+        (chosen on even images, read on odd ones), F1 and the pointing games."""
+        g, v = b.gt[sel], b.valid[sel]
+        known = {k: t[sel] for k, t in classified.items()}
+        if name in REFERENCES:
+            boxes = reference_boxes(REFERENCES[name], len(sel), *b.x.shape[-2:], b.x.device)
+            s.localization.update(g, v, boxes=boxes, **known)
+            s.localization_other_rule.update(g, v, boxes=boxes, **known)
+        else:
+            s.localization.update(g, v, maps=maps, **known)
+            s.localization_other_rule.update(g, v, maps=maps, **known)
+            even = b.index[sel] % 2 == 0
+            if even.any():
+                s.sweep_select.update(maps[even], g[even], v[even])
+            if (~even).any():
+                s.sweep_test.update(maps[~even], g[~even], v[~even])
+        s.f1.update(maps, g, v)
+        s.mean("pointing_game", pointing_game(maps, g, v, self.cfg.pointing_tolerance))
+        s.mean("energy_pointing_game", energy_pointing_game(maps, g, v))
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """One evaluation batch as every method's scores see it."""
+
+    x: Tensor  # (B, 3, H, W) normalized images
+    y: Tensor  # (B,) labels of the evaluated data
+    gt: Tensor  # (B, N, 4) boxes
+    valid: Tensor  # (B, N) which boxes are real
+    index: Tensor  # (B,) dataset positions
+    slow_ok: Tensor  # (B,) among the first max_images_slow images: Score-CAM and the faithfulness curves
 
 
 def figure_picks(labels: list[int], count: int) -> list[int]:
