@@ -151,13 +151,14 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_intermixed_args(argv)  # flags and key=value overrides in any order
     from casm.config import EvalConfig, evaluation_data
-    from casm.evaluation import evaluate, load_trained
+    from casm.evaluation import evaluate, read_run
 
-    module, saved = load_trained(args.checkpoint)  # read once; its data config is the default
+    run = read_run(args.checkpoint)  # read once; its data config is the default
+    saved = run.config
     cfg = load_config(args.config, args.overrides + [f"checkpoint={args.checkpoint}"], schema_class=EvalConfig,
                       base={"data": evaluation_data(saved["data"], args.overrides, args.config),
                             "fill": saved.get("casm", {}).get("fill", "mean")})
-    results, _, out = evaluate(cfg, progress=not args.no_progress, trained=(module, saved))
+    results, _, out = evaluate(cfg, progress=not args.no_progress, trained=run)
     from casm.evaluation.report import markdown_table
 
     if speaks():

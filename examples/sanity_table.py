@@ -44,13 +44,12 @@ def checkpoint(out: Path, name: str) -> Path:
 
 
 def under_attack(out: Path) -> str:
-    from casm.training.module import load_trained
+    from casm.trained_run import read_run
 
     seeds = {v: seeds_of(out, v) for v in VARIANTS}
     if not seeds["original"]:
         return "(no finished run against the original classifier)"
-    _, config = load_trained(checkpoint(out, "original_s0"))
-    images, _ = validation_images(config, IMAGES)
+    images, _ = validation_images(read_run(checkpoint(out, "original_s0")).config, IMAGES)
     masks = {v: {s: masks_of(checkpoint(out, f"{v}_s{s}"), images) for s in seeds[v]} for v in VARIANTS if seeds[v]}
     attack_grid({"image": images, **{v: masks[v][0] for v in masks if 0 in masks[v]}},
                 out / "masks_under_attack.png", rows=4, denormalize=denormalize)

@@ -181,7 +181,7 @@ def test_a_judge_from_outside_casm_scores_masked_images(trained_checkpoint, tmp_
 
     from casm.data.datamodule import LocalizationDataModule
     from casm.metrics.localization import binarize
-    from casm.training.module import load_trained
+    from casm.trained_run import read_run
 
     torch.manual_seed(3)
     judge = torchvision.models.resnet18(num_classes=10).eval()
@@ -191,7 +191,7 @@ def test_a_judge_from_outside_casm_scores_masked_images(trained_checkpoint, tmp_
     assert evaluate_main(["--checkpoint", str(trained_checkpoint), f"judges=[{spec}]", "methods=[casm]",
                           f"out_dir={out}", *FAST]) == 0
     payload = json.loads((out / "metrics.json").read_text())
-    module, _ = load_trained(trained_checkpoint)
+    module = read_run(trained_checkpoint)
     data = LocalizationDataModule(OmegaConf.create(payload["eval_config"]["data"]), splits=("val",))
     data.setup()
     x = normalize_images(torch.stack([data.val_set[i]["image"] for i in range(16)]))

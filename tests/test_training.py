@@ -208,10 +208,10 @@ def test_ddp_on_two_cpu_processes(tmp_path, tiny_overrides):
 
 def _single_process_le(ckpt: Path) -> float:
     from casm.metrics.localization import LocalizationMetric
-    from casm.training.module import load_trained
+    from casm.trained_run import read_run
 
-    module, config = load_trained(ckpt)
-    dm = LocalizationDataModule(load_config(None, [f"{k}={v}" for k, v in _flat("data", config["data"])]).data)
+    module = read_run(ckpt)
+    dm = LocalizationDataModule(load_config(None, [f"{k}={v}" for k, v in _flat("data", module.config["data"])]).data)
     dm.setup()
     metric = LocalizationMetric()
     with torch.no_grad():
@@ -386,7 +386,7 @@ def test_ranks_started_by_a_cluster_launcher_share_one_run_folder(tiny_cfg, monk
 
 def test_a_checkpoint_of_an_earlier_casm_still_loads(trained_checkpoint, tmp_path):
     """Its saved config predates newer keys (and may hold a removed one): today's defaults fill them in."""
-    from casm.training.module import load_trained
+    from casm.trained_run import read_run
 
     ckpt = torch.load(trained_checkpoint, weights_only=True)
     config = ckpt["hyper_parameters"]["config"]
@@ -395,7 +395,7 @@ def test_a_checkpoint_of_an_earlier_casm_still_loads(trained_checkpoint, tmp_pat
         del config[section][key]
     config["casm"]["a_removed_option"] = 3
     torch.save(ckpt, tmp_path / "old.ckpt")
-    module, _ = load_trained(tmp_path / "old.ckpt")
+    module = read_run(tmp_path / "old.ckpt")
     assert module.cfg.casm.fill == "mean" and module.cfg.model.manipulation is None
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

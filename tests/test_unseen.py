@@ -165,17 +165,18 @@ def model_without_0_and_1(tmp_path_factory):
 
 def _hand_scores(checkpoint, data_overrides):
     """The classifier's clean and masked-in top-1, computed here with labels mapped by class name."""
-    from casm.evaluation import load_trained
+    from casm.evaluation import read_run
     from casm.metrics.localization import binarize
 
-    module, saved = load_trained(checkpoint)
+    module = read_run(checkpoint)
+    saved = module.config
     data = OmegaConf.merge(OmegaConf.structured(DataConfig), evaluation_data(saved["data"], data_overrides),
                            OmegaConf.from_dotlist(data_overrides).get("data", {}))
     dm = LocalizationDataModule(data, splits=("val",))
     dm.setup()
     x = normalize_images(torch.stack([dm.val_set[i]["image"] for i in range(16)]))
     y = torch.tensor([dm.val_set[i]["label"] for i in range(16)])
-    names = module.hparams["class_names"]
+    names = module.class_names
     mapped = torch.tensor([names.index(dm.classes[int(v)]) if dm.classes[int(v)] in names else -1 for v in y])
     seen = mapped >= 0
     with torch.no_grad():

@@ -2,6 +2,6 @@
 
 from casm.evaluation.harness import Evaluator, evaluate
 from casm.evaluation.loaders import load_classifier
-from casm.training.module import load_trained
+from casm.trained_run import read_run
 
-__all__ = ["Evaluator", "evaluate", "load_classifier", "load_trained"]
+__all__ = ["Evaluator", "evaluate", "load_classifier", "read_run"]

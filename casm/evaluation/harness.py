@@ -43,7 +43,7 @@ from casm.metrics.localization import (
     binarize,
     reference_boxes,
 )
-from casm.training.module import CASMModule, load_trained
+from casm.trained_run import TrainedRun, read_run
 
 SLOW_METHODS = ("scorecam",)
 MapFn = Callable[[Tensor, dict, Tensor], Tensor]  # (images, features, logits) -> (B, H, W)
@@ -52,15 +52,15 @@ MapFn = Callable[[Tensor, dict, Tensor], Tensor]  # (images, features, logits) -
 class Evaluator:
     """Builds the methods, runs them over the validation split, accumulates :class:`MethodScores`."""
 
-    def __init__(self, cfg: DictConfig, module: CASMModule, device: torch.device, data_classes: list[str]) -> None:
-        self.cfg, self.module, self.device = cfg, module.to(device), device
-        self.classifier = module.classifier
+    def __init__(self, cfg: DictConfig, run: TrainedRun, device: torch.device, data_classes: list[str]) -> None:
+        self.cfg, self.trained, self.device = cfg, run.to(device), device
+        self.classifier = run.classifier
         self.data_classes = list(data_classes)
 
         def match(model, classes, who):
             return KnownClasses.match(model, classes, self.data_classes, who).to(device)
 
-        self.own = match(self.classifier, module.hparams.get("class_names"), "the checkpoint's classifier")
+        self.own = match(self.classifier, run.class_names, "the checkpoint's classifier")
         self.judges: dict[str, KnownClasses] = {"own": self.own}
         for path in cfg.classifiers:
             name, judge, classes = load_classifier(path, set(self.judges))
@@ -204,7 +204,7 @@ class Evaluator:
         producers: dict[str, MapFn] = {}
         explained: dict[str, tuple[KnownClasses, Tensor]] = {}
         if "casm" in self.cfg.methods:
-            producers["casm"] = lambda x_, f_, l_: self.module.masker(x_, f_)[:, 0]
+            producers["casm"] = lambda x_, f_, l_: self.trained.masker(x_, f_)[:, 0]
         if self.lficam is not None:
             producers["lficam"] = lambda x_, f_, l_: self.lficam.model.explain(x_)
             with torch.no_grad():
@@ -348,22 +348,22 @@ def next_free_folder(base: Path) -> Path:
     return base.with_name(f"{base.name}_{n}")
 
 
-def evaluate(cfg: DictConfig, progress: bool = True, trained: tuple[CASMModule, dict] | None = None
+def evaluate(cfg: DictConfig, progress: bool = True, trained: TrainedRun | None = None
              ) -> tuple[dict, "Evaluator", Path]:
-    """Run the whole evaluation; returns (results, evaluator, output folder). ``trained``: the
-    (module, config) of ``cfg.checkpoint`` when the caller has loaded it already."""
-    module, train_config = trained or load_trained(cfg.checkpoint)
+    """Run the whole evaluation; returns (results, evaluator, output folder). ``trained``: the run of
+    ``cfg.checkpoint`` when the caller has read it already."""
+    run = trained or read_run(cfg.checkpoint)
     with launched_processes(cfg.device) as device:
         torch.manual_seed(cfg.seed)
         datamodule = LocalizationDataModule(cfg.data, cfg.seed, splits=("val",), shard=(rank(), world_size()))
         datamodule.setup()
-        evaluator = Evaluator(cfg, module, device, datamodule.classes)
+        evaluator = Evaluator(cfg, run, device, datamodule.classes)
         results = evaluator.run(datamodule.val_dataloader(), progress)
         out = Path(cfg.out_dir) if cfg.out_dir else next_free_folder(run_folder(cfg.checkpoint)
                                                                       / "eval")
         out = Path(gather_objects(str(out))[0])  # rank 0's choice: the folders may appear between the ranks' looks
         if rank() == 0:
-            write_reports(out, results, evaluator, OmegaConf.to_container(cfg, resolve=True), train_config,
+            write_reports(out, results, evaluator, OmegaConf.to_container(cfg, resolve=True), run.config,
                           evaluation_notes(evaluator, results))
     return results, evaluator, out
 

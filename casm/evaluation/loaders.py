@@ -11,11 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from casm.checkpoints import read_checkpoint
-from casm.config import ConfigError
+from casm.config import ConfigError, with_defaults
 from casm.errors import UserError
 from casm.evaluation.judges import Logits, build_judge, read_class_names
 from casm.models import ResNetClassifier
-from casm.training.lficam_module import LFICAMModule
+from casm.models.lficam import LFICAMClassifier
 
 
 @dataclass
@@ -63,10 +63,10 @@ def load_lficam(checkpoint: str | Path) -> tuple[nn.Module, list[str] | None]:
     if hp.get("config", {}).get("mode") != "lficam":
         raise UserError(f"lficam_checkpoint={checkpoint}: not a mode=lficam checkpoint; train one with "
                         f"python train.py --config configs/lficam.yaml")
-    config = dict(hp["config"], model=dict(hp["config"]["model"], pretrained=None))
-    module = LFICAMModule(config, hp["num_classes"])
-    module.load_state_dict(ckpt["state_dict"])
-    return module.model.eval(), _class_names(ckpt)
+    cfg = with_defaults(dict(hp["config"], model=dict(hp["config"]["model"], pretrained=None)))
+    model = LFICAMClassifier(cfg.model.arch, hp["num_classes"], cfg.model.width, cfg.masker.hidden)
+    model.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
+    return model.eval(), _class_names(ckpt)
 
 
 def load_foreign_judge(spec: DictConfig, index: int, image_size: int, taken: set[str] = frozenset()

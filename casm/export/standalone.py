@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
@@ -34,6 +33,7 @@ from casm.data.transforms import eval_resize
 from casm.errors import ExportError
 from casm.export.onnx import export_onnx
 from casm.models import Masker, ResNetTrunk, build_head
+from casm.trained_run import read_run
 
 WEIGHTS_FILE = "masker.safetensors"
 MANIFEST_FILE = "masker.json"
@@ -137,21 +137,17 @@ def _sha256(path: Path) -> str:
 def masker_from_checkpoint(checkpoint_path: str | Path) -> StandaloneMasker:
     """Rebuild the trained masker of a casm training checkpoint as a standalone module (eval mode)."""
     try:
-        from casm.training.module import load_trained  # Lightning: only to read a training checkpoint
-
-        module, config = load_trained(checkpoint_path)
+        run = read_run(checkpoint_path)
     except ValueError as err:
         raise ExportError(str(err)) from err
-    cfg = OmegaConf.create(config)
-    image_size = cfg.data.image_size
+    cfg = run.cfg
     manifest = MaskerManifest(
         arch=cfg.model.arch, width=cfg.model.width, head=cfg.masker.head, hidden=cfg.masker.hidden,
-        feature_layer=cfg.masker.get("feature_layer"),
-        image_size=image_size, resize=eval_resize(module.cfg.data),
-        classes=list(module.hparams.get("class_names") or []), source_checkpoint=str(checkpoint_path),
+        feature_layer=cfg.masker.get("feature_layer"), image_size=cfg.data.image_size, resize=eval_resize(cfg.data),
+        classes=list(run.class_names or []), source_checkpoint=str(checkpoint_path),
     )
     standalone = StandaloneMasker(manifest)
-    standalone.masker.load_state_dict(module.masker.standalone(module.classifier.trunk).state_dict())
+    standalone.masker.load_state_dict(run.masker.standalone(run.classifier.trunk).state_dict())
     return standalone.eval()
 
 

@@ -11,14 +11,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from casm.checkpoints import run_folder
 from casm.config import DataConfig
 from casm.data.datamodule import LocalizationDataModule
 from casm.data.transforms import denormalize, normalize_images
 from casm.models.manipulation import ATTACKS
 from casm.sanity.attacks import METHODS, attacks_table, run_attacks
 from casm.sanity.randomization import plot_cascades, run_cascades
-from casm.training.module import load_trained
+from casm.trained_run import read_run
 
 
 def cascade_table(curves: dict[str, list[dict]], chance: dict[str, dict[str, float]] | None = None) -> str:
@@ -54,16 +53,16 @@ def sanity_report(checkpoint: str | Path, out: Path | None = None, images: int =
     (default RUN/sanity)."""
     from torch.utils.tensorboard import SummaryWriter  # deferred: TensorBoard's import is slow
 
-    module, config = load_trained(checkpoint)
-    x, y = validation_images(config, images, device)
+    run = read_run(checkpoint)
+    x, y = validation_images(run.config, images, device)
     count = len(x)
-    out = Path(out) if out else run_folder(checkpoint) / "sanity"
-    classifier = module.classifier.to(device).eval()
+    out = Path(out) if out else run.folder / "sanity"
+    classifier = run.classifier.to(device).eval()
     results = run_attacks(classifier, x, y, out, attacks, slow_images=slow_images, denormalize=denormalize)
     report = {"checkpoint": str(checkpoint), "images": count, "attacks": results}
     text = "# Manipulation attacks\n\n" + attacks_table(results) + "\n"
     if randomization:
-        masker = module.masker.standalone(module.classifier.trunk).to(device).eval()
+        masker = run.masker.standalone(run.classifier.trunk).to(device).eval()
         report["randomization"], report["randomization_chance"] = run_cascades(classifier, masker, x, METHODS,
                                                                               slow_images)
         plot_cascades(report["randomization"], out / "randomization.png", report["randomization_chance"])

@@ -30,7 +30,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.func import functional_call
@@ -38,41 +37,21 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.utils import make_grid
 
-from casm.checkpoints import POOL_FOLDER, read_checkpoint, write_atomically
+from casm.checkpoints import POOL_FOLDER, write_atomically
 from casm.config import with_defaults
 from casm.data.transforms import denormalize, random_augmentation
 from casm.distributed import all_reduce_mean, assert_same_on_all_ranks, empty_on_any_rank
-from casm.errors import NonFiniteLossError, TrainingDivergedError, UserError, shorten
+from casm.errors import NonFiniteLossError, TrainingDivergedError, UserError
 from casm.fills import keep_masked, remove_masked
 from casm.metrics.collapse import HEALTH_FILE, MaskHealth, MaskSpread
 from casm.metrics.localization import LocalizationMetric, reference_boxes
-from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
-from casm.models.manipulation import manipulate
 from casm.models.modes import evaluation_mode, frozen_batchnorm_statistics
+from casm.trained_run import build_models
 from casm.training.averaging import MaskerAverage, restore_live_masker
 from casm.training.batching import batch_plan, classifier_optimizer
 from casm.training.losses import MaskerLoss, masker_loss
 from casm.training.pool import ClassifierPool, resolve_strategy
 from casm.training.regularization import LambdaController
-
-
-def build_models(cfg: DictConfig, num_classes: int) -> tuple[ResNetClassifier, Masker]:
-    classifier = ResNetClassifier(cfg.model.arch, num_classes, cfg.model.width)
-    if cfg.model.pretrained:
-        classifier.load_weights(cfg.model.pretrained)
-    encoder = None
-    if cfg.masker.encoder == "separate":
-        encoder = ResNetTrunk(cfg.model.arch, cfg.model.width)
-        if cfg.masker.encoder_pretrained:
-            donor = ResNetClassifier(cfg.model.arch, num_classes, cfg.model.width)
-            donor.load_weights(cfg.masker.encoder_pretrained)
-            encoder.load_state_dict(donor.trunk.state_dict())
-    masker = Masker(build_head(cfg.masker.head, classifier.trunk.channels, cfg.masker.hidden,
-                               cfg.masker.get("feature_layer")), encoder)
-    if cfg.model.manipulation:  # the sanity check "casm under attack" (docs/sanity.md)
-        # in train mode like the unattacked classifier; on_train_epoch_start freezes both alike
-        classifier = manipulate(classifier, cfg.model.manipulation, cfg.data.image_size, seed=cfg.seed).train()
-    return classifier, masker
 
 
 class CASMModule(pl.LightningModule):
@@ -524,24 +503,3 @@ def batches_done_mid_epoch(checkpoint: dict) -> int:
     after; 0 for an end-of-epoch checkpoint."""
     progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
     return 0 if progress.get("is_last_batch", True) else int(progress.get("current", {}).get("processed", 0))
-
-
-def load_trained(checkpoint: str | Path) -> tuple[CASMModule, dict]:
-    """The CASM module of a training checkpoint (eval mode) and the checkpoint's saved config.
-    The original pretrained-weight paths are dropped: the checkpoint holds the weights."""
-    ckpt = read_checkpoint(checkpoint)
-    hp = ckpt.get("hyper_parameters", {})
-    if "config" not in hp or not any(k.startswith("masker.") for k in ckpt.get("state_dict", {})):
-        raise UserError(f"{checkpoint}: not a casm training checkpoint with a masker; give the checkpoint a "
-                        f"casm training run wrote (RUN/checkpoints/last.ckpt)")
-    config = dict(hp["config"])
-    config["model"] = dict(config["model"], pretrained=None)
-    config["masker"] = dict(config["masker"], encoder_pretrained=None)
-    module = CASMModule(config, hp["num_classes"], hp.get("class_names"))
-    try:
-        module.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:  # e.g. a head whose layout changed between casm versions
-        head = config["masker"]["head"]
-        raise UserError(f"{checkpoint}: its weights do not fit a {config['model']['arch']} with the {head} head of "
-                        f"this casm version ({shorten(err)})") from err
-    return module.eval(), config

@@ -1,0 +1,83 @@
+"""A trained run, read without Lightning: its checkpoint as the classifier, the masker, the config and the
+class names. Evaluation, export, sanity checks and the experiments read runs here; training builds its
+networks with the same :func:`build_models`, so a run is read back exactly as it was built. The run's
+folder layout is :func:`casm.checkpoints.run_folder`'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+from torch import nn
+
+from casm.checkpoints import read_checkpoint, run_folder
+from casm.config import with_defaults
+from casm.errors import UserError, shorten
+from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
+from casm.models.manipulation import manipulate
+
+
+def build_models(cfg: DictConfig, num_classes: int) -> tuple[ResNetClassifier, Masker]:
+    classifier = ResNetClassifier(cfg.model.arch, num_classes, cfg.model.width)
+    if cfg.model.pretrained:
+        classifier.load_weights(cfg.model.pretrained)
+    encoder = None
+    if cfg.masker.encoder == "separate":
+        encoder = ResNetTrunk(cfg.model.arch, cfg.model.width)
+        if cfg.masker.encoder_pretrained:
+            donor = ResNetClassifier(cfg.model.arch, num_classes, cfg.model.width)
+            donor.load_weights(cfg.masker.encoder_pretrained)
+            encoder.load_state_dict(donor.trunk.state_dict())
+    masker = Masker(build_head(cfg.masker.head, classifier.trunk.channels, cfg.masker.hidden,
+                               cfg.masker.get("feature_layer")), encoder)
+    if cfg.model.manipulation:  # the sanity check "casm under attack" (docs/sanity.md)
+        # in train mode like the unattacked classifier; on_train_epoch_start freezes both alike
+        classifier = manipulate(classifier, cfg.model.manipulation, cfg.data.image_size, seed=cfg.seed).train()
+    return classifier, masker
+
+
+@dataclass
+class TrainedRun:
+    """A training checkpoint's networks (eval mode) and settings."""
+
+    checkpoint: Path
+    classifier: ResNetClassifier
+    masker: Masker
+    config: dict  # the config it was trained with, as saved, its pretrained-weight paths dropped
+    cfg: DictConfig  # the same with today's defaults for keys an earlier casm did not have
+    class_names: list[str] | None
+
+    @property
+    def folder(self) -> Path:
+        return run_folder(self.checkpoint)
+
+    def to(self, device) -> TrainedRun:
+        self.classifier.to(device)
+        self.masker.to(device)
+        return self
+
+
+def read_run(checkpoint: str | Path) -> TrainedRun:
+    """The trained run a casm training checkpoint holds. Pretrained-weight paths are dropped (the
+    checkpoint holds the weights); the masker is the one the run saved (its average, when it kept one)."""
+    ckpt = read_checkpoint(checkpoint)
+    hp = ckpt.get("hyper_parameters", {})
+    if "config" not in hp or not any(k.startswith("masker.") for k in ckpt.get("state_dict", {})):
+        raise UserError(f"{checkpoint}: not a casm training checkpoint with a masker; give the checkpoint a "
+                        f"casm training run wrote (RUN/checkpoints/last.ckpt)")
+    config = dict(hp["config"])
+    config["model"] = dict(config["model"], pretrained=None)
+    config["masker"] = dict(config["masker"], encoder_pretrained=None)
+    cfg = with_defaults(config)  # a checkpoint of an earlier casm lacks the newer keys
+    classifier, masker = build_models(cfg, hp["num_classes"])
+    networks = nn.Module()
+    networks.classifier, networks.masker = classifier, masker
+    try:
+        networks.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:  # e.g. a head whose layout changed between casm versions
+        raise UserError(f"{checkpoint}: its weights do not fit a {cfg.model.arch} with the {cfg.masker.head} head of "
+                        f"this casm version ({shorten(err)})") from err
+    names = hp.get("class_names")
+    return TrainedRun(Path(checkpoint), classifier.eval(), masker.eval(), config, cfg, list(names) if names else None)
