@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from casm.data.datasets import dataset_classes
 from casm.errors import UserError
 
 FORMAT = "casm-class-split"
@@ -163,8 +164,6 @@ def class_selection(data) -> tuple[list[str] | None, list[str] | None]:
     or its include/exclude lists."""
     if not data.split_file:
         return data.include_classes, data.exclude_classes
-    from casm.data.datasets import dataset_classes
-
     split = ClassSplit.load(data.split_file)
     all_classes = dataset_classes(data)
     split.check_matches(all_classes, data.name)
