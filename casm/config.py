@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -289,6 +290,19 @@ def config_changes(before: dict | DictConfig, after: dict | DictConfig, ignore: 
             if key not in ignore and old.get(key) != new.get(key)]
 
 
+def parse_overrides(overrides: list[str]) -> DictConfig:
+    """``key=value`` strings as one config; a value YAML cannot read is refused naming the override (a shell
+    passes ``k=[a=[b],c]`` unquoted, and YAML needs list items holding brackets or ``=`` quoted)."""
+    for item in overrides:
+        try:
+            OmegaConf.from_dotlist([item])
+        except (yaml.YAMLError, OmegaConfBaseException) as err:
+            reason = str(getattr(err, "problem", None) or err).splitlines()[0]
+            raise ConfigError(f"override {item!r}: its value is not valid YAML ({reason}); quote list items that "
+                              f"hold brackets, e.g. 'key=[\"methods=[casm]\",max_images_slow=0]'") from err
+    return OmegaConf.from_dotlist(overrides)
+
+
 def load_config(config_file: str | Path | None = None, overrides: list[str] | None = None,
                 schema_class: type = None, base: DictConfig | dict | None = None) -> DictConfig:
     """Schema defaults <- ``base`` <- YAML file(s) <- ``key=value`` overrides, type-checked, unknown
@@ -299,7 +313,7 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
     for bad in [o for o in overrides or [] if "=" not in o]:
         raise ConfigError(f"override {bad!r} is not of the form key=value")
     if overrides:
-        layers.append((OmegaConf.from_dotlist(overrides), "command line"))
+        layers.append((parse_overrides(overrides), "command line"))
     for layer, source in layers:
         _check_keys(layer, schema, source)
         try:

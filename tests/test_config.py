@@ -60,6 +60,13 @@ def test_bad_values(override, match):
         load_config(None, override.split())
 
 
+@pytest.mark.parametrize("override", ["data.crop_scale=[0.5,1", "unseen.eval_overrides=[methods=[casm],x=0]",
+                                      "logging.name={a"])
+def test_an_override_yaml_cannot_read_names_the_override(override):
+    with pytest.raises(ConfigError, match=r"override '.*': its value is not valid YAML .*quote list items"):
+        load_config(None, [override])
+
+
 @pytest.mark.parametrize("cap, batch, batches", [(None, 16, 1.0), (100, 16, 7), (96, 32, 3), (1, 64, 1)])
 def test_the_validation_image_cap_is_whole_global_batches(cap, batch, batches):
     from casm.training.run import validation_batches
