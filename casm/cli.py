@@ -148,7 +148,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         prog="casm evaluate",
         description="Evaluate a trained masker against CAM, Grad-CAM, Grad-CAM++ and Score-CAM on the same images.",
         epilog="Overrides are key=value over casm.config.EvalConfig, e.g. methods=[casm,gradcam] max_images=200 "
-               "scorecam_chunk=512 classifiers=[runs/r34/version_0/checkpoints/last.ckpt]. The data config "
+               "chunk_size=512 classifiers=[runs/r34/version_0/checkpoints/last.ckpt]. The data config "
                "defaults to the checkpoint's own (data.* keys override it).")
     parser.add_argument("--checkpoint", required=True, help="a casm training checkpoint")
     parser.add_argument("--config", help="YAML over the evaluation schema")

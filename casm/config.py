@@ -328,6 +328,8 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | No
         validate(cfg)
     elif "data" in cfg:
         validate_data(cfg.data)
+    if schema_class is EvalConfig:
+        _check_ranges(cfg, _EVAL_RANGES)
     return cfg
 
 
@@ -366,9 +368,10 @@ class EvalConfig:
     methods: list[str] = field(default_factory=lambda: ["casm", "cam", "gradcam", "gradcampp", "scorecam"])
     lficam_checkpoint: Optional[str] = None  # a mode=lficam checkpoint: adds its attention maps as "lficam"
     target_layer: Optional[str] = None  # for the CAM baselines; null: the last stage
-    scorecam_chunk: int = 256  # (image, channel) pairs per Score-CAM forward pass
+    chunk_size: int = 256  # (image, channel or mask) pairs per forward pass of Score-CAM, Ablation-CAM and RISE
+    rise_masks: int = 2000  # RISE's random masks per image (its paper: 4000-8000 for ImageNet)
     max_images: Optional[int] = None  # cap on evaluated images (null: the whole validation split)
-    max_images_slow: int = 200  # cap for Score-CAM and the faithfulness curves
+    max_images_slow: int = 200  # cap for Score-CAM, Ablation-CAM, RISE and the faithfulness curves
     binarization: str = "quantile"  # quantile | alpha_mean (docs/evaluation.md)
     alpha: float = 1.0
     sweep_thresholds: int = 21
@@ -405,14 +408,16 @@ _RANGES = {
     "trainer.check_val_every_n_epoch": (0, True), "trainer.max_val_images": (0, True),
     "logging.image_every_n_steps": (0, False),
 }
+_EVAL_RANGES = {"chunk_size": (0, True), "rise_masks": (0, True), "max_images": (0, True),
+                "max_images_slow": (0, False), "faithfulness_steps": (0, True), "sweep_thresholds": (1, True)}
 
 
 # why a lower bound is what it is, where it is not obvious
 _RANGE_REASONS = {"data.image_size": " (a ResNet reduces its input 32-fold: smaller images leave no feature map)"}
 
 
-def _check_ranges(cfg: DictConfig) -> None:
-    for key, (low, strict) in _RANGES.items():
+def _check_ranges(cfg: DictConfig, ranges: dict[str, tuple[float, bool]] = _RANGES) -> None:
+    for key, (low, strict) in ranges.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and (value <= low if strict else value < low):
             raise ConfigError(f"{key}={value} must be {'above' if strict else 'at least'} {low}"

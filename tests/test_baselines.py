@@ -1,5 +1,6 @@
-"""CAM, Grad-CAM, Grad-CAM++, Score-CAM against independent implementations: the grad-cam package
-(pytorch-grad-cam) and torchcam (for CAM, which grad-cam lacks), on random and trained tiny models.
+"""Every baseline against an independent implementation: the grad-cam package (pytorch-grad-cam) for the
+CAM family, torchcam for CAM (which grad-cam lacks), a direct loop for RISE and closed forms where one
+exists; on random and trained tiny models and on torchvision's ResNet-18, which no test trained.
 
 Deliberate differences, none of which changes the numbers beyond float rounding: we upsample the
 ReLU'd map bilinearly and min-max it once; grad-cam min-maxes, resizes with OpenCV (the same
@@ -11,10 +12,23 @@ import pytest
 import torch
 from torch import nn
 
-from casm.baselines import BASELINES, CAM, GradCAM, GradCAMPlusPlus, LogitsOnly, ScoreCAM
+from casm.baselines import (
+    BASELINES,
+    CAM,
+    RISE,
+    AblationCAM,
+    EigenCAM,
+    GradCAM,
+    HiResCAM,
+    LayerCAM,
+    LogitsOnly,
+    ScoreCAM,
+    XGradCAM,
+)
+from casm.baselines.perturbation import rise_masks
 from casm.models import ResNetClassifier
 
-TOLERANCE = 1e-4  # max abs difference of maps in [0, 1]
+TOLERANCE = 1e-5  # max abs difference of maps in [0, 1]
 
 
 def _trained(model, steps=30):
@@ -45,25 +59,49 @@ def images():
     return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
-def _reference(method_name, model, images, targets):
+GRAD_CAM_PACKAGE = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "scorecam": "ScoreCAM",
+                    "xgradcam": "XGradCAM", "hirescam": "HiResCAM", "layercam": "LayerCAM",
+                    "ablationcam": "AblationCAM", "shapleycam": "ShapleyCAM", "eigencam": "EigenCAM"}
+
+
+def _reference(method_name, model, images, targets, layer="model.trunk.layer4"):
     import pytorch_grad_cam as pgc
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST, ClassifierOutputTarget
 
-    cls = {"gradcam": pgc.GradCAM, "gradcampp": pgc.GradCAMPlusPlus, "scorecam": pgc.ScoreCAM}[method_name]
+    target_cls = ClassifierOutputReST if method_name == "shapleycam" else ClassifierOutputTarget  # the paper's score
     wrapped = LogitsOnly(model)
-    with cls(model=wrapped, target_layers=[wrapped.model.trunk.layer4]) as ref:
-        if method_name == "scorecam":
-            ref.batch_size = 64
-        return ref(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    target_layer = dict(wrapped.named_modules())[layer]
+    with getattr(pgc, GRAD_CAM_PACKAGE[method_name])(model=wrapped, target_layers=[target_layer]) as ref:
+        ref.batch_size = 64  # Score-CAM's and Ablation-CAM's passes per step (the maps do not depend on it)
+        return ref(input_tensor=images, targets=[target_cls(int(t)) for t in targets])
 
 
-@pytest.mark.parametrize("method_name", ["gradcam", "gradcampp", "scorecam"])
+def _torchvision_resnet18():
+    from torchvision.models import resnet18
+
+    torch.manual_seed(3)
+    return resnet18(num_classes=10).eval()
+
+
+@pytest.mark.parametrize("method_name", ["gradcam", "gradcampp", "scorecam", "xgradcam", "hirescam", "layercam",
+                                         "ablationcam", "shapleycam"])
 def test_matches_grad_cam_package(method_name, model, images):
     targets = model(images)[0].argmax(1)
     expected = _reference(method_name, model, images, targets)
     with BASELINES[method_name](model) as method:
         ours = method(images)
     assert ours.shape == (3, 64, 64)
+    assert np.abs(ours.numpy() - expected).max() < TOLERANCE
+
+
+@pytest.mark.parametrize("method_name", ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam", "shapleycam"])
+@pytest.mark.parametrize("layer", ["layer4", "layer3"])
+def test_matches_grad_cam_package_on_a_torchvision_model(method_name, layer, images):
+    model = _torchvision_resnet18()
+    targets = model(images).argmax(1)
+    expected = _reference(method_name, model, images, targets, layer=f"model.{layer}")
+    with BASELINES[method_name](model, layer) as method:
+        ours = method(images)
     assert np.abs(ours.numpy() - expected).max() < TOLERANCE
 
 
@@ -107,24 +145,114 @@ def test_gradcam_by_hand_on_a_linear_model():
     model = Tiny()
     # class 0: map = A0 - A1 = [[-3, 2], [3, 4]] -> ReLU [[0, 2], [3, 4]] -> min-max [[0, .5], [.75, 1]]
     expected = torch.tensor([[[0.0, 0.5], [0.75, 1.0]]])
-    for method_cls in (GradCAM, CAM):
+    for method_cls in (GradCAM, CAM, HiResCAM):  # HiResCAM: the gradient is flat after a GAP
         with method_cls(model, "layer4") as method:
             assert torch.allclose(method(x, class_idx=0), expected, atol=1e-6)
 
 
-def test_score_cam_chunk_size_does_not_change_the_map(model, images):
-    with ScoreCAM(model, chunk_size=7) as small, ScoreCAM(model, chunk_size=10_000) as large:
-        assert torch.allclose(small(images), large(images), atol=1e-6)
+@pytest.mark.parametrize("method_cls", [ScoreCAM, AblationCAM, RISE])
+def test_chunk_size_does_not_change_the_map(method_cls, model, images):
+    kwargs = {"num_masks": 50} if method_cls is RISE else {}
+    with method_cls(model, chunk_size=7, **kwargs) as small, method_cls(model, chunk_size=10_000, **kwargs) as large:
+        assert torch.allclose(small(images), large(images), atol=1e-5)
 
 
-@pytest.mark.parametrize("method_cls", [CAM, GradCAM, GradCAMPlusPlus, ScoreCAM])
-def test_hooks_released_grads_untouched_and_modes_restored(method_cls, images):
+def test_layercam_and_xgradcam_by_hand():
+    """Score ``sum_ij (A^0_ij - A^1_ij)^2 / 2`` on an identity 'layer4': ``g^0 = A^0 - A^1 = -g^1``."""
+
+    class Quadratic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer4 = nn.Identity()
+
+        def forward(self, x):
+            a = self.layer4(x)
+            score = 0.5 * ((a[:, 0] - a[:, 1]) ** 2).sum(dim=(1, 2))
+            return torch.stack([score, -score], dim=1)
+
+    a0, a1 = torch.tensor([[3.0, 1.0], [0.0, 2.0]]), torch.tensor([[1.0, 1.0], [2.0, 0.0]])
+    g0 = a0 - a1  # [[2, 0], [-2, 2]]
+    layer_map = torch.relu(g0) * a0 + torch.relu(-g0) * a1  # LayerCAM: [[6, 0], [4, 4]]
+    weights = ((g0 * a0).sum() / a0.sum(), (-g0 * a1).sum() / a1.sum())  # XGrad-CAM: 10/6 and 2/4
+    x_map = torch.relu(weights[0] * a0 + weights[1] * a1)
+    for method_cls, raw in ((LayerCAM, layer_map), (XGradCAM, x_map)):
+        expected = ((raw - raw.min()) / (raw.max() - raw.min()))[None]
+        with method_cls(Quadratic(), "layer4") as method:
+            assert torch.allclose(method(torch.stack([a0, a1])[None], class_idx=0), expected, atol=1e-6)
+
+
+class _FixedActivation(nn.Module):
+    """A 'model' whose layer4 output is a given activation whatever the input (EigenCAM's test)."""
+
+    def __init__(self, activation):
+        super().__init__()
+        self.layer4 = nn.Identity()
+        self.activation = activation
+
+    def forward(self, x):
+        return self.layer4(self.activation).mean(dim=(2, 3))
+
+
+def test_eigencam_projects_on_the_first_principal_component():
+    """A rank-one activation ``A^k_ij = u_k v_ij``, centred over the positions, is ``u (v - mean v)``: its first
+    principal direction is u, so the map is ReLU(v - mean v), with the sign that rises with ``sum_k A^k``."""
+    u = torch.tensor([1.0, 2.0, 0.5])
+    v = torch.tensor([[0.0, 1.0], [4.0, 3.0]])
+    with EigenCAM(_FixedActivation(u[None, :, None, None] * v[None, None]), "layer4") as method:
+        ours = method(torch.zeros(1, 3, 2, 2))
+    centred = (v - v.mean()).clamp(min=0)
+    assert torch.allclose(ours[0], centred / centred.max(), atol=1e-5)
+
+
+def test_eigencam_matches_grad_cam_package_where_its_svd_picks_our_sign(model, images):
+    """The package keeps the sign LAPACK returns; where it is ours the maps must agree."""
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+    expected = _reference("eigencam", model, images, model(images)[0].argmax(1))
+    activation = model(images)[1]["layer4"].detach()
+    with EigenCAM(model) as method:
+        ours = method(images)
+    projection = method.saliency(activation, None, None, images)
+    theirs = get_2d_projection(activation.numpy())
+    agree = (theirs * projection.numpy()).sum(axis=(1, 2)) > 0
+    assert agree.any()
+    assert np.abs(ours.numpy()[agree] - expected[agree]).max() < TOLERANCE
+    assert np.allclose(np.abs(theirs), np.abs(projection.numpy()), atol=1e-3)  # the same component either way
+
+
+def test_rise_equals_a_direct_loop_over_its_masks():
+    torch.manual_seed(0)
+    model = ResNetClassifier("resnet18", 10, width=4).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    masks = rise_masks(40, (32, 32), grid=4, keep=0.3, seed=7)
+    with torch.no_grad():
+        target = model(x)[0].argmax(1)
+        expected = torch.zeros(2, 32, 32)
+        for m in masks:
+            probs = model(x * m)[0].softmax(1)
+            expected += probs[torch.arange(2), target][:, None, None] * m
+    expected /= 40 * 0.3
+    with RISE(model, num_masks=40, grid=4, keep=0.3, seed=7, chunk_size=6, normalize=False) as method:
+        assert torch.allclose(method(x), expected, atol=1e-5)
+
+
+def test_rise_masks_are_seeded_smooth_and_keep_the_asked_share():
+    a, b = rise_masks(500, (48, 40), grid=6, keep=0.3, seed=1), rise_masks(500, (48, 40), grid=6, keep=0.3, seed=1)
+    assert a.shape == (500, 48, 40) and torch.equal(a, b)
+    assert not torch.equal(a, rise_masks(500, (48, 40), grid=6, keep=0.3, seed=2))
+    assert 0 <= a.min() and a.max() <= 1 and abs(a.mean().item() - 0.3) < 0.03
+    assert ((a > 0.01) & (a < 0.99)).float().mean() > 0.2  # bilinear upsampling: soft edges, not a hard grid
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_hooks_released_grads_untouched_and_modes_restored(name, images):
     model = ResNetClassifier("resnet18", 10, width=4).train()
     layer = model.trunk.layer4
+    kwargs = {"num_masks": 8} if name == "rise" else {}
     with pytest.raises(RuntimeError, match="boom"):
-        with method_cls(model) as method:
+        with BASELINES[name](model, **kwargs) as method:
             method(images, class_idx=torch.tensor([1, 2, 3]))
-            assert len(layer._forward_hooks) == 1
+            assert len(layer._forward_hooks) == (0 if name == "rise" else 1)
             raise RuntimeError("boom")
     assert len(layer._forward_hooks) == 0
     assert all(p.grad is None for p in model.parameters())

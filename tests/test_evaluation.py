@@ -12,7 +12,7 @@ from casm.data.datasets import SyntheticShapes
 from casm.data.synthetic import CLASS_NAMES as SYNTHETIC_NAMES
 from casm.data.transforms import normalize_images
 
-FAST = ["max_images=16", "max_images_slow=4", "scorecam_chunk=64", "faithfulness_steps=4", "figure_images=4",
+FAST = ["max_images=16", "max_images_slow=4", "chunk_size=64", "faithfulness_steps=4", "figure_images=4",
         "--no-progress"]
 
 
@@ -37,6 +37,26 @@ def test_every_method_and_report_file(report):
     assert payload["eval_config"]["fill"] == "mean"  # the training run's casm.fill
     assert "| casm |" in (out / "metrics.md").read_text()
     assert (out / "figure.png").is_file() and any((out / "tensorboard").iterdir())
+
+
+def test_the_newer_methods_are_scored_like_the_others(trained_checkpoint, tmp_path):
+    """Every method beyond the default list goes through the same metrics; the perturbation methods (one
+    forward pass per channel or mask) stop at max_images_slow like Score-CAM."""
+    out = tmp_path / "eval"
+    names = ["xgradcam", "hirescam", "layercam", "shapleycam", "eigencam", "ablationcam", "rise"]
+    assert evaluate_main(["--checkpoint", str(trained_checkpoint), f"methods=[{','.join(names)}]", "rise_masks=40",
+                          f"out_dir={out}", *FAST]) == 0
+    results = json.loads((out / "metrics.json").read_text())["results"]
+    for name in names:
+        assert np.isfinite(results[name]["le"]) and np.isfinite(results[name]["deletion"]), name
+        assert results[name]["images"] == (4 if name in ("ablationcam", "rise") else 16), name
+
+
+def test_an_unknown_method_lists_the_valid_ones(trained_checkpoint, tmp_path, capsys):
+    assert evaluate_main(["--checkpoint", str(trained_checkpoint), "methods=[casm,gradcamm]",
+                          f"out_dir={tmp_path}", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "gradcamm" in err and "layercam" in err and "rise" in err and err.count("\n") == 1
 
 
 def test_reference_le_matches_the_boxes_by_hand(report, trained_checkpoint):

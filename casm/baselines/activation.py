@@ -1,4 +1,4 @@
-"""Gradient-free CAMs: CAM and Score-CAM (docs/evaluation.md)."""
+"""Gradient-free CAMs: CAM, Score-CAM, Ablation-CAM and EigenCAM (docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -56,9 +56,7 @@ class ScoreCAM(CAMMethod):
         span = flat.flatten(1).amax(dim=1) - flat.flatten(1).amin(dim=1)
         active = (span > 0).nonzero()[:, 0]
         scores = torch.empty(batch * channels, device=images.device)
-        hook, self._handle = self._handle, None  # the masked passes must not overwrite the stored activation
-        hook.remove()
-        try:
+        with self._activation_kept():
             if len(active) < batch * channels:
                 zero_logits = logits_of(self.model(torch.zeros_like(images[:1])))[0].float()  # (num_classes,)
                 scores[:] = zero_logits[targets[image_of]]
@@ -71,6 +69,65 @@ class ScoreCAM(CAMMethod):
                 masks = (up - low) / (high - low + 1e-8)
                 out = logits_of(self.model(images[image_of[idx]] * masks))
                 scores[idx] = out.gather(1, targets[image_of[idx]][:, None])[:, 0].float()
-        finally:
-            self._handle = self.layer.register_forward_hook(self._store)
         return torch.softmax(scores.view(batch, channels), dim=1)
+
+
+class AblationCAM(CAMMethod):
+    """Ablation-CAM (Desai & Ramaswamy, WACV 2020): a channel's weight is the relative drop of the target
+    logit when that channel is set to zero, ``w_k = (y^c - y^c_{A^k = 0}) / y^c``.
+
+    K extra forward passes per image, with the target layer's output replaced by the ablated copy; as
+    in Score-CAM, all (image, channel) pairs of a batch run in chunks, and channels that are already zero
+    everywhere are not run (ablating them changes nothing: weight 0). The grad-cam package also sets a
+    channel to zero when the layer's minimum is 0 (any layer ending in a ReLU) and to a large negative
+    value otherwise; here it is always zero, the paper's definition."""
+
+    name = "ablationcam"
+
+    def __init__(self, model: nn.Module, target_layer: str | None = None, chunk_size: int = 256,
+                 normalize: bool = True) -> None:
+        super().__init__(model, target_layer, normalize)
+        self.chunk_size = chunk_size
+
+    def channel_weights(self, activation: Tensor, logits: Tensor, targets: Tensor, images: Tensor) -> Tensor:
+        batch, channels = activation.shape[:2]
+        activation = activation.detach()
+        clean = logits.gather(1, targets[:, None])[:, 0].float()  # (B,) y^c
+        ablated = clean.repeat_interleave(channels)  # (B*K,), a zero channel leaves y^c unchanged
+        active = (activation.flatten(2).abs().amax(dim=2).flatten() > 0).nonzero()[:, 0]
+        replacement: list[Tensor] = []
+        hook = self.layer.register_forward_hook(lambda module, inputs, output: replacement[0])
+        try:
+            with self._activation_kept():
+                for start in range(0, len(active), self.chunk_size):
+                    idx = active[start: start + self.chunk_size]
+                    image_of, channel_of = idx // channels, idx % channels
+                    copies = activation[image_of].clone()
+                    copies[torch.arange(len(idx), device=idx.device), channel_of] = 0
+                    replacement[:] = [copies]
+                    out = logits_of(self.model(images[image_of]))
+                    ablated[idx] = out.gather(1, targets[image_of][:, None])[:, 0].float()
+        finally:
+            hook.remove()
+        denominator = torch.where(clean.abs() < 1e-12, torch.full_like(clean, 1e-12), clean)[:, None]  # y^c = 0
+        return (clean[:, None] - ablated.view(batch, channels)) / denominator
+
+
+class EigenCAM(CAMMethod):
+    """EigenCAM (Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299): the activation projected on its first
+    principal component, ``M = (A - mean) v_1`` over the positions; class-agnostic and gradient-free.
+
+    A principal component's sign is arbitrary (LAPACK decides it, and the grad-cam package keeps
+    whatever it returns, so its map can be the ReLU of the wrong half). Here the sign is chosen so the
+    projection rises with the total activation (``sum_k A^k``): the map marks where the layer fires."""
+
+    name = "eigencam"
+
+    def saliency(self, activation: Tensor, logits: Tensor, targets: Tensor, images: Tensor) -> Tensor:
+        batch, _, height, width = activation.shape
+        positions = activation.detach().float().flatten(2).transpose(1, 2)  # (B, h*w, K)
+        centred = positions - positions.mean(dim=1, keepdim=True)
+        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+        projection = (centred @ vh[:, 0, :, None])[..., 0]  # (B, h*w)
+        sign = torch.sign((projection * positions.sum(dim=2)).sum(dim=1, keepdim=True))
+        return (projection * torch.where(sign == 0, 1.0, sign)).view(batch, height, width)

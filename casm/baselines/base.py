@@ -7,13 +7,15 @@ removes it, also after an exception. Calling it on a batch returns one map per i
         maps = method(images)            # (B, H, W) in [0, 1], the predicted class
         maps = method(images, class_idx=3)
 
-Subclasses only supply the channel weights (:meth:`CAMMethod.channel_weights`). Gradients are taken
-with ``torch.autograd.grad`` on the stored activation, so the model's own ``.grad`` is never touched.
+Subclasses supply the channel weights (:meth:`CAMMethod.channel_weights`) or, for methods that do not
+weight whole channels, the map itself (:meth:`CAMMethod.saliency`). Gradients are taken with
+``torch.autograd.grad`` on the stored activation, so the model's own ``.grad`` is never touched.
 """
 
 from __future__ import annotations
 
 import difflib
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -63,10 +65,33 @@ def upsample_and_normalize(cam: Tensor, size: tuple[int, int]) -> Tensor:
     return min_max(up)
 
 
-class CAMMethod:
-    """Base class: hook handling, target classes and the final map; see the module docstring."""
+class SaliencyMethod:
+    """What the evaluation asks of any method: a context manager (it may hold hooks) whose call maps
+    a batch of normalized images to one map per image, for the predicted or a given class."""
 
     name = "base"
+
+    def __enter__(self) -> "SaliencyMethod":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def __call__(self, images: Tensor, class_idx: int | Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def _targets(logits: Tensor, class_idx: int | Tensor | None) -> Tensor:
+        if class_idx is None:
+            return logits.argmax(dim=1)
+        if isinstance(class_idx, int):
+            return torch.full((len(logits),), class_idx, device=logits.device, dtype=torch.long)
+        return class_idx.to(logits.device).long()
+
+
+class CAMMethod(SaliencyMethod):
+    """Base class of the CAM family: hook handling and the final map; see the module docstring."""
+
     needs_gradients = False
 
     def __init__(self, model: nn.Module, target_layer: str | None = None, normalize: bool = True) -> None:
@@ -101,22 +126,31 @@ class CAMMethod:
             logits = logits_of(self.model(x))  # (B, num_classes)
             activation = self._activation  # (B, K, h, w)
             targets = self._targets(logits, class_idx)
-            weights = self.channel_weights(activation, logits, targets, images)  # (B, K)
+            cam = self.saliency(activation, logits, targets, images)  # (B, h, w), before the ReLU
         self._activation = None
         with torch.no_grad():
-            cam = F.relu(torch.einsum("bk,bkhw->bhw", weights, activation.detach()))  # (B, h, w)
+            cam = F.relu(cam.detach())
             if not self.normalize:
                 return F.interpolate(cam.float()[:, None], size=images.shape[-2:], mode="bilinear",
                                      align_corners=False)[:, 0]
             return upsample_and_normalize(cam, images.shape[-2:])
 
-    @staticmethod
-    def _targets(logits: Tensor, class_idx: int | Tensor | None) -> Tensor:
-        if class_idx is None:
-            return logits.argmax(dim=1)
-        if isinstance(class_idx, int):
-            return torch.full((len(logits),), class_idx, device=logits.device, dtype=torch.long)
-        return class_idx.to(logits.device).long()
+    def saliency(self, activation: Tensor, logits: Tensor, targets: Tensor, images: Tensor) -> Tensor:
+        """The map before its ReLU, (B, h, w). Most methods weight whole channels, ``sum_k w_k A^k`` with
+        :meth:`channel_weights`; methods that weight each position (HiResCAM, LayerCAM) or project the
+        activation (EigenCAM) override this instead."""
+        weights = self.channel_weights(activation, logits, targets, images)  # (B, K)
+        return torch.einsum("bk,bkhw->bhw", weights, activation.detach())
+
+    @contextmanager
+    def _activation_kept(self):
+        """Extra forward passes inside (Score-CAM's masked images, Ablation-CAM's ablated layer) must not
+        overwrite the stored activation: the storing hook is off meanwhile, and back afterwards."""
+        self._handle.remove()
+        try:
+            yield
+        finally:
+            self._handle = self.layer.register_forward_hook(self._store)
 
     def channel_weights(self, activation: Tensor, logits: Tensor, targets: Tensor, images: Tensor) -> Tensor:
         raise NotImplementedError

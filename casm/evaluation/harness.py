@@ -19,7 +19,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from tqdm.auto import tqdm
 
-from casm.baselines import BASELINES, CAMMethod
+from casm.baselines import BASELINES, PERTURBATION_METHODS, SaliencyMethod
 from casm.baselines.base import logits_of
 from casm.checkpoints import run_folder
 from casm.config import ConfigError
@@ -45,7 +45,6 @@ from casm.metrics.localization import (
 )
 from casm.trained_run import TrainedRun, read_run
 
-SLOW_METHODS = ("scorecam",)
 MapFn = Callable[[Tensor, dict, Tensor], Tensor]  # (images, features, logits) -> (B, H, W)
 
 
@@ -104,12 +103,14 @@ class Evaluator:
         are dataset positions); returns each method's metrics over all ranks."""
         cfg = self.cfg
         with ExitStack() as stack:
-            baselines: dict[str, CAMMethod] = {}
+            baselines: dict[str, SaliencyMethod] = {}
             for suffix, known in self.baseline_models.items():
                 for name in cfg.methods:
                     if name == "casm":
                         continue
-                    kwargs = {"chunk_size": cfg.scorecam_chunk} if name == "scorecam" else {}
+                    kwargs = {"chunk_size": cfg.chunk_size} if name in PERTURBATION_METHODS else {}
+                    if name == "rise":
+                        kwargs["num_masks"] = cfg.rise_masks
                     method = BASELINES[name](known.model, cfg.target_layer, **kwargs)
                     baselines[name + suffix] = stack.enter_context(method)
             total = len(loader.dataset) if cfg.max_images is None else min(cfg.max_images, len(loader.dataset))
@@ -171,7 +172,7 @@ class Evaluator:
         self.figure_boxes = [self._figure_samples[i][1:] for i in order]
         self.figure_maps = {name: [maps.get(i) for i in order] for name, maps in self._figure_maps.items()}
 
-    def _batch(self, batch: dict, baselines: dict[str, CAMMethod]) -> None:
+    def _batch(self, batch: dict, baselines: dict[str, SaliencyMethod]) -> None:
         x, y = batch["image"], batch["label"]
         with torch.no_grad():
             logits, feats = self.classifier(x)
@@ -196,7 +197,7 @@ class Evaluator:
                 judge_logits = logits if judge_name == "own" else logits_of(judge.model(x))
                 self.judge_accuracy[judge_name].update((judge_logits.argmax(1) == labels)[known].float().cpu() * 100)
 
-    def _producers(self, x: Tensor, y: Tensor, preds: Tensor, baselines: dict[str, CAMMethod]
+    def _producers(self, x: Tensor, y: Tensor, preds: Tensor, baselines: dict[str, SaliencyMethod]
                    ) -> tuple[dict[str, MapFn], dict[str, tuple[KnownClasses, Tensor]]]:
         """Each method's map function, and for those that do not explain the masker's classifier, the
         classifier they explain with its predictions."""
@@ -229,7 +230,7 @@ class Evaluator:
     def _score_method(self, name: str, produce: MapFn, b: ScoredBatch, feats: dict[str, Tensor], logits: Tensor,
                       explains: tuple[KnownClasses, Tensor]) -> None:
         """One method's maps for the batch (timed; the slow ones on the first images only), then its scores."""
-        rows = b.slow_ok if name.split("@")[0] in SLOW_METHODS else torch.ones_like(b.slow_ok)
+        rows = b.slow_ok if name.split("@")[0] in PERTURBATION_METHODS else torch.ones_like(b.slow_ok)
         s = self._scores(name)
         if not rows.any():
             return
