@@ -375,6 +375,7 @@ class EvalConfig:
     binarization: str = "quantile"  # quantile | alpha_mean (docs/evaluation.md)
     alpha: float = 1.0
     sweep_thresholds: int = 21
+    wsol_thresholds: int = 100  # MaxBoxAccV2 and PxAP: thresholds 0, 1/N, ..., (N-1)/N (Choe et al.: 100)
     faithfulness_steps: int = 32  # deletion / insertion steps
     pointing_tolerance: int = 15
     classifiers: list[str] = field(default_factory=list)  # more classifier checkpoints (judges, docs/evaluation.md)
@@ -409,7 +410,8 @@ _RANGES = {
     "logging.image_every_n_steps": (0, False),
 }
 _EVAL_RANGES = {"chunk_size": (0, True), "rise_masks": (0, True), "max_images": (0, True),
-                "max_images_slow": (0, False), "faithfulness_steps": (0, True), "sweep_thresholds": (1, True)}
+                "max_images_slow": (0, False), "faithfulness_steps": (0, True), "sweep_thresholds": (1, True),
+                "wsol_thresholds": (1, True)}
 
 
 # why a lower bound is what it is, where it is not obvious

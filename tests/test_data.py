@@ -214,3 +214,17 @@ def test_shuffled_labels_keep_the_images_and_the_class_counts():
     assert moved > 150  # about 90 % of the labels change with 10 classes
     assert torch.equal(a[3]["image"], b[3]["image"]) and a[3]["label"] == a.labels[3]
     assert shuffled.val_set.labels == plain.val_set.labels  # validation keeps its true labels
+
+
+def test_synthetic_validation_images_carry_their_object_pixels_inside_their_box():
+    from casm.data.datamodule import collate_with_boxes
+    from casm.data.datasets import SyntheticShapes
+
+    val = SyntheticShapes("val", 4, 64)
+    batch = collate_with_boxes([val[i] for i in range(4)])
+    masks, boxes = batch["object_mask"], batch["boxes"][:, 0].long()
+    assert masks.shape == (4, 64, 64) and masks.dtype == torch.bool
+    for mask, (x0, y0, x1, y1) in zip(masks, boxes.tolist()):
+        ys, xs = mask.nonzero(as_tuple=True)
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)  # the box is the mask's
+    assert "object_mask" not in SyntheticShapes("train", 2, 64)[0]  # training never needs them

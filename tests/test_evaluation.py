@@ -30,10 +30,13 @@ def test_every_method_and_report_file(report):
     for name in ("casm", "gradcam"):
         for key in ("le", "om", "f1", "f1a", "mask_mean", "mask_tv", "deletion", "insertion", "average_drop",
                     "increase_in_confidence", "pointing_game", "energy_pointing_game", "acc_masked_in",
-                    "acc_masked_out", "acc_inpainted", "sweep_box_accuracy", "ms_per_image"):
+                    "acc_masked_out", "acc_inpainted", "sweep_box_accuracy", "ms_per_image", "max_box_acc_v2",
+                    "max_box_acc_v2_heldout", "max_box_acc@70", "pxap"):
             assert np.isfinite(results[name][key]), (name, key)
     assert results["casm"]["images"] == 16 and results["scorecam"]["images"] == 4
     assert payload["versions"]["torch"] == torch.__version__
+    assert {"le", "max_box_acc_v2", "pxap", "deletion"} <= set(payload["conventions"])
+    assert results["full_image"]["max_box_acc_v2"] >= 0 and 0 < results["full_image"]["pxap"] < 50  # prevalence
     assert payload["eval_config"]["fill"] == "mean"  # the training run's casm.fill
     assert "| casm |" in (out / "metrics.md").read_text()
     assert (out / "figure.png").is_file() and any((out / "tensorboard").iterdir())

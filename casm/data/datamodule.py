@@ -36,7 +36,9 @@ def collate_with_boxes(samples: list[dict | None]) -> dict:
         b = s["boxes"].reshape(-1, 4).float()
         boxes[i, : len(b)] = b
         valid[i, : len(b)] = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    masks = {"object_mask": torch.stack([s["object_mask"] for s in kept])} if "object_mask" in kept[0] else {}
     return {
+        **masks,  # (B, H, W) bool, where the dataset has each object's pixels (PxAP)
         "image": torch.stack([s["image"].as_subclass(torch.Tensor) for s in kept]),
         "label": torch.tensor([s["label"] for s in kept]),
         "index": torch.tensor([s["index"] for s in kept]),  # positions in the dataset (evaluation shards by them)

@@ -70,6 +70,7 @@ class SyntheticShapes(Dataset):
         self.classes = select_classes(names, include, exclude)
         label_of = {names.index(c): label for label, c in enumerate(self.classes)}  # generator id -> label
         self.transform = transform
+        self.object_masks = split != "train"  # each object's pixels, for PxAP (evaluation only)
         self.samples = []
         taken = [0] * len(self.classes)
         for index in range(num_samples):
@@ -92,9 +93,15 @@ class SyntheticShapes(Dataset):
         sample, label = self.samples[index]
         image = tv_tensors.Image(torch.from_numpy(sample.image).permute(2, 0, 1))
         boxes = _box_tensor([sample.box], *sample.image.shape[:2])
+        if not self.object_masks:
+            if self.transform is not None:
+                image, boxes = self.transform(image, boxes)
+            return {"image": image, "label": label, "boxes": boxes.as_subclass(torch.Tensor), "index": index}
+        mask = tv_tensors.Mask(torch.from_numpy(sample.mask))
         if self.transform is not None:
-            image, boxes = self.transform(image, boxes)
-        return {"image": image, "label": label, "boxes": boxes.as_subclass(torch.Tensor), "index": index}
+            image, boxes, mask = self.transform(image, boxes, mask)  # the mask follows the geometry
+        return {"image": image, "label": label, "boxes": boxes.as_subclass(torch.Tensor), "index": index,
+                "object_mask": mask.as_subclass(torch.Tensor).bool()}
 
 
 class ShuffledLabels(Dataset):

@@ -95,7 +95,8 @@ class Evaluator:
 
     def _scores(self, name: str) -> MethodScores:
         if name not in self.scores:
-            self.scores[name] = MethodScores(self.cfg.binarization, self.cfg.alpha, self.cfg.sweep_thresholds)
+            self.scores[name] = MethodScores(self.cfg.binarization, self.cfg.alpha, self.cfg.sweep_thresholds,
+                                             self.cfg.wsol_thresholds)
         return self.scores[name]
 
     def run(self, loader, progress: bool = True) -> dict[str, dict[str, float]]:
@@ -180,7 +181,7 @@ class Evaluator:
         self._clean_judge_accuracy(x, y, logits)
         # dataset positions: the same images are slow / even / in the figure on any rank count
         b = ScoredBatch(x, y, batch["boxes"], batch["box_valid"], batch["index"],
-                        batch["index"] < self.cfg.max_images_slow)
+                        batch["index"] < self.cfg.max_images_slow, batch.get("object_mask"))
         producers, explained = self._producers(x, y, preds, baselines)
         for name, produce in producers.items():
             self._score_method(name, produce, b, feats, logits, explained.get(name, (self.own, preds)))
@@ -267,6 +268,8 @@ class Evaluator:
         seen = labels >= 0
         correct = seen & (preds == labels)
         s.stats.update(maps)
+        if b.object_mask is not None:
+            s.pxap.update(maps, b.object_mask[sel])
         has_box = b.valid[sel].any(dim=1)
         if has_box.any():
             self._update_boxes(name, s, maps[has_box], sel[has_box], b, dict(correct=correct, seen=seen))
@@ -293,8 +296,9 @@ class Evaluator:
     def _update_boxes(self, name: str, s: MethodScores, maps: Tensor, sel: Tensor, b: ScoredBatch,
                       classified: dict[str, Tensor]) -> None:
         """The box metrics of the rows ``sel`` that have boxes: LE/OM under both rules, the threshold sweep
-        (chosen on even images, read on odd ones), F1 and the pointing games."""
+        (chosen on even images, read on odd ones), MaxBoxAccV2, F1 and the pointing games."""
         g, v = b.gt[sel], b.valid[sel]
+        s.max_box_acc.update(maps, g, v, b.index[sel])
         known = {k: t[sel] for k, t in classified.items()}
         if name in REFERENCES:
             boxes = reference_boxes(REFERENCES[name], len(sel), *b.x.shape[-2:], b.x.device)
@@ -323,6 +327,7 @@ class ScoredBatch:
     valid: Tensor  # (B, N) which boxes are real
     index: Tensor  # (B,) dataset positions
     slow_ok: Tensor  # (B,) among the first max_images_slow images: Score-CAM and the faithfulness curves
+    object_mask: Tensor | None = None  # (B, H, W) bool each object's pixels, where the data has them (PxAP)
 
 
 def figure_picks(labels: list[int], count: int) -> list[int]:

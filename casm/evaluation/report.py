@@ -15,7 +15,10 @@ import torchvision
 
 import casm
 from casm.data.transforms import denormalize
+from casm.metrics import faithfulness, localization, wsol
 from casm.metrics.localization import predicted_boxes
+
+CONVENTIONS = {**localization.CONVENTIONS, **wsol.CONVENTIONS, **faithfulness.CONVENTIONS}
 
 # (table title, [(key in the results, column title, format)]); a column appears when some method has it
 TABLES = [
@@ -24,6 +27,10 @@ TABLES = [
                       ("f1", "F1 ↑", "{:.3f}"), ("f1a", "F1a ↑", "{:.3f}"),
                       ("sweep_box_accuracy", "BoxAcc @ best t ↑", "{:.3f}"), ("sweep_threshold", "best t", "{:.2f}"),
                       ("pointing_game", "pointing ↑", "{:.3f}"), ("energy_pointing_game", "energy PG ↑", "{:.3f}")]),
+    ("Localization over thresholds (Choe et al. 2020)",
+     [("max_box_acc_v2", "MaxBoxAccV2 ↑", "{:.1f}"), ("max_box_acc_v2_heldout", "held-out t ↑", "{:.1f}"),
+      ("max_box_acc@30", "@IoU 0.3 ↑", "{:.1f}"), ("max_box_acc@50", "@0.5 ↑", "{:.1f}"),
+      ("max_box_acc@70", "@0.7 ↑", "{:.1f}"), ("pxap", "PxAP ↑", "{:.1f}")]),
     ("Mask statistics", [("mask_mean", "mean", "{:.3f}"), ("mask_std", "std of means", "{:.3f}"),
                          ("mask_entropy", "entropy", "{:.3f}"), ("mask_tv", "TV", "{:.4f}")]),
     ("Faithfulness", [("deletion", "deletion ↓", "{:.3f}"), ("insertion", "insertion ↑", "{:.3f}"),
@@ -108,7 +115,7 @@ def write_reports(out: Path, results: dict, evaluator, eval_config: dict, train_
     out.mkdir(parents=True, exist_ok=True)
     clean_top1 = {name: value for name, value in evaluator.clean_top1.items() if value == value}  # not NaN
     payload = {"results": results, "clean_top1": clean_top1, "notes": notes, "eval_config": eval_config,
-               "training_config": train_config, "versions": versions()}
+               "training_config": train_config, "versions": versions(), "conventions": CONVENTIONS}
     (out / "metrics.json").write_text(json.dumps(payload, indent=2))
     table = markdown_table(results)
     (out / "metrics.md").write_text(table + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else ""))

@@ -17,6 +17,12 @@ from casm.fills import keep_masked, remove_masked, telea_inpaint
 from casm.metrics.localization import box_masks
 from casm.models.outputs import logits_of
 
+CONVENTIONS = {
+    "deletion": "AUC (trapezoid on [0, 1]) of the target probability while pixels are set to 0 (the dataset mean) "
+                "in order of saliency, ceil(HW / faithfulness_steps) per step, ties by position",
+    "insertion": "the same while pixels of the image replace a Gaussian blur of it (kernel 11, sigma 5)",
+}
+
 
 @torch.no_grad()
 def class_probability(model: nn.Module, images: Tensor, targets: Tensor, chunk: int = 256) -> Tensor:

@@ -17,6 +17,13 @@ from torchmetrics import Metric
 from casm.errors import UserError
 
 CENTRED_BOX_FRACTION = 158 / 224  # the reference's centred toy box
+CONVENTIONS = {  # written to metrics.json, so a number never changes meaning silently
+    "le": "1 - [the box of the largest 4-connected component of the binarized map has IoU > 0.5 (strict) with "
+          "some ground-truth box]; binarization: eval binarization/alpha; boxes have exclusive ends, IoU no +1",
+    "om": "as le, also wrong when the explained classifier's top-1 class is wrong; over images of classes it knows",
+    "sweep_box_accuracy": "box accuracy (largest component, IoU > 0.5) at the threshold m >= t that is best on the "
+                          "even-indexed images, read on the odd ones; t over sweep_thresholds points in (0, 1)",
+}
 
 
 def binarize(maps: Tensor, rule: str = "quantile", alpha: float = 1.0) -> Tensor:
