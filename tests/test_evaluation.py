@@ -36,6 +36,9 @@ def test_every_method_and_report_file(report):
     assert results["casm"]["images"] == 16 and results["scorecam"]["images"] == 4
     assert payload["versions"]["torch"] == torch.__version__
     assert {"le", "max_box_acc_v2", "pxap", "deletion"} <= set(payload["conventions"])
+    ranking = payload["ranking"]
+    assert set(ranking["mean_rank"]) == {"casm", "cam", "gradcam", "gradcampp", "scorecam"}
+    assert {"le", "pxap", "deletion"} <= set(ranking["metrics"]) and "### Ranking" in (out / "metrics.md").read_text()
     assert results["full_image"]["max_box_acc_v2"] >= 0 and 0 < results["full_image"]["pxap"] < 50  # prevalence
     assert payload["eval_config"]["fill"] == "mean"  # the training run's casm.fill
     assert "| casm |" in (out / "metrics.md").read_text()

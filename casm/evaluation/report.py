@@ -15,6 +15,7 @@ import torchvision
 
 import casm
 from casm.data.transforms import denormalize
+from casm.evaluation.ranking import rank_methods, ranking_markdown
 from casm.metrics import faithfulness, localization, wsol
 from casm.metrics.localization import predicted_boxes
 
@@ -114,10 +115,12 @@ def write_reports(out: Path, results: dict, evaluator, eval_config: dict, train_
 
     out.mkdir(parents=True, exist_ok=True)
     clean_top1 = {name: value for name, value in evaluator.clean_top1.items() if value == value}  # not NaN
-    payload = {"results": results, "clean_top1": clean_top1, "notes": notes, "eval_config": eval_config,
-               "training_config": train_config, "versions": versions(), "conventions": CONVENTIONS}
+    ranking = rank_methods(results)
+    payload = {"results": results, "ranking": ranking, "clean_top1": clean_top1, "notes": notes,
+               "eval_config": eval_config, "training_config": train_config, "versions": versions(),
+               "conventions": CONVENTIONS}
     (out / "metrics.json").write_text(json.dumps(payload, indent=2))
-    table = markdown_table(results)
+    table = markdown_table(results) + "\n" + ranking_markdown(ranking)
     (out / "metrics.md").write_text(table + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else ""))
     grid = figure(evaluator)
     writer = SummaryWriter(str(out / "tensorboard"))
