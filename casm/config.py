@@ -377,6 +377,7 @@ class EvalConfig:
     sweep_thresholds: int = 21
     wsol_thresholds: int = 100  # MaxBoxAccV2 and PxAP: thresholds 0, 1/N, ..., (N-1)/N (Choe et al.: 100)
     faithfulness_steps: int = 32  # deletion / insertion steps
+    road_images: int = 100  # ROAD on the first N images (within max_images_slow; 0: off); slow on a CPU
     pointing_tolerance: int = 15
     classifiers: list[str] = field(default_factory=list)  # more classifier checkpoints (judges, docs/evaluation.md)
     judges: list[JudgeConfig] = field(default_factory=list)  # ... and classifiers from outside casm
@@ -411,7 +412,7 @@ _RANGES = {
 }
 _EVAL_RANGES = {"chunk_size": (0, True), "rise_masks": (0, True), "max_images": (0, True),
                 "max_images_slow": (0, False), "faithfulness_steps": (0, True), "sweep_thresholds": (1, True),
-                "wsol_thresholds": (1, True)}
+                "wsol_thresholds": (1, True), "road_images": (0, False)}
 
 
 # why a lower bound is what it is, where it is not obvious

@@ -31,11 +31,11 @@ def test_every_method_and_report_file(report):
         for key in ("le", "om", "f1", "f1a", "mask_mean", "mask_tv", "deletion", "insertion", "average_drop",
                     "increase_in_confidence", "pointing_game", "energy_pointing_game", "acc_masked_in",
                     "acc_masked_out", "acc_inpainted", "sweep_box_accuracy", "ms_per_image", "max_box_acc_v2",
-                    "max_box_acc_v2_heldout", "max_box_acc@70", "pxap"):
+                    "max_box_acc_v2_heldout", "max_box_acc@70", "pxap", "road", "road_morf", "road_lerf"):
             assert np.isfinite(results[name][key]), (name, key)
     assert results["casm"]["images"] == 16 and results["scorecam"]["images"] == 4
     assert payload["versions"]["torch"] == torch.__version__
-    assert {"le", "max_box_acc_v2", "pxap", "deletion"} <= set(payload["conventions"])
+    assert {"le", "max_box_acc_v2", "pxap", "deletion", "road"} <= set(payload["conventions"])
     ranking = payload["ranking"]
     assert set(ranking["mean_rank"]) == {"casm", "cam", "gradcam", "gradcampp", "scorecam"}
     assert {"le", "pxap", "deletion"} <= set(ranking["metrics"]) and "### Ranking" in (out / "metrics.md").read_text()

@@ -43,6 +43,7 @@ from casm.metrics.localization import (
     binarize,
     reference_boxes,
 )
+from casm.metrics.road import road_scores
 from casm.trained_run import TrainedRun, read_run
 
 MapFn = Callable[[Tensor, dict, Tensor], Tensor]  # (images, features, logits) -> (B, H, W)
@@ -292,6 +293,11 @@ class Evaluator:
             drop, increase = average_drop_increase(target.model, xs, ms, ts)
             s.mean("average_drop", drop)
             s.mean("increase_in_confidence", increase)
+        road = slow & (b.index[sel] < self.cfg.road_images)
+        if road.any():
+            for key, values in road_scores(target.model, b.x[sel][road], maps[road], preds[sel][road],
+                                           keys=b.index[sel][road]).items():
+                s.mean(key, values)
 
     def _update_boxes(self, name: str, s: MethodScores, maps: Tensor, sel: Tensor, b: ScoredBatch,
                       classified: dict[str, Tensor]) -> None:

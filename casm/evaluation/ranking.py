@@ -16,7 +16,7 @@ from scipy.stats import kendalltau, rankdata
 RANKED_METRICS = {
     "le": False, "om": False, "f1": True, "sweep_box_accuracy": True, "max_box_acc_v2": True,
     "max_box_acc_v2_heldout": True, "pxap": True, "pointing_game": True, "energy_pointing_game": True,
-    "deletion": False, "insertion": True, "average_drop": False, "increase_in_confidence": True,
+    "deletion": False, "insertion": True, "road": True, "average_drop": False, "increase_in_confidence": True,
     "acc_masked_out": False,
 }
 NOT_RANKED = ("full_image", "centre_box")

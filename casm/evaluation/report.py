@@ -16,10 +16,10 @@ import torchvision
 import casm
 from casm.data.transforms import denormalize
 from casm.evaluation.ranking import rank_methods, ranking_markdown
-from casm.metrics import faithfulness, localization, wsol
+from casm.metrics import faithfulness, localization, road, wsol
 from casm.metrics.localization import predicted_boxes
 
-CONVENTIONS = {**localization.CONVENTIONS, **wsol.CONVENTIONS, **faithfulness.CONVENTIONS}
+CONVENTIONS = {**localization.CONVENTIONS, **wsol.CONVENTIONS, **faithfulness.CONVENTIONS, **road.CONVENTIONS}
 
 # (table title, [(key in the results, column title, format)]); a column appears when some method has it
 TABLES = [
@@ -35,7 +35,9 @@ TABLES = [
     ("Mask statistics", [("mask_mean", "mean", "{:.3f}"), ("mask_std", "std of means", "{:.3f}"),
                          ("mask_entropy", "entropy", "{:.3f}"), ("mask_tv", "TV", "{:.4f}")]),
     ("Faithfulness", [("deletion", "deletion ↓", "{:.3f}"), ("insertion", "insertion ↑", "{:.3f}"),
-                      ("average_drop", "avg drop ↓", "{:.1f}"), ("increase_in_confidence", "increase ↑", "{:.1f}")]),
+                      ("average_drop", "avg drop ↓", "{:.1f}"), ("increase_in_confidence", "increase ↑", "{:.1f}"),
+                      ("road", "ROAD ↑", "{:.3f}"), ("road_morf", "ROAD MoRF ↓", "{:.3f}"),
+                      ("road_lerf", "ROAD LeRF ↑", "{:.3f}")]),
     ("Top-1 % on masked images (own classifier, then each judge)",
      [("acc_masked_in", "in ↑", "{:.1f}"), ("acc_masked_out", "out ↓", "{:.1f}"),
       ("acc_inpainted", "inpainted ↓", "{:.1f}")]),

@@ -1,0 +1,85 @@
+"""ROAD against the grad-cam package's implementation (SciPy's sparse solver, image by image)."""
+
+import numpy as np
+import pytest
+import torch
+
+from casm.metrics.road import PERCENTILES, linear_imputation, percentile_removal, road_scores
+from casm.models import ResNetClassifier
+from casm.models.outputs import LogitsOnly
+
+
+@pytest.fixture
+def images():
+    return torch.randn(3, 3, 24, 20, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def maps():
+    m = torch.rand(3, 24, 20, generator=torch.Generator().manual_seed(1))
+    m[:, :4] = 0  # ties, as after a ReLU
+    return m
+
+
+@pytest.mark.parametrize("percentile", [10, 50, 90])
+def test_imputation_solves_the_same_system_as_grad_cam(images, maps, percentile):
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+    removed = percentile_removal(maps, percentile, most_relevant=True)
+    ours = linear_imputation(images, removed, noise=0.0)
+    for i in range(len(images)):
+        theirs = NoisyLinearImputer(noise=0.0)(images[i], (~removed[i]).float())
+        assert (ours[i] - theirs).abs().max() < 1e-4
+    assert torch.equal(ours[~removed[:, None].expand_as(ours)], images[~removed[:, None].expand_as(images)])
+
+
+def test_a_filled_pixel_is_the_weighted_mean_of_its_neighbours():
+    image = torch.arange(25.0).view(1, 1, 5, 5)  # a linear ramp is its own harmonic fill
+    removed = torch.zeros(1, 5, 5, dtype=torch.bool)
+    removed[0, 1:4, 1:4] = True
+    assert torch.allclose(linear_imputation(image, removed, noise=0.0), image, atol=1e-5)
+
+
+@pytest.mark.parametrize("most_relevant", [True, False])
+def test_removal_and_scores_match_grad_cam(images, maps, most_relevant):
+    from pytorch_grad_cam.metrics.perturbation_confidence import (
+        PerturbationConfidenceMetric,
+        RemoveLeastRelevantFirst,
+        RemoveMostRelevantFirst,
+    )
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    torch.manual_seed(0)
+    model = ResNetClassifier("resnet18", 5, width=4).eval()
+    targets = model(images)[0].argmax(1)
+    remover = RemoveMostRelevantFirst if most_relevant else RemoveLeastRelevantFirst
+    expected = np.mean([PerturbationConfidenceMetric(remover(p, NoisyLinearImputer(noise=0.0)))(
+        images, maps.numpy(), [ClassifierOutputSoftmaxTarget(int(t)) for t in targets], LogitsOnly(model),
+        return_diff=False) for p in PERCENTILES], axis=0)
+    ours = road_scores(model, images, maps, targets, noise=0.0)
+    key = "road_morf" if most_relevant else "road_lerf"
+    assert np.abs(ours[key].numpy() - expected).max() < 1e-4
+
+
+def test_noise_is_seeded_and_only_on_filled_pixels(images, maps):
+    removed = percentile_removal(maps, 50, most_relevant=True)
+    a = linear_imputation(images, removed, 0.01, torch.Generator().manual_seed(3))
+    b = linear_imputation(images, removed, 0.01, torch.Generator().manual_seed(3))
+    clean = linear_imputation(images, removed, 0.0)
+    assert torch.equal(a, b)
+    difference = (a - clean).abs()
+    assert difference[~removed[:, None].expand_as(a)].max() == 0
+    assert 0.005 < difference[removed[:, None].expand_as(a)].std() < 0.02
+
+
+def test_an_images_score_does_not_depend_on_its_batch(images, maps):
+    torch.manual_seed(0)
+    model = ResNetClassifier("resnet18", 5, width=4).eval()
+    targets = model(images)[0].argmax(1)
+    whole = road_scores(model, images, maps, targets, keys=torch.tensor([7, 8, 9]))
+    alone = road_scores(model, images[1:2], maps[1:2], targets[1:2], keys=torch.tensor([8]))
+    for key in ("road", "road_morf", "road_lerf"):
+        assert whole[key][1] == pytest.approx(float(alone[key][0]), abs=1e-6)
+    other_noise = road_scores(model, images[1:2], maps[1:2], targets[1:2], keys=torch.tensor([9]))
+    assert other_noise["road_morf"] != alone["road_morf"]  # the noise is drawn, not absent
