@@ -166,6 +166,22 @@ def test_judging_classifiers_get_unique_names(trained_checkpoint, tmp_path):
     assert len(judged) == 2  # both last.ckpt files kept, under distinct names
 
 
+def test_masked_images_are_inpainted_once_however_many_judges(trained_checkpoint, tmp_path, monkeypatch):
+    import casm.metrics.faithfulness as faithfulness
+
+    calls = []
+    original = faithfulness.telea_inpaint
+    monkeypatch.setattr(faithfulness, "telea_inpaint", lambda *a, **k: calls.append(1) or original(*a, **k))
+    ckpt = str(trained_checkpoint)
+    counts = []
+    for judges in ([], [ckpt, ckpt]):
+        calls.clear()
+        assert evaluate_main(["--checkpoint", ckpt, f"classifiers=[{','.join(judges)}]", "methods=[casm]",
+                              f"out_dir={tmp_path / str(len(judges))}", *FAST]) == 0
+        counts.append(len(calls))
+    assert counts[0] == counts[1] > 0
+
+
 def test_baseline_rows_are_scored_against_the_classifier_they_explain(trained_checkpoint, tmp_path):
     """gradcam@NAME explains NAME: its masked-image accuracy is NAME's, recomputed here by hand. (The
     overrides also come after a flag: the command line takes them in any order.)"""

@@ -36,7 +36,8 @@ from casm.metrics.faithfulness import (
     average_drop_increase,
     deletion_insertion,
     energy_pointing_game,
-    masked_classification,
+    judge_hits,
+    masked_variants,
     pointing_game,
 )
 from casm.metrics.localization import (
@@ -274,14 +275,14 @@ class Evaluator:
         has_box = b.valid[sel].any(dim=1)
         if has_box.any():
             self._update_boxes(name, s, maps[has_box], sel[has_box], b, dict(correct=correct, seen=seen))
-        binary = binarize(maps, self.cfg.binarization, self.cfg.alpha)
+        variants = masked_variants(b.x[sel], binarize(maps, self.cfg.binarization, self.cfg.alpha),
+                                   fill=self.cfg.fill or "mean")  # once, however many judges
         for judge_name, judge in {**self.judges, "own": target}.items():
             judge_labels = judge.labels(b.y[sel])
             rows = judge_labels >= 0  # a judge scores only images of classes it was trained on
             if not rows.any():
                 continue
-            hits = masked_classification(judge.model, b.x[sel][rows], binary[rows], judge_labels[rows],
-                                         fill=self.cfg.fill or "mean")
+            hits = judge_hits(judge.model, {k: v[rows] for k, v in variants.items()}, judge_labels[rows])
             for variant, hit in hits.items():
                 s.mean(f"acc_{variant}" + ("" if judge_name == "own" else f"@{judge_name}"), hit * 100)
         slow = b.slow_ok[sel] & seen[sel]

@@ -96,14 +96,25 @@ def energy_pointing_game(maps: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> Te
     return (m * inside).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1e-12)
 
 
-def masked_classification(model: nn.Module, images: Tensor, binary: Tensor, labels: Tensor,
-                          inpaint: bool = True, fill: str = "mean") -> dict[str, Tensor]:
-    """The judges' scores (docs/evaluation.md), per image: is ``model`` right on the masked-in ``b*x``, the
-    masked-out ``(1-b)*x``, and the masked-out image inpainted by OpenCV's Telea method (radius 3, uint8 pixel
-    space)? With another ``fill`` (a run trained with ``casm.fill``), the removed pixels of the first two get it."""
+def masked_variants(images: Tensor, binary: Tensor, inpaint: bool = True, fill: str = "mean") -> dict[str, Tensor]:
+    """What the judges see (docs/evaluation.md): the masked-in ``b*x``, the masked-out ``(1-b)*x`` and the
+    masked-out image inpainted by OpenCV's Telea method (radius 3, uint8 pixel space). With another ``fill``
+    (a run trained with ``casm.fill``), the removed pixels of the first two get it. Made once per batch,
+    however many judges score them: inpainting is the slow part."""
     b = (binary if binary.dim() == 4 else binary[:, None]).float()
     variants = {"masked_in": keep_masked(images, b, fill), "masked_out": remove_masked(images, b, fill)}
     if inpaint:
         variants["inpainted"] = telea_inpaint(images, b[:, 0] > 0.5, IMAGENET_MEAN, IMAGENET_STD)
-    with torch.no_grad():
-        return {name: (logits_of(model(x)).argmax(1) == labels).float() for name, x in variants.items()}
+    return variants
+
+
+@torch.no_grad()
+def judge_hits(model: nn.Module, variants: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+    """Per variant (B,): is ``model`` right on it?"""
+    return {name: (logits_of(model(x)).argmax(1) == labels).float() for name, x in variants.items()}
+
+
+def masked_classification(model: nn.Module, images: Tensor, binary: Tensor, labels: Tensor,
+                          inpaint: bool = True, fill: str = "mean") -> dict[str, Tensor]:
+    """One judge's scores per image: :func:`judge_hits` on :func:`masked_variants`."""
+    return judge_hits(model, masked_variants(images, binary, inpaint, fill), labels)
