@@ -220,6 +220,26 @@ def test_eigencam_matches_grad_cam_package_where_its_svd_picks_our_sign(model, i
     assert np.allclose(np.abs(theirs), np.abs(projection.numpy()), atol=1e-3)  # the same component either way
 
 
+def test_integrated_gradients_on_a_linear_model_is_input_times_weight():
+    """For logits = W x (no bias), IG from a zero baseline is exactly x * W[c] (the path gradient is constant)."""
+    from casm.baselines import IntegratedGradients
+
+    class Linear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+
+        def forward(self, x):
+            return torch.einsum("kchw,bchw->bk", self.weight, x)
+
+    model = Linear()
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    with IntegratedGradients(model, steps=8, normalize=False) as method:
+        ours = method(x, class_idx=torch.tensor([0, 1]))
+    expected = torch.relu(torch.stack([(x[0] * model.weight[0]).sum(0), (x[1] * model.weight[1]).sum(0)]))
+    assert torch.allclose(ours, expected, atol=1e-5)
+
+
 def test_rise_equals_a_direct_loop_over_its_masks():
     torch.manual_seed(0)
     model = ResNetClassifier("resnet18", 10, width=4).eval()
@@ -248,11 +268,11 @@ def test_rise_masks_are_seeded_smooth_and_keep_the_asked_share():
 def test_hooks_released_grads_untouched_and_modes_restored(name, images):
     model = ResNetClassifier("resnet18", 10, width=4).train()
     layer = model.trunk.layer4
-    kwargs = {"num_masks": 8} if name == "rise" else {}
+    kwargs = {"num_masks": 8} if name == "rise" else {"steps": 4} if name == "integrated_gradients" else {}
     with pytest.raises(RuntimeError, match="boom"):
         with BASELINES[name](model, **kwargs) as method:
             method(images, class_idx=torch.tensor([1, 2, 3]))
-            assert len(layer._forward_hooks) == (0 if name == "rise" else 1)
+            assert len(layer._forward_hooks) == (0 if name in ("rise", "integrated_gradients") else 1)
             raise RuntimeError("boom")
     assert len(layer._forward_hooks) == 0
     assert all(p.grad is None for p in model.parameters())

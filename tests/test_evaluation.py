@@ -49,7 +49,8 @@ def test_the_newer_methods_are_scored_like_the_others(trained_checkpoint, tmp_pa
     """Every method beyond the default list goes through the same metrics; the perturbation methods (one
     forward pass per channel or mask) stop at max_images_slow like Score-CAM."""
     out = tmp_path / "eval"
-    names = ["xgradcam", "hirescam", "layercam", "shapleycam", "eigencam", "ablationcam", "rise"]
+    names = ["xgradcam", "hirescam", "layercam", "shapleycam", "eigencam", "ablationcam", "rise",
+             "integrated_gradients"]
     assert evaluate_main(["--checkpoint", str(trained_checkpoint), f"methods=[{','.join(names)}]", "rise_masks=40",
                           f"out_dir={out}", *FAST]) == 0
     results = json.loads((out / "metrics.json").read_text())["results"]
