@@ -173,6 +173,28 @@ def test_the_report_by_hand(tmp_path):
     assert "- F seed 2: all-on masks" in text and "### OM" not in text
 
 
+def test_every_method_beside_the_masker_is_summarized_over_seeds_by_hand(tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"name": "s", "variants": {"a": []}, "seeds": [0, 1], "metrics": ["le"]})
+    runs = []
+    for seed, (casm_le, cam_le) in enumerate([(0.2, 0.5), (0.4, 0.3)]):
+        run = _fake_run(tmp_path, "a", seed, casm_le)
+        path = run.run_dir / "eval" / "metrics.json"
+        payload = json.loads(path.read_text())
+        payload["results"]["cam"] = {"le": cam_le}
+        payload["ranking"] = {"mean_rank": {"casm": 1.0 + seed, "cam": 2.0 - seed}}
+        path.write_text(json.dumps(payload))
+        runs.append(run)
+    data = collect(cfg, runs, "a")
+    rows = data["variants"]["a"]["methods"]
+    assert rows["cam"]["le"]["seeds"] == {"0": 0.5, "1": 0.3} and rows["cam"]["le"]["summary"]["mean"] == 0.4
+    assert rows["casm"]["mean_rank"]["summary"]["mean"] == pytest.approx(1.5)
+    text = markdown(data, cfg)
+    assert "### Every method over seeds: a" in text
+    assert "| casm | 1.50 ± 0.71 | 0.300 ± 0.141 |" in text and "| cam | 1.50 ± 0.71 | 0.400 ± 0.141 |" in text
+
+
 @pytest.mark.slow
 def test_submitit_runs_the_trainings_as_jobs(tmp_path):
     """submitit's local cluster (what SLURM would do, as processes here): every run its own job."""

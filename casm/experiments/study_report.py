@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from casm.evaluation.ranking import NOT_RANKED, RANKED_METRICS
 from casm.experiments.runs import Log, PlannedRun
 from casm.experiments.statistics import LEVEL, Summary, paired_difference, summarize
 from casm.metrics.collapse import read_collapse
@@ -25,6 +26,8 @@ TITLES = {
     "clean_top1": ("the run's own classifier, clean top-1 %", "higher"),
 }
 COLLAPSED_MARK = "†"
+# an evaluation with other methods beside casm: each method over seeds in these metrics, with its mean rank
+METHOD_COLUMNS = ("le", "max_box_acc_v2_heldout", "pxap", "deletion", "insertion", "road")
 
 
 def metric_value(payload: dict, key: str) -> float | None:
@@ -38,6 +41,7 @@ def collect(cfg: DictConfig, runs: list[PlannedRun], reference: str) -> dict:
     """Every run's values, each variant's summaries and paired differences, the centred-box reference."""
     values: dict[str, dict[str, dict[int, float]]] = {}  # variant -> metric -> seed -> value
     collapsed: dict[str, dict[int, list[str]]] = {}
+    methods: dict[str, dict[str, dict[str, dict[int, float]]]] = {}  # variant -> method -> metric -> seed -> value
     centre_box: list[float] = []
     for run in runs:
         variant, seed = run.tags["variant"], run.tags["seed"]
@@ -46,6 +50,16 @@ def collect(cfg: DictConfig, runs: list[PlannedRun], reference: str) -> dict:
             value = metric_value(payload, key)
             if value is not None:
                 values.setdefault(variant, {}).setdefault(key, {})[seed] = float(value)
+        others = [m for m in payload["results"] if m not in NOT_RANKED]
+        if len(others) > 1:  # every method's metrics and mean rank over the metrics they share
+            by_method = methods.setdefault(variant, {})
+            for method in others:
+                row = by_method.setdefault(method, {})
+                for key in ("mean_rank", *METHOD_COLUMNS):
+                    value = payload.get("ranking", {}).get("mean_rank", {}).get(method) if key == "mean_rank" \
+                        else payload["results"][method].get(key)
+                    if value is not None:
+                        row.setdefault(key, {})[seed] = float(value)
         reasons = read_collapse(run.run_dir)
         if reasons:
             collapsed.setdefault(variant, {})[seed] = reasons
@@ -64,8 +78,38 @@ def collect(cfg: DictConfig, runs: list[PlannedRun], reference: str) -> dict:
                 paired = paired_difference(by_seed, values[reference][key])
             entry["metrics"][key] = {"seeds": {str(s): by_seed[s] for s in seeds}, "summary": summary.as_dict(),
                                      "paired_difference": paired.as_dict() if paired else None}
+        entry["methods"] = {method: {key: {"seeds": {str(s): v for s, v in sorted(by_seed.items())},
+                                           "summary": summarize([v for _, v in sorted(by_seed.items())]).as_dict()}
+                                     for key, by_seed in row.items()}
+                            for method, row in methods.get(variant, {}).items()}
         out["variants"][variant] = entry
     return out
+
+
+def methods_table(data: dict, variant: str) -> str:
+    """Every method evaluated beside the masker, over the variant's seeds: its mean rank (over the metrics all
+    methods share, per seed; docs/evaluation.md) and main metrics as mean ± sd, by mean rank."""
+    rows = data["variants"][variant].get("methods") or {}
+    if not rows:
+        return ""
+    columns = [k for k in ("mean_rank", *METHOD_COLUMNS) if any(k in r for r in rows.values())]
+
+    def cell(row: dict, key: str) -> str:
+        if key not in row:
+            return "—"
+        s = Summary.from_dict(row[key]["summary"])
+        digits = 2 if key == "mean_rank" else 1 if key in ("max_box_acc_v2_heldout", "pxap") else 3
+        return f"{s.mean:.{digits}f}" + ("" if s.sd is None else f" ± {s.sd:.{digits}f}")
+
+    def better(key: str) -> str:
+        return " ↓" if key == "mean_rank" or RANKED_METRICS.get(key) is False else " ↑"
+
+    order = sorted(rows, key=lambda m: rows[m].get("mean_rank", {}).get("summary", {}).get("mean", float("inf")))
+    lines = [f"### Every method over seeds: {variant} (mean ± sd over seeds {', '.join(map(str, data['seeds']))})",
+             "", "| method | " + " | ".join(k.replace("_", " ") + better(k) for k in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {m} | " + " | ".join(cell(rows[m], k) for k in columns) + " |" for m in order]
+    return "\n".join(lines)
 
 
 def _summary(d: dict | None) -> Summary | None:
@@ -125,6 +169,10 @@ def markdown(data: dict, cfg: DictConfig) -> str:
         lines += [f"- {f}" for f in failed]
     for key in shown_metrics(data, cfg):
         lines += ["", metric_table(data, key)]
+    for variant in data["variants"]:
+        table = methods_table(data, variant)
+        if table:
+            lines += ["", table]
     return "\n".join(lines) + "\n"
 
 
