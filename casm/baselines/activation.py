@@ -31,7 +31,17 @@ class CAM(CAMMethod):
         return fc.weight[targets].detach()
 
 
-class ScoreCAM(CAMMethod):
+class ChannelPassCAM(CAMMethod):
+    """A CAM that scores each channel by an extra forward pass per (image, channel): ``chunk_size`` pairs
+    run per pass, so memory stays bounded for any batch."""
+
+    def __init__(self, model: nn.Module, target_layer: str | None = None, chunk_size: int = 256,
+                 normalize: bool = True) -> None:
+        super().__init__(model, target_layer, normalize)
+        self.chunk_size = chunk_size
+
+
+class ScoreCAM(ChannelPassCAM):
     """Score-CAM (Wang et al., 2020, arXiv:1910.01279): each channel, upsampled and min-max normalized,
     masks the image; its weight is the softmax over channels of the target logit on that masked image.
 
@@ -40,11 +50,6 @@ class ScoreCAM(CAMMethod):
     channels share one pass (their masked image is the same all-zero image), with identical results."""
 
     name = "scorecam"
-
-    def __init__(self, model: nn.Module, target_layer: str | None = None, chunk_size: int = 256,
-                 normalize: bool = True) -> None:
-        super().__init__(model, target_layer, normalize)
-        self.chunk_size = chunk_size
 
     def channel_weights(self, activation: Tensor, logits: Tensor, targets: Tensor, images: Tensor) -> Tensor:
         batch, channels = activation.shape[:2]
@@ -72,7 +77,7 @@ class ScoreCAM(CAMMethod):
         return torch.softmax(scores.view(batch, channels), dim=1)
 
 
-class AblationCAM(CAMMethod):
+class AblationCAM(ChannelPassCAM):
     """Ablation-CAM (Desai & Ramaswamy, WACV 2020): a channel's weight is the relative drop of the target
     logit when that channel is set to zero, ``w_k = (y^c - y^c_{A^k = 0}) / y^c``.
 
@@ -83,11 +88,6 @@ class AblationCAM(CAMMethod):
     value otherwise; here it is always zero, the paper's definition."""
 
     name = "ablationcam"
-
-    def __init__(self, model: nn.Module, target_layer: str | None = None, chunk_size: int = 256,
-                 normalize: bool = True) -> None:
-        super().__init__(model, target_layer, normalize)
-        self.chunk_size = chunk_size
 
     def channel_weights(self, activation: Tensor, logits: Tensor, targets: Tensor, images: Tensor) -> Tensor:
         batch, channels = activation.shape[:2]
