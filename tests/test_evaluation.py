@@ -183,6 +183,26 @@ def test_masked_images_are_inpainted_once_however_many_judges(trained_checkpoint
     assert counts[0] == counts[1] > 0
 
 
+def test_a_judge_is_read_once_per_process_while_its_file_is_unchanged(trained_checkpoint, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    import casm.evaluation.loaders as loaders
+
+    ckpt = tmp_path / "judge.ckpt"
+    shutil.copy(trained_checkpoint, ckpt)
+    reads = []
+    original = loaders.read_checkpoint
+    monkeypatch.setattr(loaders, "read_checkpoint", lambda path: reads.append(path) or original(path))
+    first = loaders.load_classifier(ckpt)
+    second = loaders.load_classifier(ckpt, taken={first[0]})
+    assert len(reads) == 1 and second[1] is first[1] and second[0] != first[0]  # same model, unique name
+    stat = ckpt.stat()
+    os.utime(ckpt, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file changed: read again
+    loaders.load_classifier(ckpt)
+    assert len(reads) == 2
+
+
 def test_baseline_rows_are_scored_against_the_classifier_they_explain(trained_checkpoint, tmp_path):
     """gradcam@NAME explains NAME: its masked-image accuracy is NAME's, recomputed here by hand. (The
     overrides also come after a flag: the command line takes them in any order.)"""

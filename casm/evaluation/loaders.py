@@ -4,6 +4,7 @@ judges from outside casm, and the mapping of the evaluated data's labels to each
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -98,12 +99,24 @@ def load_classifier(checkpoint: str | Path, taken: set[str] = frozenset()
     """A classifier from a casm training checkpoint (its own architecture and classes), for the judges /
     baselines, with a readable unique name: its run's ``logging.name`` (checkpoint files are all
     last.ckpt), numbered when two runs share a name; and its class names."""
-    ckpt = read_checkpoint(checkpoint)
+    path = Path(checkpoint).resolve()
+    stat = path.stat() if path.is_file() else None
+    base, classifier, classes = _read_classifier(str(path), stat and (stat.st_mtime_ns, stat.st_size), checkpoint)
+    return unique_name(base, taken), classifier, classes
+
+
+@lru_cache(maxsize=8)
+def _read_classifier(path: str, stamp: tuple[int, int] | None, shown: str | Path
+                     ) -> tuple[str, ResNetClassifier, list[str] | None]:
+    """Read once per process while the file is unchanged (``stamp``): an experiment that evaluates many
+    models against the same judge (the unseen protocol: every model on every subset) loads it once.
+    The classifier is only ever used in eval mode, never trained, so sharing the object is safe."""
+    ckpt = read_checkpoint(shown)
     hp = ckpt.get("hyper_parameters", {})
     config = hp.get("config", {})
     if "model" not in config or "num_classes" not in hp:
-        raise UserError(f"{checkpoint}: not a casm checkpoint; train a classifier with train.py (see README)")
+        raise UserError(f"{shown}: not a casm checkpoint; train a classifier with train.py (see README)")
     classifier = ResNetClassifier(config["model"]["arch"], hp["num_classes"], config["model"]["width"])
-    classifier.load_state_dict_from(ckpt, checkpoint)
-    base = config.get("logging", {}).get("name") or Path(checkpoint).stem
-    return unique_name(base, taken), classifier.eval(), _class_names(ckpt)
+    classifier.load_state_dict_from(ckpt, shown)
+    base = config.get("logging", {}).get("name") or Path(shown).stem
+    return base, classifier.eval(), _class_names(ckpt)
