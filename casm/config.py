@@ -98,6 +98,8 @@ class CasmConfig:
     # beyond the paper (Phang et al. 2020; casm/training/losses.py, fills.py); 0 / mean: the paper's objective
     lambda_in: float = 0.0  # weight of the masked-in classification term CE(f(m * x), y)
     lambda_tv: float = 0.0  # weight of the mask's total variation
+    # which images pay for their mask's area: confused (the paper: right when clean, wrong when masked out) | all
+    area_gate: str = "confused"
     fill: str = "mean"  # what replaces removed pixels: mean | blur | telea | noise (evaluation uses the same)
 
 
@@ -339,6 +341,7 @@ _CHOICES = {
     "masker.encoder": ("shared", "separate"),
     "casm.thinning": ("F", "L", "FL", "L100", "L1000"),
     "casm.score": ("E", "C"),
+    "casm.area_gate": ("confused", "all"),
     "casm.lambda_mode": ("paper", "target_area"),
     "casm.fill": ("mean", "blur", "telea", "noise"),
     "optim.classifier_optimizer": ("sgd", "adam"),

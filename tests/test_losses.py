@@ -61,6 +61,17 @@ def test_l1_term_ignores_unconfused_images():
     assert masker_loss(logits_out, labels, clean_correct, mask2, 10.0).area > base
 
 
+def test_area_gate_all_counts_every_image_by_hand():
+    logits_out, labels, clean_correct, mask = _case()
+    loss = masker_loss(logits_out, labels, clean_correct, mask, 10.0, area_gate="all")
+    assert torch.isclose(loss.area, mask.flatten(1).mean(dim=1).mean())
+    mask2 = mask.clone()
+    mask2[0] = 1.0  # an image that is not confused now pays for its mask too
+    assert masker_loss(logits_out, labels, clean_correct, mask2, 10.0, area_gate="all").area > loss.area
+    with pytest.raises(ValueError, match="area_gate"):
+        masker_loss(logits_out, labels, clean_correct, mask, 10.0, area_gate="some")
+
+
 def test_remove_masked_replaces_with_zero_mean():
     x = torch.ones(1, 3, 2, 2)
     m = torch.tensor([[[[1.0, 0.0], [0.5, 0.0]]]])

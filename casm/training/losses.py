@@ -35,7 +35,7 @@ def total_variation(mask: Tensor) -> Tensor:
 
 def masker_loss(logits_out: Tensor, labels: Tensor, clean_correct: Tensor, mask: Tensor, lambda_r: float,
                 score: str = "E", logits_in: Tensor | None = None, lambda_in: float = 0.0,
-                lambda_tv: float = 0.0) -> MaskerLoss:
+                lambda_tv: float = 0.0, area_gate: str = "confused") -> MaskerLoss:
     """``-mean_i[correct_i * S_i] + lambda_R * mean_i[confused_i * mean(mask_i)]``
     ``+ lambda_in * mean_i CE(f(m_i * x_i), y_i) + lambda_tv * TV(m)``.
 
@@ -45,6 +45,9 @@ def masker_loss(logits_out: Tensor, labels: Tensor, clean_correct: Tensor, mask:
     under which masks grow until they fool the classifier, then shrink. The last two terms are off by
     default (Phang et al. 2020's recipe: ``logits_in`` = the evaluator on the masked-in images, every
     image of the batch, so that what the mask keeps suffices to classify; a total-variation penalty).
+    ``area_gate="all"`` counts every image's area instead of the confused ones' only: without it, images
+    a classifier still recognizes when masked (one that memorized a small training set) pay nothing for
+    their mask, which can then grow until the sigmoid saturates (docs/training.md).
     """
     correct = clean_correct.float()
     confused = clean_correct & (logits_out.argmax(dim=1) != labels)
@@ -55,7 +58,13 @@ def masker_loss(logits_out: Tensor, labels: Tensor, clean_correct: Tensor, mask:
     else:
         raise ValueError(f"score must be 'E' or 'C', got {score!r}")
     score_term = -(correct * per_image).mean()
-    area_term = (confused.float() * mask.flatten(1).mean(dim=1)).mean()
+    if area_gate == "confused":
+        gate = confused.float()
+    elif area_gate == "all":
+        gate = torch.ones_like(correct)
+    else:
+        raise ValueError(f"area_gate must be 'confused' or 'all', got {area_gate!r}")
+    area_term = (gate * mask.flatten(1).mean(dim=1)).mean()
     total = score_term + lambda_r * area_term
     in_term = tv_term = torch.zeros((), device=mask.device)
     if lambda_in:

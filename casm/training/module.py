@@ -219,7 +219,8 @@ class CASMModule(pl.LightningModule):
         logits_out = logits_masked[0]
 
         m_loss = masker_loss(logits_out, y, clean_correct, mask, self.lambda_r.value, c.score,
-                             logits_in=logits_masked[-1], lambda_in=c.lambda_in, lambda_tv=c.lambda_tv)
+                             logits_in=logits_masked[-1], lambda_in=c.lambda_in, lambda_tv=c.lambda_tv,
+                             area_gate=c.area_gate)
         masker_params = [p for p in self.masker.parameters() if p.requires_grad]
         current_evaluates = pool_index is None
         train_classifier = self.strategy.train_classifier
