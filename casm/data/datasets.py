@@ -93,15 +93,13 @@ class SyntheticShapes(Dataset):
         sample, label = self.samples[index]
         image = tv_tensors.Image(torch.from_numpy(sample.image).permute(2, 0, 1))
         boxes = _box_tensor([sample.box], *sample.image.shape[:2])
-        if not self.object_masks:
-            if self.transform is not None:
-                image, boxes = self.transform(image, boxes)
-            return {"image": image, "label": label, "boxes": boxes.as_subclass(torch.Tensor), "index": index}
-        mask = tv_tensors.Mask(torch.from_numpy(sample.mask))
+        targets = (boxes, tv_tensors.Mask(torch.from_numpy(sample.mask))) if self.object_masks else (boxes,)
         if self.transform is not None:
-            image, boxes, mask = self.transform(image, boxes, mask)  # the mask follows the geometry
-        return {"image": image, "label": label, "boxes": boxes.as_subclass(torch.Tensor), "index": index,
-                "object_mask": mask.as_subclass(torch.Tensor).bool()}
+            image, *targets = self.transform(image, *targets)  # the mask follows the geometry
+        item = {"image": image, "label": label, "boxes": targets[0].as_subclass(torch.Tensor), "index": index}
+        if self.object_masks:
+            item["object_mask"] = targets[1].as_subclass(torch.Tensor).bool()
+        return item
 
 
 class ShuffledLabels(Dataset):
