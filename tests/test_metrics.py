@@ -10,7 +10,8 @@ from casm.metrics.faithfulness import (
     average_drop_increase,
     deletion_insertion,
     energy_pointing_game,
-    masked_classification,
+    judge_hits,
+    masked_variants,
     pointing_game,
 )
 from casm.metrics.localization import BoxAccuracySweep, ContinuousF1, continuous_f1
@@ -114,7 +115,7 @@ def test_masked_classification_and_inpainting():
     x = torch.ones(1, 3, 4, 4)
     b = torch.zeros(1, 4, 4)
     b[0, :2] = 1
-    out = masked_classification(model, x, b, torch.tensor([0]))
+    out = judge_hits(model, masked_variants(x, b), torch.tensor([0]))
     assert set(out) == {"masked_in", "masked_out", "inpainted"}
     assert all(v.shape == (1,) for v in out.values())
 
@@ -133,7 +134,7 @@ def test_masked_scores_fill_the_removed_pixels_as_the_run_was_trained():
     binary = torch.zeros(2, 8, 8)
     binary[:, :, :4] = 1  # the map keeps the left half: masked-out removes it
     labels = torch.ones(2, dtype=torch.long)
-    mean = masked_classification(MeanThreshold(), images, binary, labels, inpaint=False)
-    blur = masked_classification(MeanThreshold(), images, binary, labels, inpaint=False, fill="blur")
+    mean = judge_hits(MeanThreshold(), masked_variants(images, binary, inpaint=False), labels)
+    blur = judge_hits(MeanThreshold(), masked_variants(images, binary, inpaint=False, fill="blur"), labels)
     assert mean["masked_out"].tolist() == [0.0, 0.0] and blur["masked_out"].tolist() == [1.0, 1.0]
     assert mean["masked_in"].tolist() == [0.0, 0.0] and blur["masked_in"].tolist() == [1.0, 1.0]

@@ -21,6 +21,11 @@ def _target_logit(logits: Tensor, targets: Tensor) -> Tensor:
     return logits.gather(1, targets[:, None])[:, 0]
 
 
+def _target_gradient(activation: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
+    """``g = dy^c / dA``: the gradient of each image's target logit, (B, K, h, w)."""
+    return _class_score_gradient(activation, _target_logit(logits, targets))
+
+
 class GradCAM(CAMMethod):
     """Grad-CAM (Selvaraju et al., 2017, arXiv:1610.02391): ``alpha_k = mean_ij dy^c/dA^k_ij``,
     ``M = ReLU(sum_k alpha_k A^k)``."""
@@ -29,7 +34,7 @@ class GradCAM(CAMMethod):
     needs_gradients = True
 
     def channel_weights(self, activation, logits, targets, images):
-        return _class_score_gradient(activation, _target_logit(logits, targets)).mean(dim=(2, 3))
+        return _target_gradient(activation, logits, targets).mean(dim=(2, 3))
 
 
 class GradCAMPlusPlus(CAMMethod):
@@ -42,7 +47,7 @@ class GradCAMPlusPlus(CAMMethod):
     eps = 1e-6  # as in the grad-cam package, so the two agree where the denominator is tiny
 
     def channel_weights(self, activation, logits, targets, images):
-        g = _class_score_gradient(activation, _target_logit(logits, targets))
+        g = _target_gradient(activation, logits, targets)
         g2 = g.pow(2)
         sum_a = activation.detach().sum(dim=(2, 3), keepdim=True)
         alpha = g2 / (2 * g2 + sum_a * g2 * g + self.eps)
@@ -59,7 +64,7 @@ class XGradCAM(CAMMethod):
     eps = 1e-7  # as in the grad-cam package: an all-zero channel gets weight 0
 
     def channel_weights(self, activation, logits, targets, images):
-        g = _class_score_gradient(activation, _target_logit(logits, targets))
+        g = _target_gradient(activation, logits, targets)
         a = activation.detach()
         return (g * a).sum(dim=(2, 3)) / (a.sum(dim=(2, 3)) + self.eps)
 
@@ -73,7 +78,7 @@ class HiResCAM(CAMMethod):
     needs_gradients = True
 
     def saliency(self, activation, logits, targets, images):
-        g = _class_score_gradient(activation, _target_logit(logits, targets))
+        g = _target_gradient(activation, logits, targets)
         return (g * activation.detach()).sum(dim=1)
 
 
@@ -85,7 +90,7 @@ class LayerCAM(CAMMethod):
     needs_gradients = True
 
     def saliency(self, activation, logits, targets, images):
-        g = _class_score_gradient(activation, _target_logit(logits, targets))
+        g = _target_gradient(activation, logits, targets)
         return (F.relu(g) * activation.detach()).sum(dim=1)
 
 

@@ -112,9 +112,3 @@ def masked_variants(images: Tensor, binary: Tensor, inpaint: bool = True, fill: 
 def judge_hits(model: nn.Module, variants: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
     """Per variant (B,): is ``model`` right on it?"""
     return {name: (logits_of(model(x)).argmax(1) == labels).float() for name, x in variants.items()}
-
-
-def masked_classification(model: nn.Module, images: Tensor, binary: Tensor, labels: Tensor,
-                          inpaint: bool = True, fill: str = "mean") -> dict[str, Tensor]:
-    """One judge's scores per image: :func:`judge_hits` on :func:`masked_variants`."""
-    return judge_hits(model, masked_variants(images, binary, inpaint, fill), labels)

@@ -54,15 +54,14 @@ def _pull_push(values: Tensor, known: Tensor) -> Tensor:
     return torch.where(known > 0, values, up)
 
 
-def linear_imputation(images: Tensor, removed: Tensor, noise: float = 0.01, generator: torch.Generator | None = None,
-                      tolerance: float = 1e-5, max_iterations: int = 2000) -> Tensor:
+def linear_imputation(images: Tensor, removed: Tensor, tolerance: float = 1e-5, max_iterations: int = 2000) -> Tensor:
     """Fill the ``removed`` (N, H, W) bool pixels of ``images`` (N, C, H, W).
 
     For a removed pixel i: ``s_i x_i - sum_{removed n} w_n x_n = sum_{kept n} w_n image_n`` with ``s_i`` the
     weight of i's in-image neighbours: symmetric positive definite on the removed pixels as long as each
     group of them touches a kept pixel (any removal of less than the whole image), so conjugate gradients
     converge (stopped at a residual ``tolerance`` x the right-hand side's norm, in float32: filled values
-    within ~1e-5 of SciPy's direct solve). Then ``noise`` x N(0, 1) is added to the filled pixels."""
+    within ~1e-5 of SciPy's direct solve). :func:`noisy_imputation` adds ROAD's noise."""
     n, c, h, w = images.shape
     x_img = images.float().flatten(0, 1)  # (N*C, H, W)
     unknown = removed[:, None].expand(n, c, h, w).flatten(0, 1).float()
@@ -91,11 +90,21 @@ def linear_imputation(images: Tensor, removed: Tensor, noise: float = 0.01, gene
         direction = residual + beta[:, None, None] * direction
         rs = rs_new
     filled = x_img * known + solution * unknown
-    if noise:
-        filled = filled + noise * unknown * torch.randn(filled.shape, generator=generator, dtype=filled.dtype,
-                                                        device="cpu" if generator is not None else filled.device
-                                                        ).to(filled.device)
     return filled.view(n, c, h, w).to(images.dtype)
+
+
+def noisy_imputation(images: Tensor, removed: Tensor, keys: Tensor, noise: float = 0.01, seed: int = 0) -> Tensor:
+    """:func:`linear_imputation` plus ``noise`` x N(0, 1) on the filled pixels. ``images`` hold L removal
+    levels of ``len(keys)`` images, level-major (row ``l * B + b``); each image's draws for all its levels
+    come from its own generator, seeded by ``seed`` and its key (its dataset index), so its fill is the same
+    in any batch and on any number of GPUs."""
+    filled = linear_imputation(images, removed)
+    if not noise:
+        return filled
+    levels = len(images) // len(keys)
+    draws = torch.stack([torch.randn((levels, *images.shape[1:]), generator=torch.Generator().manual_seed(
+        seed * 1_000_003 + int(k))) for k in keys.cpu()], dim=1).flatten(0, 1)  # (L * B, C, H, W), level-major
+    return filled + noise * removed[:, None].to(filled) * draws.to(filled)
 
 
 def percentile_removal(maps: Tensor, percentile: float, most_relevant: bool) -> Tensor:
@@ -111,18 +120,13 @@ def percentile_removal(maps: Tensor, percentile: float, most_relevant: bool) -> 
 def road_scores(model: nn.Module, images: Tensor, maps: Tensor, targets: Tensor, keys: Tensor | None = None,
                 percentiles: tuple[int, ...] = PERCENTILES, noise: float = 0.01, seed: int = 0) -> dict[str, Tensor]:
     """Per image (B,): ``road_morf`` and ``road_lerf`` (the target probability averaged over the removal
-    levels) and ``road`` = (LeRF - MoRF) / 2. Every image and level is imputed in one batched solve. Each
-    image's noise comes from its own generator, seeded by ``seed`` and its ``keys`` entry (its dataset
-    index; default its position), so its score is the same in any batch and on any number of GPUs."""
+    levels) and ``road`` = (LeRF - MoRF) / 2. Every image and level is imputed in one batched solve, with
+    each image's noise seeded by its ``keys`` entry (its dataset index; default its position)."""
     maps = maps.squeeze(1) if maps.dim() == 4 else maps
     b, levels = len(images), 2 * len(percentiles)
-    keys = torch.arange(b) if keys is None else keys.cpu()
+    keys = torch.arange(b) if keys is None else keys
     removed = torch.cat([percentile_removal(maps, p, most) for most in (True, False) for p in percentiles])
-    filled = linear_imputation(images.repeat(levels, 1, 1, 1), removed, noise=0.0)
-    if noise:
-        draws = torch.stack([torch.randn((levels, *images.shape[1:]), generator=torch.Generator().manual_seed(
-            seed * 1_000_003 + int(k))) for k in keys], dim=1).flatten(0, 1)  # (levels * B, C, H, W), level-major
-        filled = filled + noise * removed[:, None].to(filled) * draws.to(filled)
+    filled = noisy_imputation(images.repeat(levels, 1, 1, 1), removed, keys, noise, seed)
     probs = class_probability(model, filled, targets.repeat(levels)).view(2, len(percentiles), b)
     morf, lerf = probs.mean(dim=1)
     return {"road_morf": morf, "road_lerf": lerf, "road": (lerf - morf) / 2}
