@@ -100,6 +100,10 @@ class CasmConfig:
     lambda_tv: float = 0.0  # weight of the mask's total variation
     # which images pay for their mask's area: confused (the paper: right when clean, wrong when masked out) | all
     area_gate: str = "confused"
+    # keep the mask's logits within ±this (a penalty beyond it; sigmoid heads): a saturated mask has no gradient
+    mask_logit_bound: Optional[float] = None  # null: off (the paper). 4: the mask stays in [0.018, 0.982]
+    # the current classifier also trains on masked-out images (the paper's eq. 8); false: on clean images only
+    classifier_on_masked: bool = True
     fill: str = "mean"  # what replaces removed pixels: mean | blur | telea | noise (evaluation uses the same)
 
 
@@ -403,7 +407,7 @@ _RANGES = {
     "casm.masker_grad_clip": (0, True), "casm.masker_warmup_steps": (0, False),
     "casm.masker_average_steps": (0, True),
     "casm.max_nonfinite_steps": (0, True), "casm.divergence_loss": (0, True),
-    "casm.lambda_in": (0, False), "casm.lambda_tv": (0, False),
+    "casm.lambda_in": (0, False), "casm.lambda_tv": (0, False), "casm.mask_logit_bound": (0, True),
     "optim.classifier_lr": (0, True), "optim.masker_lr": (0, True),
     "optim.classifier_momentum": (0, False), "optim.classifier_weight_decay": (0, False),
     "optim.masker_weight_decay": (0, False), "optim.lr_step_epochs": (0, True), "optim.lr_gamma": (0, True),
@@ -444,7 +448,7 @@ FP16_PRECISIONS = ("16-mixed", "16", "16-true", "transformer-engine-float16")
 
 def validate(cfg: DictConfig) -> None:
     """Check values the schema's types cannot: enumerations and ranges (before anything is built)."""
-    from casm.models.head_registry import HEADS, check_feature_layer  # the models layer's names: config sits below it
+    from casm.models.head_registry import HEADS, SIGMOID_HEADS, check_feature_layer  # the models layer's names
 
     choices = dict(_CHOICES, **{"masker.head": tuple(HEADS)})
     for key, allowed in choices.items():
@@ -456,6 +460,9 @@ def validate(cfg: DictConfig) -> None:
         check_feature_layer(cfg.masker.head, cfg.masker.feature_layer)
     except ValueError as err:
         raise ConfigError(str(err)) from err
+    if cfg.casm.mask_logit_bound is not None and cfg.masker.head not in SIGMOID_HEADS:
+        raise ConfigError(f"casm.mask_logit_bound={cfg.casm.mask_logit_bound} needs a head whose mask is a sigmoid "
+                          f"({', '.join(SIGMOID_HEADS)}); masker.head={cfg.masker.head} has no logits to bound")
     if str(cfg.trainer.precision) in FP16_PRECISIONS:
         raise ConfigError(f"trainer.precision={cfg.trainer.precision} is not supported: fp16 needs loss scaling, "
                           f"and casm's gradients (torch.autograd.grad) never pass through Lightning's scaler, which "

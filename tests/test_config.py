@@ -54,6 +54,7 @@ def test_typo_in_a_yaml_file_names_the_file(tmp_path):
     ("masker.feature_layer=layer3", "decoders"),  # the default casme head reads every layer
     ("optim.masker_lr_scaling=cubic", "optim.masker_lr_scaling='cubic' is not one of linear, sqrt, none"),
     ("trainer.max_val_images=100 trainer.limit_val_batches=3", "both cap validation"),
+    ("casm.mask_logit_bound=4 masker.head=lfi", "needs a head whose mask is a sigmoid .*masker.head=lfi"),
 ])
 def test_bad_values(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -86,7 +87,8 @@ def test_cli_reports_config_errors_in_one_line(capsys):
 @pytest.mark.parametrize("override", ["casm.pool_size=-1", "casm.snapshot_every=0", "casm.snapshot_every=-2",
                                       "model.width=0", "trainer.max_epochs=-3", "data.image_size=0",
                                       "casm.lambda_r=-5", "data.batch_size=0", "optim.classifier_lr=-0.1",
-                                      "trainer.max_val_images=0", "optim.lr_reference_batch=0"])
+                                      "trainer.max_val_images=0", "optim.lr_reference_batch=0",
+                                      "casm.mask_logit_bound=0"])
 def test_out_of_range_values_are_refused_before_anything_is_built(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=f"{key}=-?[0-9.]+ must be"):

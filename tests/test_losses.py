@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from casm.fills import remove_masked
-from casm.training.losses import entropy, masker_loss
+from casm.training.losses import entropy, logit_excess, masker_loss
 
 
 def test_entropy_uniform_and_certain():
@@ -70,6 +70,36 @@ def test_area_gate_all_counts_every_image_by_hand():
     assert masker_loss(logits_out, labels, clean_correct, mask2, 10.0, area_gate="all").area > loss.area
     with pytest.raises(ValueError, match="area_gate"):
         masker_loss(logits_out, labels, clean_correct, mask, 10.0, area_gate="some")
+
+
+def test_logit_excess_by_hand():
+    z = torch.tensor([-5.0, -1.0, 0.0, 3.0, 6.0])
+    assert logit_excess(z, 4.0) == pytest.approx((1.0 + 0 + 0 + 0 + 4.0) / 5)  # relu(|z| - 4)^2, averaged
+    assert logit_excess(z, 6.0) == 0.0
+
+
+def test_logit_bound_adds_the_excess_with_weight_one():
+    logits_out, labels, clean_correct, mask = _case()
+    z = torch.full_like(mask, 7.0)
+    plain = masker_loss(logits_out, labels, clean_correct, mask, 10.0)
+    bounded = masker_loss(logits_out, labels, clean_correct, mask, 10.0, mask_logits=z, logit_bound=4.0)
+    assert bounded.logit_excess == pytest.approx(9.0)
+    assert bounded.total == pytest.approx(float(plain.total) + 9.0)
+
+
+def test_a_saturated_mask_gets_a_gradient_only_from_the_logit_bound():
+    """All-on logits (z = 12): the area term's gradient through the sigmoid has all but vanished
+    (sigmoid'(12) ~ 6e-6), so nothing brings the mask back; the bound's pull is 2 (|z| - bound) / N."""
+    logits_out, labels = torch.zeros(2, 3), torch.tensor([0, 1])
+    clean_correct = torch.tensor([True, True])
+    z = torch.full((2, 1, 4, 4), 12.0, requires_grad=True)
+    free = torch.autograd.grad(masker_loss(logits_out, labels, clean_correct, torch.sigmoid(z), 1.0,
+                                           area_gate="all").total, z)[0]
+    z2 = z.detach().clone().requires_grad_(True)
+    bounded = torch.autograd.grad(masker_loss(logits_out, labels, clean_correct, torch.sigmoid(z2), 1.0,
+                                              area_gate="all", mask_logits=z2, logit_bound=4.0).total, z2)[0]
+    assert free.abs().max() < 1e-6
+    assert torch.allclose(bounded - free, torch.full_like(z, 2 * (12.0 - 4.0) / z.numel()))
 
 
 def test_remove_masked_replaces_with_zero_mean():

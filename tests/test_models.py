@@ -5,6 +5,7 @@ import torch
 import torchvision
 
 from casm.models import HEADS, Masker, ResNetClassifier, ResNetTrunk, build_head
+from casm.models.head_registry import SIGMOID_HEADS
 from casm.models.modes import evaluation_mode
 
 
@@ -45,6 +46,29 @@ def test_heads_give_masks_in_unit_range_at_input_size(head, size):
     mask = masker(x, classifier(x)[1])
     assert mask.shape == (2, 1, size, size)
     assert mask.min() >= 0 and mask.max() <= 1
+
+
+@pytest.mark.parametrize("head", SIGMOID_HEADS)
+def test_sigmoid_heads_expose_the_logits_of_their_mask(head):
+    classifier = ResNetClassifier("resnet18", 5, width=4)
+    masker = Masker(build_head(head, classifier.trunk.channels, hidden=8))
+    x = torch.randn(2, 3, 40, 40)
+    features = classifier(x)[1]
+    mask, logits = masker.mask_and_logits(x, features)
+    assert torch.equal(mask, masker(x, features))  # the training path and the plain one give the same mask
+    # every mask value lies between the sigmoids of the extreme logits (nearest or bilinear resizing):
+    # logits kept within ±b keep the mask within [sigmoid(-b), sigmoid(b)]
+    for i in range(2):
+        assert torch.sigmoid(logits[i].min()) - 1e-6 <= mask[i].min()
+        assert mask[i].max() <= torch.sigmoid(logits[i].max()) + 1e-6
+
+
+def test_a_head_without_logits_says_so():
+    classifier = ResNetClassifier("resnet18", 5, width=4)
+    masker = Masker(build_head("lfi", classifier.trunk.channels, hidden=8))
+    with pytest.raises(TypeError, match="no logits"):
+        x = torch.randn(2, 3, 32, 32)
+        masker.mask_and_logits(x, classifier(x)[1])
 
 
 def test_casme_decoder_layout_has_320_channels_at_width_64():

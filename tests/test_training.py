@@ -52,6 +52,22 @@ def test_masker_loss_does_not_move_the_classifier(tiny_cfg, fill):
     assert any(not torch.equal(ma[k], mb[k]) for k in ma)
 
 
+@pytest.mark.parametrize("on_masked", [False, True])
+def test_a_classifier_on_clean_images_only_never_sees_the_masked_out_ones(tiny_cfg, on_masked):
+    """Two fills give different masked-out images: a classifier trained on clean images only takes the
+    same step under both; one that also learns from the masked-out images (the paper) does not."""
+    runs = [fit(tiny_cfg("casm.thinning=L", "casm.p_pool=0", f"casm.fill={fill}",
+                         f"casm.classifier_on_masked={on_masked}")) for fill in ("mean", "noise")]
+    ca, cb = (params(run.classifier) for run in runs)
+    same = all(torch.equal(ca[k], cb[k]) for k in ca)
+    assert same is (not on_masked)
+
+
+def test_a_bounded_run_logs_the_logit_excess(tiny_cfg):
+    module = fit(tiny_cfg("casm.mask_logit_bound=0.01", "casm.area_gate=all"), steps=2)
+    assert float(module.trainer.callback_metrics["train/logit_excess"]) > 0
+
+
 def test_masker_gradient_leak_would_be_caught(tiny_cfg, monkeypatch):
     """Counter-check of the test above: a masker whose features are *not* detached changes the
     classifier's step, so the invariant test can fail."""

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from casm.models.heads import MaskHead
+from casm.models.heads import MaskHead, SigmoidHead
 
 
 def spatial_min_max(maps: Tensor, constant: float = 1.0) -> Tensor:
@@ -79,7 +79,7 @@ class LFIHead(MaskHead):
         return F.interpolate(attention, size=image.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
 
 
-class ABNHead(MaskHead):
+class ABNHead(SigmoidHead):
     """``masker.head=abn``: the Attention Branch Network's attention branch (Fukui et al., 2019): a
     conv stack on one feature layer (layer3, as in ABN, unless ``masker.feature_layer`` says otherwise),
     a one-channel sigmoid map, upsampled to the input."""
@@ -96,6 +96,8 @@ class ABNHead(MaskHead):
             nn.Conv2d(hidden, 1, 1),
         )
 
-    def forward(self, features: dict[str, Tensor], image: Tensor) -> Tensor:
-        attention = torch.sigmoid(self.branch(features[self.feature_layer]))  # (B, 1, h, w)
-        return F.interpolate(attention, size=image.shape[-2:], mode="bilinear", align_corners=False)
+    def logits(self, features: dict[str, Tensor], image: Tensor) -> Tensor:
+        return self.branch(features[self.feature_layer])  # (B, 1, h, w)
+
+    def to_mask(self, logits: Tensor, image: Tensor) -> Tensor:
+        return F.interpolate(torch.sigmoid(logits), size=image.shape[-2:], mode="bilinear", align_corners=False)

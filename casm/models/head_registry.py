@@ -7,11 +7,13 @@ from typing import Callable
 
 from casm.errors import UserError
 from casm.models.attention import ABNHead, LFIHead
-from casm.models.heads import CasmeDecoder, DeconvDecoder, MaskHead
+from casm.models.heads import CasmeDecoder, DeconvDecoder, MaskHead, SigmoidHead
 from casm.models.resnet import FEATURE_NAMES
 
 HeadBuilder = Callable[..., MaskHead]
 HEADS: dict[str, HeadBuilder] = {"casme": CasmeDecoder, "deconv": DeconvDecoder, "lfi": LFIHead, "abn": ABNHead}
+# heads whose mask is the sigmoid of logits (casm.mask_logit_bound needs them)
+SIGMOID_HEADS = tuple(name for name, head in HEADS.items() if isinstance(head, type) and issubclass(head, SigmoidHead))
 
 
 def check_feature_layer(head: str, layer: str | None) -> None:

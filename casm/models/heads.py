@@ -20,6 +20,27 @@ class MaskHead(nn.Module):
         raise NotImplementedError
 
 
+class SigmoidHead(MaskHead):
+    """A head whose mask is the sigmoid of a one-channel logit map. Training can read the logits
+    (:meth:`mask_and_logits`) to keep them out of the sigmoid's flat ends (``casm.mask_logit_bound``):
+    a saturated mask gets no gradient from any loss, so a mask driven all-on or all-off stays there."""
+
+    def logits(self, features: dict[str, Tensor], image: Tensor) -> Tensor:  # pragma: no cover
+        """(B, 1, h, w) logits at the head's own resolution."""
+        raise NotImplementedError
+
+    def to_mask(self, logits: Tensor, image: Tensor) -> Tensor:  # pragma: no cover
+        """The (B, 1, H, W) mask at the image's resolution."""
+        raise NotImplementedError
+
+    def mask_and_logits(self, features: dict[str, Tensor], image: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.logits(features, image)
+        return self.to_mask(logits, image), logits
+
+    def forward(self, features: dict[str, Tensor], image: Tensor) -> Tensor:
+        return self.to_mask(self.logits(features, image), image)
+
+
 def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False),
@@ -28,7 +49,7 @@ def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 1) -> nn.Sequential:
     )
 
 
-class CasmeDecoder(MaskHead):
+class CasmeDecoder(SigmoidHead):
     """The published CASME decoder layout (docs/heads.md).
 
     layer1..4 -> 1x1 conv to ``hidden`` + BN + ReLU, bilinearly upsampled to the layer1 grid (H/4),
@@ -41,7 +62,7 @@ class CasmeDecoder(MaskHead):
         self.reduce = nn.ModuleDict({f"layer{i}": _conv_bn_relu(channels[f"layer{i}"], hidden) for i in range(1, 5)})
         self.out = nn.Conv2d(4 * hidden + channels["stem"], 1, kernel_size=3, padding=1)
 
-    def forward(self, features: dict[str, Tensor], image: Tensor) -> Tensor:
+    def logits(self, features: dict[str, Tensor], image: Tensor) -> Tensor:
         grid = features["layer1"].shape[-2:]  # H/4, W/4
         reduced = [
             F.interpolate(self.reduce[name](features[name]), size=grid, mode="bilinear", align_corners=False)
@@ -49,8 +70,10 @@ class CasmeDecoder(MaskHead):
             for name in ("layer1", "layer2", "layer3", "layer4")
         ]
         x = torch.cat([features["stem"], *reduced], dim=1)  # (B, 4*hidden + C_stem, H/4, W/4)
-        mask = torch.sigmoid(self.out(x))  # (B, 1, H/4, W/4)
-        return F.interpolate(mask, size=image.shape[-2:], mode="nearest")
+        return self.out(x)  # (B, 1, H/4, W/4)
+
+    def to_mask(self, logits: Tensor, image: Tensor) -> Tensor:
+        return F.interpolate(torch.sigmoid(logits), size=image.shape[-2:], mode="nearest")
 
 
 class UpBlock(nn.Module):
@@ -70,7 +93,7 @@ class UpBlock(nn.Module):
         return self.fuse(torch.cat([x, skip], dim=1))
 
 
-class DeconvDecoder(MaskHead):
+class DeconvDecoder(SigmoidHead):
     """The paper's "deconvolutional network": learned x2 upsampling from layer4 (H/32) to full
     resolution, fusing layer3, layer2 and layer1+stem on the way (U-Net style), sigmoid output.
 
@@ -95,7 +118,7 @@ class DeconvDecoder(MaskHead):
         self.up0 = UpBlock(h, 0, h // 2)  # -> H/2
         self.final = nn.ConvTranspose2d(h // 2, 1, kernel_size=4, stride=2, padding=1)  # -> H
 
-    def forward(self, features: dict[str, Tensor], image: Tensor) -> Tensor:
+    def logits(self, features: dict[str, Tensor], image: Tensor) -> Tensor:
         x = self.lateral["layer4"](features["layer4"])  # (B, h, H/32, W/32)
         x = self.up3(x, self.lateral["layer3"](features["layer3"]))
         x = self.up2(x, self.lateral["layer2"](features["layer2"]))
@@ -104,4 +127,7 @@ class DeconvDecoder(MaskHead):
         logits = self.final(x)  # (B, 1, H, W)
         if logits.shape[-2:] != image.shape[-2:]:
             logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return logits
+
+    def to_mask(self, logits: Tensor, image: Tensor) -> Tensor:
         return torch.sigmoid(logits)

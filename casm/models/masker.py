@@ -6,7 +6,7 @@ import copy
 
 from torch import Tensor, nn
 
-from casm.models.heads import MaskHead
+from casm.models.heads import MaskHead, SigmoidHead
 from casm.models.resnet import ResNetTrunk
 
 
@@ -27,14 +27,21 @@ class Masker(nn.Module):
     def shared(self) -> bool:
         return self.encoder is None
 
-    def forward(self, x: Tensor, features: dict[str, Tensor] | None = None) -> Tensor:
+    def _features(self, x: Tensor, features: dict[str, Tensor] | None) -> dict[str, Tensor]:
         if self.encoder is not None:
-            features = self.encoder(x)
-        elif features is None:
+            return self.encoder(x)
+        if features is None:
             raise ValueError("a shared-encoder masker needs the classifier's features")
-        else:
-            features = {name: f.detach() for name, f in features.items()}
-        return self.head(features, x)
+        return {name: f.detach() for name, f in features.items()}
+
+    def forward(self, x: Tensor, features: dict[str, Tensor] | None = None) -> Tensor:
+        return self.head(self._features(x, features), x)
+
+    def mask_and_logits(self, x: Tensor, features: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """The mask and the logits it is the sigmoid of (heads of :class:`SigmoidHead` only)."""
+        if not isinstance(self.head, SigmoidHead):
+            raise TypeError(f"the {type(self.head).__name__} head has no logits: its mask is not a sigmoid")
+        return self.head.mask_and_logits(self._features(x, features), x)
 
     def standalone(self, classifier_trunk: ResNetTrunk) -> "Masker":
         """A self-contained copy that carries its own encoder weights (a copy of the classifier's

@@ -23,6 +23,7 @@ class MaskerLoss:
     confused: Tensor  # (B,) bool: right on the clean image, wrong on the masked-out one
     masked_in: Tensor  # the masked-in cross-entropy before lambda_in (0 when off)
     tv: Tensor  # the mask's total variation before lambda_tv (0 when off)
+    logit_excess: Tensor  # the logits' squared excess over the bound (0 when off)
 
 
 def total_variation(mask: Tensor) -> Tensor:
@@ -33,9 +34,16 @@ def total_variation(mask: Tensor) -> Tensor:
     return (vertical + horizontal).mean()
 
 
+def logit_excess(mask_logits: Tensor, bound: float) -> Tensor:
+    """``mean(relu(|z| - bound)^2)``: zero while every mask logit is within ±bound, and a pull back
+    that grows with the distance (not a clamp, which would cut the gradient it is meant to keep)."""
+    return F.relu(mask_logits.abs() - bound).square().mean()
+
+
 def masker_loss(logits_out: Tensor, labels: Tensor, clean_correct: Tensor, mask: Tensor, lambda_r: float,
                 score: str = "E", logits_in: Tensor | None = None, lambda_in: float = 0.0,
-                lambda_tv: float = 0.0, area_gate: str = "confused") -> MaskerLoss:
+                lambda_tv: float = 0.0, area_gate: str = "confused", mask_logits: Tensor | None = None,
+                logit_bound: float | None = None) -> MaskerLoss:
     """``-mean_i[correct_i * S_i] + lambda_R * mean_i[confused_i * mean(mask_i)]``
     ``+ lambda_in * mean_i CE(f(m_i * x_i), y_i) + lambda_tv * TV(m)``.
 
@@ -48,6 +56,8 @@ def masker_loss(logits_out: Tensor, labels: Tensor, clean_correct: Tensor, mask:
     ``area_gate="all"`` counts every image's area instead of the confused ones' only: without it, images
     a classifier still recognizes when masked (one that memorized a small training set) pay nothing for
     their mask, which can then grow until the sigmoid saturates (docs/training.md).
+    With ``logit_bound``, ``+ logit_excess(mask_logits, logit_bound)`` (weight 1) keeps the mask's
+    logits where the sigmoid still has a slope, so a mask pushed to all-on or all-off can come back.
     """
     correct = clean_correct.float()
     confused = clean_correct & (logits_out.argmax(dim=1) != labels)
@@ -66,11 +76,15 @@ def masker_loss(logits_out: Tensor, labels: Tensor, clean_correct: Tensor, mask:
         raise ValueError(f"area_gate must be 'confused' or 'all', got {area_gate!r}")
     area_term = (gate * mask.flatten(1).mean(dim=1)).mean()
     total = score_term + lambda_r * area_term
-    in_term = tv_term = torch.zeros((), device=mask.device)
+    in_term = tv_term = excess_term = torch.zeros((), device=mask.device)
     if lambda_in:
         in_term = F.cross_entropy(logits_in, labels)
         total = total + lambda_in * in_term
     if lambda_tv:
         tv_term = total_variation(mask)
         total = total + lambda_tv * tv_term
-    return MaskerLoss(total, score_term.detach(), area_term.detach(), confused, in_term.detach(), tv_term.detach())
+    if logit_bound is not None:
+        excess_term = logit_excess(mask_logits, logit_bound)
+        total = total + excess_term
+    return MaskerLoss(total, score_term.detach(), area_term.detach(), confused, in_term.detach(), tv_term.detach(),
+                      excess_term.detach())

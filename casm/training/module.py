@@ -212,7 +212,10 @@ class CASMModule(pl.LightningModule):
 
         logits_clean, feats = self.classifier(x)  # (B, K), features at 5 scales
         clean_correct = logits_clean.argmax(dim=1) == y
-        mask = self.masker(x, feats)  # (B, 1, H, W)
+        if c.mask_logit_bound is None:
+            mask, mask_logits = self.masker(x, feats), None  # (B, 1, H, W)
+        else:
+            mask, mask_logits = self.masker.mask_and_logits(x, feats)
         masked = [remove_masked(x, mask, c.fill)] + ([keep_masked(x, mask, c.fill)] if c.lambda_in else [])
         pool_index = self.pool.draw_evaluator()
         logits_masked = self._evaluator_logits(masked, pool_index)
@@ -220,16 +223,17 @@ class CASMModule(pl.LightningModule):
 
         m_loss = masker_loss(logits_out, y, clean_correct, mask, self.lambda_r.value, c.score,
                              logits_in=logits_masked[-1], lambda_in=c.lambda_in, lambda_tv=c.lambda_tv,
-                             area_gate=c.area_gate)
+                             area_gate=c.area_gate, mask_logits=mask_logits, logit_bound=c.mask_logit_bound)
         masker_params = [p for p in self.masker.parameters() if p.requires_grad]
         current_evaluates = pool_index is None
         train_classifier = self.strategy.train_classifier
-        grads_m = torch.autograd.grad(m_loss.total, masker_params, retain_graph=train_classifier and current_evaluates)
+        keep_graph = train_classifier and current_evaluates and c.classifier_on_masked
+        grads_m = torch.autograd.grad(m_loss.total, masker_params, retain_graph=keep_graph)
         groups, losses = {1: (masker_params, grads_m)}, [m_loss.total.detach()]
         c_loss = torch.zeros((), device=x.device)
         if train_classifier:
             c_loss = F.cross_entropy(logits_clean, y)
-            if current_evaluates:  # the current classifier also learns from masked-out images (eq. 8)
+            if current_evaluates and c.classifier_on_masked:  # it also learns from masked-out images (eq. 8)
                 c_loss = (c_loss + F.cross_entropy(logits_out, y)) / 2
             classifier_params = [p for p in self.classifier.parameters() if p.requires_grad]
             groups[0] = (classifier_params, torch.autograd.grad(c_loss, classifier_params))
@@ -271,6 +275,7 @@ class CASMModule(pl.LightningModule):
             "train/score": m_loss.score,
             **({"train/masked_in_ce": m_loss.masked_in} if c.lambda_in else {}),
             **({"train/mask_tv": m_loss.tv} if c.lambda_tv else {}),
+            **({"train/logit_excess": m_loss.logit_excess} if c.mask_logit_bound is not None else {}),
             "train/lambda_r": self.lambda_r.value,
             "train/mask_area": mean_mask,
             "train/confused": m_loss.confused.float().mean(),
