@@ -106,11 +106,14 @@ def export_main(argv: list[str] | None = None) -> int:
                         help="a casm training checkpoint (e.g. runs/default/version_0/checkpoints/last.ckpt)")
     parser.add_argument("out_dir", help="folder to write")
     parser.add_argument("--onnx", action="store_true", help="also write masker.onnx, validated against PyTorch")
+    parser.add_argument("--with-classifier", action="store_true",
+                        help="also export the run's classifier: one forward pass gives logits and mask "
+                             "(explainer.onnx with --onnx)")
     args = parser.parse_args(argv)
     from casm.export import export_masker
 
-    out = export_masker(args.checkpoint, args.out_dir, onnx=args.onnx)
-    print(f"masker exported to {out}")
+    out = export_masker(args.checkpoint, args.out_dir, onnx=args.onnx, with_classifier=args.with_classifier)
+    print(f"masker{' and classifier' if args.with_classifier else ''} exported to {out}")
     return 0
 
 
@@ -127,13 +130,20 @@ def explain_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
                         help="larger images are skipped unread (decompression-bomb guard; default %(default).0f)")
+    parser.add_argument("--trust-builder", action="append", default=[], metavar="MODULE",
+                        help="an export made --with-classifier whose classifier comes from outside casm and "
+                             "torchvision is rebuilt by running MODULE's code: allow it (repeatable)")
+    parser.add_argument("--masks-only", action="store_true", help="ignore an exported classifier (no prediction)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.max_megapixels <= 0:
         parser.error("--batch-size and --max-megapixels must be positive")
     from casm.export import load_masker, write_explanations
+    from casm.export.standalone import has_classifier
 
-    masker = load_masker(args.export_dir, device=args.device)
+    masker = load_masker(args.export_dir, device=args.device,
+                         with_classifier=has_classifier(args.export_dir) and not args.masks_only,
+                         trusted_builders=tuple(args.trust_builder))
     written, errors = write_explanations(masker, args.images, args.out, args.format, args.batch_size, args.amp,
                                          progress=not args.no_progress, max_pixels=int(args.max_megapixels * 1e6))
     for message in errors:

@@ -58,10 +58,22 @@ class DataConfig:
 
 
 @dataclass
+class ClassifierSpec:
+    """A classifier from outside casm (docs/own_classifier.md): ``builder(**kwargs)`` with ``weights``."""
+
+    builder: str = MISSING  # importable callable: torchvision.models.convnext_tiny, or my_package.models:build
+    weights: Optional[str] = None  # state dict (.pt/.pth/.safetensors), or a torchvision weights name (IMAGENET1K_V1)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {num_classes: 10}
+    classes: Optional[str] = None  # text file, a class name per line in output order (null: the weights' own names)
+
+
+@dataclass
 class ModelConfig:
-    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
+    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50 (the classifier's; and the masker's encoder)
     width: int = 64  # base width; 64 = torchvision's ResNets, smaller for tiny runs
     pretrained: Optional[str] = None  # torchvision or casm weights file for the classifier
+    # the user's own classifier instead of a casm ResNet (the masker then reads its own ResNet encoder)
+    classifier: Optional[ClassifierSpec] = None
     # sanity check: train the masker against this classifier edited by a manipulation attack T1-T4 (docs/sanity.md;
     # needs casm.thinning=F and masker.encoder=separate: the masker then learns from its outputs alone)
     manipulation: Optional[str] = None
@@ -460,6 +472,8 @@ def validate(cfg: DictConfig) -> None:
         check_feature_layer(cfg.masker.head, cfg.masker.feature_layer)
     except ValueError as err:
         raise ConfigError(str(err)) from err
+    if cfg.model.classifier is not None:
+        _check_outside_classifier(cfg)
     if cfg.casm.mask_logit_bound is not None and cfg.masker.head not in SIGMOID_HEADS:
         raise ConfigError(f"casm.mask_logit_bound={cfg.casm.mask_logit_bound} needs a head whose mask is a sigmoid "
                           f"({', '.join(SIGMOID_HEADS)}); masker.head={cfg.masker.head} has no logits to bound")
@@ -489,6 +503,22 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.name != "synthetic" and not cfg.data.root:
         raise ConfigError(f"data.name={cfg.data.name} needs data.root=PATH (the dataset's folder)")
     validate_data(cfg.data)
+
+
+def _check_outside_classifier(cfg: DictConfig) -> None:
+    """The combinations a classifier from outside casm cannot take, each refused in one line."""
+    if OmegaConf.is_missing(cfg.model.classifier, "builder"):
+        raise ConfigError("model.classifier.builder is missing: e.g. torchvision.models.convnext_tiny, or "
+                          "my_package.models:build")
+    if cfg.masker.encoder != "separate":
+        raise ConfigError("model.classifier (a classifier from outside casm) has no ResNet features to share: set "
+                          "masker.encoder=separate (the masker reads its own model.arch encoder)")
+    for key in ("model.pretrained", "model.manipulation"):
+        if OmegaConf.select(cfg, key):
+            raise ConfigError(f"{key} applies to casm's own ResNet classifier, not to model.classifier (its weights "
+                              f"are model.classifier.weights)")
+    if cfg.mode != "casm":
+        raise ConfigError(f"mode={cfg.mode} trains casm's own classifier; model.classifier needs mode=casm")
 
 
 def validate_data(data: DictConfig) -> None:

@@ -17,12 +17,20 @@ from casm.config import with_defaults
 from casm.errors import UserError, shorten
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
 from casm.models.manipulation import manipulate
+from casm.models.outside import outside_classifier
 
 
-def build_models(cfg: DictConfig, num_classes: int) -> tuple[ResNetClassifier, Masker]:
-    classifier = ResNetClassifier(cfg.model.arch, num_classes, cfg.model.width)
-    if cfg.model.pretrained:
-        classifier.load_weights(cfg.model.pretrained)
+def build_models(cfg: DictConfig, num_classes: int, class_names: list[str] | None = None,
+                 outside_weights: bool = True) -> tuple[nn.Module, Masker]:
+    """The classifier (casm's ResNet, or ``model.classifier`` from outside casm) and the masker.
+    ``outside_weights`` False builds an outside classifier bare (a checkpoint holds its weights)."""
+    if cfg.model.classifier is not None:
+        classifier = outside_classifier(cfg.model.classifier, num_classes, class_names, cfg.data.image_size,
+                                        load_weights=outside_weights)
+    else:
+        classifier = ResNetClassifier(cfg.model.arch, num_classes, cfg.model.width)
+        if cfg.model.pretrained:
+            classifier.load_weights(cfg.model.pretrained)
     encoder = None
     if cfg.masker.encoder == "separate":
         encoder = ResNetTrunk(cfg.model.arch, cfg.model.width)
@@ -30,7 +38,8 @@ def build_models(cfg: DictConfig, num_classes: int) -> tuple[ResNetClassifier, M
             donor = ResNetClassifier(cfg.model.arch, num_classes, cfg.model.width)
             donor.load_weights(cfg.masker.encoder_pretrained)
             encoder.load_state_dict(donor.trunk.state_dict())
-    masker = Masker(build_head(cfg.masker.head, classifier.trunk.channels, cfg.masker.hidden,
+    channels = (encoder or classifier.trunk).channels  # an outside classifier needs a separate encoder (config)
+    masker = Masker(build_head(cfg.masker.head, channels, cfg.masker.hidden,
                                cfg.masker.get("feature_layer")), encoder)
     if cfg.model.manipulation:  # the sanity check "casm under attack" (docs/sanity.md)
         # in train mode like the unattacked classifier; on_train_epoch_start freezes both alike
@@ -43,7 +52,7 @@ class TrainedRun:
     """A training checkpoint's networks (eval mode) and settings."""
 
     checkpoint: Path
-    classifier: ResNetClassifier
+    classifier: nn.Module  # casm's ResNetClassifier, or an OutsideClassifier (model.classifier)
     masker: Masker
     config: dict  # the config it was trained with, as saved, its pretrained-weight paths dropped
     cfg: DictConfig  # the same with today's defaults for keys an earlier casm did not have
@@ -69,9 +78,11 @@ def read_run(checkpoint: str | Path) -> TrainedRun:
                         f"casm training run wrote (RUN/checkpoints/last.ckpt)")
     config = dict(hp["config"])
     config["model"] = dict(config["model"], pretrained=None)
+    if config["model"].get("classifier"):  # the checkpoint holds the outside classifier's weights and output map
+        config["model"]["classifier"] = dict(config["model"]["classifier"], weights=None, classes=None)
     config["masker"] = dict(config["masker"], encoder_pretrained=None)
     cfg = with_defaults(config)  # a checkpoint of an earlier casm lacks the newer keys
-    classifier, masker = build_models(cfg, hp["num_classes"])
+    classifier, masker = build_models(cfg, hp["num_classes"], outside_weights=False)
     networks = nn.Module()
     networks.classifier, networks.masker = classifier, masker
     try:

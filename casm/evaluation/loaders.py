@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from casm.checkpoints import read_checkpoint
 from casm.config import ConfigError, with_defaults
 from casm.errors import UserError
-from casm.evaluation.judges import Logits, build_judge, read_class_names
 from casm.models import ResNetClassifier
 from casm.models.lficam import LFICAMClassifier
+from casm.models.outside import OutsideClassifier, build_outside, count_outputs, read_class_names
 
 
 @dataclass
@@ -72,18 +72,20 @@ def load_lficam(checkpoint: str | Path) -> tuple[nn.Module, list[str] | None]:
 
 def load_foreign_judge(spec: DictConfig, index: int, image_size: int, taken: set[str] = frozenset()
                        ) -> tuple[str, nn.Module, list[str] | None]:
-    """A judge from ``judges[index]`` (see :mod:`casm.evaluation.judges`): unique name, model, class names."""
+    """A judge from ``judges[index]``, built like ``model.classifier`` (:mod:`casm.models.outside`; it sees the
+    images as casm's classifiers do, at the evaluation size), in eval mode: unique name, model, class names."""
     for key in ("builder", "weights"):
         if OmegaConf.is_missing(spec, key):
             raise ConfigError(f"judges[{index}].{key} is missing: a judge needs builder (e.g. torchvision.models."
                               f"resnet50) and weights (a state-dict file)")
-    model, outputs = build_judge(spec.builder, spec.weights, OmegaConf.to_container(spec.kwargs), image_size)
-    classes = read_class_names(spec.classes) if spec.classes else None
+    model = build_outside(spec.builder, spec.weights, OmegaConf.to_container(spec.kwargs), who="judges").eval()
+    outputs = count_outputs(model, image_size, who="judges")
+    classes = read_class_names(spec.classes, who=f"judges[{index}]") if spec.classes else None
     if classes is not None and len(classes) != outputs:
         raise UserError(f"judges[{index}]: {spec.classes} names {len(classes)} classes, {spec.builder} has "
                         f"{outputs} outputs")
     return unique_name(spec.name or spec.builder.replace(":", ".").rsplit(".", 1)[-1], taken), \
-        Logits(model, outputs), classes
+        OutsideClassifier(model, outputs), classes
 
 
 def unique_name(base: str, taken: set[str]) -> str:

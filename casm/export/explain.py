@@ -45,6 +45,18 @@ PIXEL_BUDGET = 32 * 1024 * 1024  # pixels of full-size images held per batch (~1
 class Explanation:
     mask: np.ndarray  # (H, W) float32 in [0, 1], at the image's own resolution
     box: list[float]  # [x0, y0, x1, y1] in the image's pixels, exclusive ends
+    prediction: dict | None = None  # with a classifier (load_explainer): {"class", "index", "probability"}
+
+    def as_json(self, image: str, width: int, height: int) -> dict:
+        return {"image": image, "box_xyxy": self.box, "width": width, "height": height,
+                **({"predicted": self.prediction} if self.prediction is not None else {})}
+
+
+def predictions(logits: torch.Tensor, classes: Sequence[str]) -> list[dict]:
+    """Top-1 class (its name where the export has class names), index and softmax probability per image."""
+    probability, index = logits.float().softmax(dim=1).max(dim=1)
+    return [{"class": classes[i] if i < len(classes) else str(i), "index": i, "probability": round(p, 6)}
+            for i, p in zip(index.tolist(), probability.tolist())]
 
 
 def to_rgb_array(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -90,16 +102,23 @@ def batches(items: Iterable[T], sizes: Callable[[T], int], batch_size: int,
 
 @torch.inference_mode()
 def explain_arrays(masker: StandaloneMasker, arrays: Sequence[np.ndarray], amp: bool = False) -> list[Explanation]:
-    """One forward pass for RGB uint8 ``arrays``; masks and boxes at each array's own size."""
+    """One forward pass for RGB uint8 ``arrays``; masks and boxes at each array's own size, and the predicted
+    class when the masker was loaded with its classifier."""
     device = next(masker.parameters()).device
     batch = preprocess(arrays, masker).to(device)
+    predicted: list[dict | None] = [None] * len(arrays)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        masks = masker(batch).float()  # (B, 1, S, S)
+        if masker.classifier is not None:
+            logits, masks = masker.logits_and_masks(batch)
+            predicted = predictions(logits, masker.manifest.classes)
+        else:
+            masks = masker(batch)
+    masks = masks.float()  # (B, 1, S, S)
     results = []
-    for array, mask in zip(arrays, masks):
+    for array, mask, prediction in zip(arrays, masks, predicted):
         full = F.interpolate(mask[None], size=array.shape[:2], mode="bilinear", align_corners=False)[0, 0]
         box = predicted_boxes(full[None])[0].tolist()
-        results.append(Explanation(full.clamp_(0, 1).cpu().numpy(), box))
+        results.append(Explanation(full.clamp_(0, 1).cpu().numpy(), box, prediction))
     return results
 
 
@@ -162,7 +181,8 @@ def write_explanations(masker: StandaloneMasker, paths: Sequence[str | Path], ou
                        mask_format: str = "png", batch_size: int = 32, amp: bool = False,
                        progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, list[str]]:
     """For each image: ``NAME_mask.png`` (8-bit; ``png16``: 16-bit; ``npy``: float32),
-    ``NAME_overlay.png`` and ``NAME_box.json``. Unreadable or too large images are reported and
+    ``NAME_overlay.png`` and ``NAME_box.json`` (with the predicted class when the masker has its
+    classifier). Unreadable or too large images are reported and
     skipped; the others are still written. Returns (images written, error messages)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,8 +211,7 @@ def write_explanations(masker: StandaloneMasker, paths: Sequence[str | Path], ou
             else:
                 cv2.imwrite(f"{stem}_mask.png", np.round(result.mask * 255).astype(np.uint8))
             cv2.imwrite(f"{stem}_overlay.png", cv2.cvtColor(overlay(array, result.mask), cv2.COLOR_RGB2BGR))
-            Path(f"{stem}_box.json").write_text(json.dumps({"image": str(path), "box_xyxy": result.box,
-                                                            "width": array.shape[1], "height": array.shape[0]}))
+            Path(f"{stem}_box.json").write_text(json.dumps(result.as_json(str(path), array.shape[1], array.shape[0])))
             written += 1
             bar.update(1)
     bar.close()

@@ -1,36 +1,36 @@
-"""Optional ONNX export of a standalone masker, validated against PyTorch on export."""
+"""Optional ONNX export of a standalone masker (or masker + classifier), validated against PyTorch on export."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import nn
 
 from casm.errors import ExportError
 
-if TYPE_CHECKING:  # a type only: standalone.py imports this module
-    from casm.export.standalone import StandaloneMasker
-
-ONNX_TOLERANCE = 1e-4  # max |onnxruntime - torch| on the validation batch, masks in [0, 1]
+ONNX_TOLERANCE = 1e-4  # max |onnxruntime - torch| on the validation batch (masks in [0, 1], logits)
 
 
-def export_onnx(model: StandaloneMasker, path: Path, batch: int = 2) -> float:
-    """Write ``path`` (dynamic batch axis) and return the max abs difference to PyTorch on a random batch."""
+def export_onnx(model: nn.Module, image_size: int, path: Path, outputs: list[str], batch: int = 2) -> float:
+    """Write ``path`` (images -> ``outputs``, dynamic batch axis) and return the max abs difference to
+    PyTorch on a random batch, over every output."""
     try:
         import onnxruntime as ort  # an optional extra: imported only when an ONNX file is asked for
     except ImportError as err:
         raise ExportError("ONNX export needs onnx and onnxruntime: pip install 'casm-saliency[onnx]'") from err
-    size = model.manifest.image_size
-    example = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    torch.onnx.export(model.eval(), (example,), str(path), input_names=["images"], output_names=["masks"],
-                      dynamic_axes={"images": {0: "batch"}, "masks": {0: "batch"}}, opset_version=17, dynamo=False)
+    example = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    torch.onnx.export(model.eval(), (example,), str(path), input_names=["images"], output_names=outputs,
+                      dynamic_axes={name: {0: "batch"} for name in ["images", *outputs]}, opset_version=17,
+                      dynamo=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"images": example.numpy()})[0]
+    got = session.run(None, {"images": example.numpy()})
     with torch.no_grad():
-        expected = model(example).numpy()
-    diff = float(np.abs(got - expected).max())
+        expected = model(example)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    # relative to each output's scale where it exceeds 1 (logits), absolute below (masks in [0, 1])
+    diff = max(float(np.abs(g - e.numpy()).max()) / max(1.0, float(e.abs().max())) for g, e in zip(got, expected))
     if diff > ONNX_TOLERANCE:
         raise ExportError(f"{path}: ONNX output differs from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE})")
     return diff

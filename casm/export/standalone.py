@@ -5,6 +5,11 @@ An export is a folder with two files:
 * ``masker.safetensors``: the masker's weights, encoder included (a copy of the classifier's trunk
   when the encoder was shared), so it keeps working whatever later happens to the classifier.
   safetensors holds tensors only: loading a file cannot run code.
+* With ``--with-classifier`` the same weights file also holds the classifier (keys ``classifier.*``),
+  and the manifest says how to rebuild it: the export then returns logits and mask in one forward
+  pass (:func:`load_explainer`; ``explainer.onnx`` with ``--onnx``). A classifier from outside casm is
+  rebuilt by importing its builder, i.e. by running code the manifest names: only torchvision's
+  builders are trusted unless the caller names the module (``trusted_builders``).
 * ``masker.json``: everything needed to rebuild and feed it (architecture, head, input size,
   normalization, class names, casm version), the weights' SHA-256, so a tampered or truncated
   weights file fails cleanly, and its own SHA-256 (format 2), so an edited manifest (say, another
@@ -32,14 +37,16 @@ from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
 from casm.data.transforms import eval_resize
 from casm.errors import ExportError
 from casm.export.onnx import export_onnx
-from casm.models import Masker, ResNetTrunk, build_head
-from casm.trained_run import read_run
+from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
+from casm.models.outside import OutsideClassifier, build_outside
+from casm.trained_run import TrainedRun, read_run
 
 WEIGHTS_FILE = "masker.safetensors"
 MANIFEST_FILE = "masker.json"
 FORMAT = "casm-masker"
 FORMAT_VERSION = 2  # 2: the manifest carries its own SHA-256; 1 (no checksum) is refused
 MAX_IMAGE_SIZE = 4096  # a masker input side beyond this is a corrupt manifest, not a model (memory grows with it)
+TRUSTED_BUILDERS = ("torchvision.models",)  # modules whose builders an export may name without being trusted
 
 
 @dataclass
@@ -54,6 +61,7 @@ class MaskerManifest:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     classes: list[str] = field(default_factory=list)
     feature_layer: Optional[str] = None  # lfi / abn heads: the layer they read (None: the head's default)
+    classifier: Optional[dict] = None  # --with-classifier: how to rebuild it (classifier_recipe); None: masker only
     casm_version: str = casm.__version__
     source_checkpoint: str = ""
     weights_sha256: str = ""
@@ -112,18 +120,71 @@ def read_manifest(path: Path) -> MaskerManifest:
         raise ExportError(f"{path}: not a valid masker manifest ({err})") from err
 
 
-class StandaloneMasker(nn.Module):
-    """``masker(images) -> masks``: normalized (B, 3, H, W) -> (B, 1, H, W) in [0, 1]. No classifier,
-    no gradients: one forward pass. ``manifest`` says how images must be prepared."""
+def classifier_recipe(run: TrainedRun) -> dict:
+    """How an export rebuilds the run's classifier (its weights travel in the weights file)."""
+    spec = run.cfg.model.classifier
+    if spec is None:
+        return {"kind": "casm", "arch": run.cfg.model.arch, "width": run.cfg.model.width,
+                "num_classes": run.classifier.num_classes, "shares_encoder": run.masker.shared}
+    from omegaconf import OmegaConf
 
-    def __init__(self, manifest: MaskerManifest) -> None:
+    return {"kind": "outside", "builder": spec.builder, "kwargs": OmegaConf.to_container(spec.kwargs),
+            "num_classes": run.classifier.num_classes, "shares_encoder": False}
+
+
+def build_exported_classifier(recipe: dict, where: Path | str, trusted_builders: tuple[str, ...] = ()) -> nn.Module:
+    """The bare classifier a manifest describes; an outside builder only from a trusted module."""
+    kind = recipe.get("kind") if isinstance(recipe, dict) else None
+    if kind == "casm":
+        return ResNetClassifier(recipe["arch"], recipe["num_classes"], recipe["width"])
+    if kind != "outside" or not isinstance(recipe.get("builder"), str) or not isinstance(recipe.get("kwargs"), dict):
+        raise ExportError(f"{where}: classifier={recipe!r} is not a classifier recipe this casm can rebuild")
+    builder = recipe["builder"]
+    module = builder.split(":")[0] if ":" in builder else builder.rpartition(".")[0]
+    trusted = TRUSTED_BUILDERS + tuple(trusted_builders)
+    if not any(module == t or module.startswith(f"{t}.") for t in trusted):
+        top = module.split(".")[0]
+        raise ExportError(f"{where}: its classifier is built by {builder}, and rebuilding it runs that code; if you "
+                          f"trust it, pass trusted_builders=[{top!r}] (casm explain: --trust-builder {top})")
+    return OutsideClassifier(build_outside(builder, None, recipe["kwargs"], who="export", load_weights=False),
+                             recipe["num_classes"])
+
+
+class StandaloneMasker(nn.Module):
+    """``masker(images) -> masks``: normalized (B, 3, H, W) -> (B, 1, H, W) in [0, 1]. No gradients: one
+    forward pass. ``manifest`` says how images must be prepared. With a ``classifier`` (an export made
+    ``--with-classifier``, loaded by :func:`load_explainer`), :meth:`logits_and_masks` gives the
+    classifier's logits and the mask of the same pass."""
+
+    def __init__(self, manifest: MaskerManifest, classifier: nn.Module | None = None) -> None:
         super().__init__()
         self.manifest = manifest
         trunk = ResNetTrunk(manifest.arch, manifest.width)
         self.masker = Masker(build_head(manifest.head, trunk.channels, manifest.hidden, manifest.feature_layer), trunk)
+        self.classifier = classifier
 
     def forward(self, images: Tensor) -> Tensor:
         return self.masker(images)
+
+    def logits_and_masks(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        if self.classifier is None:
+            raise ExportError("this masker was loaded without a classifier: export with --with-classifier and load "
+                              "with casm.load_explainer")
+        logits, features = self.classifier(images)
+        if self.manifest.classifier and self.manifest.classifier.get("shares_encoder"):
+            return logits, self.masker.head(features, images)  # the encoder is the classifier's trunk: run it once
+        return logits, self.masker(images)
+
+
+class LogitsAndMasks(nn.Module):
+    """The graph ONNX export traces: images -> (logits, masks)."""
+
+    def __init__(self, model: StandaloneMasker) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.logits_and_masks(images)
 
 
 def _sha256(path: Path) -> str:
@@ -134,8 +195,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def masker_from_checkpoint(checkpoint_path: str | Path) -> StandaloneMasker:
-    """Rebuild the trained masker of a casm training checkpoint as a standalone module (eval mode)."""
+def masker_from_checkpoint(checkpoint_path: str | Path, with_classifier: bool = False) -> StandaloneMasker:
+    """Rebuild the trained masker of a casm training checkpoint as a standalone module (eval mode), with
+    the run's classifier when asked."""
     try:
         run = read_run(checkpoint_path)
     except ValueError as err:
@@ -145,31 +207,54 @@ def masker_from_checkpoint(checkpoint_path: str | Path) -> StandaloneMasker:
         arch=cfg.model.arch, width=cfg.model.width, head=cfg.masker.head, hidden=cfg.masker.hidden,
         feature_layer=cfg.masker.get("feature_layer"), image_size=cfg.data.image_size, resize=eval_resize(cfg.data),
         classes=list(run.class_names or []), source_checkpoint=str(checkpoint_path),
+        classifier=classifier_recipe(run) if with_classifier else None,
     )
-    standalone = StandaloneMasker(manifest)
-    standalone.masker.load_state_dict(run.masker.standalone(run.classifier.trunk).state_dict())
+    standalone = StandaloneMasker(manifest, run.classifier if with_classifier else None)
+    standalone.masker.load_state_dict(run.masker.standalone(getattr(run.classifier, "trunk", None)).state_dict())
     return standalone.eval()
 
 
-def export_masker(checkpoint_path: str | Path, out_dir: str | Path, onnx: bool = False) -> Path:
-    """Write ``masker.safetensors`` + ``masker.json`` (and ``masker.onnx`` on request) to ``out_dir``."""
-    model = masker_from_checkpoint(checkpoint_path)
+def export_masker(checkpoint_path: str | Path, out_dir: str | Path, onnx: bool = False,
+                  with_classifier: bool = False) -> Path:
+    """Write ``masker.safetensors`` + ``masker.json`` (and ``masker.onnx`` on request) to ``out_dir``; with
+    the classifier, its weights join the masker's and the ONNX graph (``explainer.onnx``) returns both."""
+    model = masker_from_checkpoint(checkpoint_path, with_classifier)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # written as bytes through the atomic writer: safetensors' save_file creates its file mode 0600, which
     # a folder meant to be shared (a model store, a container image) would then refuse to other users
-    data = save({k: v.contiguous() for k, v in model.masker.state_dict().items()}, metadata={"format": FORMAT})
+    tensors = dict(model.masker.state_dict())
+    if with_classifier:
+        tensors.update({f"classifier.{k}": v for k, v in model.classifier.state_dict().items()})
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": FORMAT})
     write_atomically(out / WEIGHTS_FILE, lambda f: f.write(data), what="masker weights")
     model.manifest.weights_sha256 = hashlib.sha256(data).hexdigest()
     model.manifest.manifest_sha256 = manifest_digest(asdict(model.manifest))
     manifest = json.dumps(asdict(model.manifest), indent=2).encode()
     write_atomically(out / MANIFEST_FILE, lambda f: f.write(manifest), what="masker manifest")
     if onnx:
-        export_onnx(model, out / "masker.onnx")
+        export_onnx(LogitsAndMasks(model) if with_classifier else model, model.manifest.image_size,
+                    out / ("explainer.onnx" if with_classifier else "masker.onnx"),
+                    ["logits", "masks"] if with_classifier else ["masks"])
     return out
 
 
-def load_masker(export_dir: str | Path, device: str | torch.device = "cpu") -> StandaloneMasker:
+def has_classifier(export_dir: str | Path) -> bool:
+    """Whether an export folder was made ``--with-classifier`` (its manifest checked as on loading)."""
+    manifest = Path(export_dir) / MANIFEST_FILE
+    return manifest.is_file() and read_manifest(manifest).classifier is not None
+
+
+def load_explainer(export_dir: str | Path, device: str | torch.device = "cpu",
+                   trusted_builders: tuple[str, ...] | list[str] = ()) -> StandaloneMasker:
+    """An export made ``--with-classifier``: masker and classifier, so ``logits_and_masks(images)`` gives the
+    prediction and its mask in one pass. ``trusted_builders``: modules (beyond torchvision's) allowed to
+    rebuild an outside classifier, since rebuilding runs their code."""
+    return load_masker(export_dir, device, with_classifier=True, trusted_builders=tuple(trusted_builders))
+
+
+def load_masker(export_dir: str | Path, device: str | torch.device = "cpu", with_classifier: bool = False,
+                trusted_builders: tuple[str, ...] = ()) -> StandaloneMasker:
     """Load an export folder as an ``nn.Module`` in eval mode, verifying the weights' checksum."""
     folder = Path(export_dir)
     manifest_path, weights = folder / MANIFEST_FILE, folder / WEIGHTS_FILE
@@ -184,10 +269,21 @@ def load_masker(export_dir: str | Path, device: str | torch.device = "cpu") -> S
         state = load_file(str(weights))
     except Exception as err:
         raise ExportError(f"{weights}: cannot be read ({err})") from err
-    model = StandaloneMasker(manifest)
-    try:
-        model.masker.load_state_dict(state)
-    except RuntimeError as err:
-        raise ExportError(f"{weights}: does not fit {manifest.arch}/{manifest.head} "
-                          f"({str(err).splitlines()[0]})") from err
+    classifier = None
+    if with_classifier:
+        if manifest.classifier is None:
+            raise ExportError(f"{folder}: exported without its classifier; export the checkpoint again with "
+                              f"--with-classifier (python -m casm export CHECKPOINT {folder} --with-classifier)")
+        classifier = build_exported_classifier(manifest.classifier, manifest_path, trusted_builders)
+    model = StandaloneMasker(manifest, classifier)
+    parts = {"masker": {k: v for k, v in state.items() if not k.startswith("classifier.")}}
+    if classifier is not None:
+        parts["classifier"] = {k.removeprefix("classifier."): v for k, v in state.items()
+                               if k.startswith("classifier.")}
+    for name, part in parts.items():
+        try:
+            getattr(model, name).load_state_dict(part)
+        except RuntimeError as err:
+            raise ExportError(f"{weights}: its {name} weights do not fit {manifest.arch}/{manifest.head} "
+                              f"({str(err).splitlines()[0]})") from err
     return model.eval().to(device)

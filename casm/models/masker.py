@@ -43,7 +43,7 @@ class Masker(nn.Module):
             raise TypeError(f"the {type(self.head).__name__} head has no logits: its mask is not a sigmoid")
         return self.head.mask_and_logits(self._features(x, features), x)
 
-    def standalone(self, classifier_trunk: ResNetTrunk) -> "Masker":
+    def standalone(self, classifier_trunk: ResNetTrunk | None) -> "Masker":
         """A self-contained copy that carries its own encoder weights (a copy of the classifier's
         trunk when shared), so it keeps working whatever later happens to the classifier."""
         encoder = self.encoder if self.encoder is not None else classifier_trunk

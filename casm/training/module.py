@@ -60,7 +60,7 @@ class CASMModule(pl.LightningModule):
         self.save_hyperparameters()
         self.cfg = with_defaults(config)  # a checkpoint of an earlier casm lacks the newer keys
         c = self.cfg.casm
-        self.classifier, self.masker = build_models(self.cfg, num_classes)
+        self.classifier, self.masker = build_models(self.cfg, num_classes, class_names)
         # the masker that is validated, saved and exported; None: the live one (see training/averaging.py)
         self.masker_average = MaskerAverage(self.masker, c.masker_average_steps) if c.masker_average_steps else None
         self._averaged_validation = ExitStack()  # holds the average's weights in the masker during a validation

@@ -1,0 +1,208 @@
+"""A user's own classifier (model.classifier): building it by name, weights by file or torchvision name,
+matching the data's classes, training a masker against it, and exporting both as one graph."""
+
+import json
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from casm.config import ConfigError
+from casm.errors import UserError
+from casm.export import ExportError, export_masker, load_explainer, load_masker
+from casm.models.outside import (
+    OutsideClassifier,
+    build_outside,
+    import_builder,
+    outside_classifier,
+    weights_class_names,
+)
+from casm.trained_run import read_run
+from casm.training.run import train
+from tests.outside_models import TupleNet, tiny_cnn
+
+TINY_CNN = ["model.classifier.builder=tests.outside_models.tiny_cnn", "masker.encoder=separate"]
+RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's file name for ResNet18_Weights.IMAGENET1K_V1
+
+
+def test_builders_by_function_and_by_classmethod():
+    assert import_builder("tests.outside_models.tiny_cnn") is tiny_cnn
+    assert isinstance(import_builder("tests.outside_models:TupleNet.build")(num_classes=3), TupleNet)
+    with pytest.raises(UserError, match="has no callable 'TupleNet.nope'"):
+        import_builder("tests.outside_models:TupleNet.nope")
+
+
+def test_a_weights_file_loads_and_a_wrong_one_is_one_line(tmp_path):
+    source = tiny_cnn(num_classes=4)
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    model = build_outside("tests.outside_models.tiny_cnn", str(tmp_path / "w.pth"), {"num_classes": 4})
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
+    with pytest.raises(UserError, match=r"w.pth does not fit tests.outside_models.tiny_cnn"):
+        build_outside("tests.outside_models.tiny_cnn", str(tmp_path / "w.pth"), {"num_classes": 5})
+
+
+def test_a_weights_name_offline_says_which_file_to_pass(monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    expected = rf"could not fetch .*{RESNET18_FILE}.*model.classifier.weights=PATH/{RESNET18_FILE}"
+    with pytest.raises(UserError, match=expected):
+        build_outside("torchvision.models.resnet18", "IMAGENET1K_V1", {})
+
+
+def test_a_weights_name_reads_torchvisions_cache_and_carries_class_names(tmp_path, monkeypatch):
+    """Nothing is downloaded: the file is put where torchvision keeps what it downloaded."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    saved = torchvision.models.resnet18().state_dict()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(saved, tmp_path / "hub" / "checkpoints" / RESNET18_FILE)
+    model = build_outside("torchvision.models.resnet18", "IMAGENET1K_V1", {})
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+
+    class Spec:
+        builder, weights, classes = "torchvision.models.resnet18", "IMAGENET1K_V1", None
+
+    names = weights_class_names(Spec())
+    assert len(names) == 1000 and names[0] == "tench"
+
+
+@pytest.mark.parametrize("builder, weights, match", [
+    ("tests.outside_models.tiny_cnn", "IMAGENET1K_V1", "weights names are torchvision's"),
+    ("torchvision.models.resnet18", "IMAGENET1K_V9", "not one of IMAGENET1K_V1"),
+])
+def test_weights_names_that_cannot_work(builder, weights, match):
+    with pytest.raises(UserError, match=match):
+        build_outside(builder, weights, {})
+
+
+class _Spec:
+    def __init__(self, classes=None, builder="tests.outside_models.tiny_cnn", kwargs=None):
+        self.builder, self.weights, self.classes, self.kwargs = builder, None, classes, kwargs or {"num_classes": 6}
+
+
+def test_the_datas_classes_are_found_among_the_models_by_name(tmp_path):
+    (tmp_path / "classes.txt").write_text("\n".join(["f", "e", "d", "c", "b", "a"]))
+    wrapped = outside_classifier(_Spec(str(tmp_path / "classes.txt")), 3, ["a", "c", "e"], 32)
+    assert wrapped.keep.tolist() == [5, 3, 1] and wrapped.num_classes == 3
+    x = torch.randn(2, 3, 32, 32)
+    wrapped.eval()
+    assert torch.equal(wrapped(x)[0], wrapped.model(x)[:, [5, 3, 1]])
+    with pytest.raises(UserError, match=r"the data's classes \['z'\] are not among"):
+        outside_classifier(_Spec(str(tmp_path / "classes.txt")), 2, ["a", "z"], 32)
+
+
+def test_a_model_without_class_names_needs_one_output_per_class():
+    assert outside_classifier(_Spec(), 6, None, 32).keep.tolist() == list(range(6))
+    with pytest.raises(UserError, match="has 6 outputs and the data 10 classes; give model.classifier.classes"):
+        outside_classifier(_Spec(), 10, None, 32)
+
+
+def test_tuple_outputs_are_read_as_logits():
+    wrapped = outside_classifier(_Spec(builder="tests.outside_models:TupleNet.build", kwargs={"num_classes": 4}),
+                                 4, None, 32)
+    assert wrapped(torch.randn(2, 3, 32, 32))[0].shape == (2, 4)
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["masker.encoder=shared"], "set masker.encoder=separate"),
+    (["model.pretrained=x.pth"], "model.pretrained applies to casm's own ResNet"),
+    (["mode=lficam"], "model.classifier needs mode=casm"),
+])
+def test_combinations_that_cannot_work_are_refused(tiny_cfg, extra, match):
+    with pytest.raises(ConfigError, match=match):
+        tiny_cfg(*TINY_CNN, *extra)
+
+
+def test_a_missing_builder_is_named(tiny_cfg):
+    with pytest.raises(ConfigError, match="model.classifier.builder is missing"):
+        tiny_cfg("model.classifier.weights=x.pth", "masker.encoder=separate")
+
+
+@pytest.fixture(scope="module")
+def frozen_run(tmp_path_factory):
+    """A masker trained against a frozen outside classifier (thinning F), its weights from a file."""
+    from casm.config import load_config
+    from tests.conftest import TINY
+
+    folder = tmp_path_factory.mktemp("outside")
+    torch.manual_seed(1)
+    source = tiny_cnn(num_classes=10)
+    torch.save(source.state_dict(), folder / "mine.pth")
+    cfg = load_config(None, TINY + TINY_CNN + [f"logging.out_dir={folder / 'runs'}", "trainer.max_epochs=1",
+                                              "casm.thinning=F", f"model.classifier.weights={folder / 'mine.pth'}"])
+    return train(cfg) / "checkpoints" / "last.ckpt", source
+
+
+def test_a_frozen_outside_classifier_is_explained_as_it_is(frozen_run):
+    """Thinning F: the checkpoint's classifier is exactly the user's model (BatchNorm statistics too)."""
+    checkpoint, source = frozen_run
+    run = read_run(checkpoint)
+    assert isinstance(run.classifier, OutsideClassifier)
+    state = run.classifier.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in source.state_dict().items())
+
+
+def test_a_classifier_agnostic_run_co_trains_the_outside_classifier(tiny_cfg):
+    module_cfg = tiny_cfg(*TINY_CNN, "casm.thinning=L", "casm.snapshot_every=1", "casm.pool_size=2")
+    run = read_run(train(module_cfg) / "checkpoints" / "last.ckpt")
+    torch.manual_seed(0)
+    untouched = tiny_cnn(num_classes=10).state_dict()
+    assert any(not torch.equal(run.classifier.model.state_dict()[k], v) for k, v in untouched.items())
+
+
+def test_export_with_the_classifier_gives_logits_and_mask_in_one_pass(frozen_run, tmp_path):
+    import onnxruntime as ort
+
+    checkpoint, _ = frozen_run
+    run = read_run(checkpoint)
+    out = export_masker(checkpoint, tmp_path / "export", onnx=True, with_classifier=True)
+    with pytest.raises(ExportError, match=r"built by tests.outside_models.tiny_cnn.*--trust-builder tests"):
+        load_explainer(out)
+    explainer = load_explainer(out, trusted_builders=["tests"])
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        logits, masks = explainer.logits_and_masks(x)
+        assert torch.allclose(logits, run.classifier(x)[0], atol=1e-6)
+        assert torch.allclose(masks, load_masker(out)(x), atol=1e-6)  # the masker-only load reads the same bundle
+    got_logits, got_masks = ort.InferenceSession(str(out / "explainer.onnx"),
+                                                 providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})
+    assert np.abs(got_logits - logits.numpy()).max() < 1e-4 and np.abs(got_masks - masks.numpy()).max() < 1e-4
+
+
+def test_a_masker_only_export_has_no_classifier_to_load(frozen_run, tmp_path):
+    out = export_masker(frozen_run[0], tmp_path / "export")
+    with pytest.raises(ExportError, match="exported without its classifier; .*--with-classifier"):
+        load_explainer(out)
+
+
+def test_casms_own_classifier_exports_sharing_its_trunk_with_the_masker(trained_checkpoint, tmp_path):
+    out = export_masker(trained_checkpoint, tmp_path / "export", with_classifier=True)
+    manifest = json.loads((out / "masker.json").read_text())
+    assert manifest["classifier"]["kind"] == "casm" and manifest["classifier"]["shares_encoder"]
+    explainer, masker = load_explainer(out), load_masker(out)
+    run = read_run(trained_checkpoint)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits, masks = explainer.logits_and_masks(x)
+        assert torch.allclose(logits, run.classifier(x)[0], atol=1e-6)
+        assert torch.allclose(masks, masker(x), atol=1e-6)  # the trunk runs once, the mask is the masker's
+
+
+def test_explain_writes_the_predicted_class(trained_checkpoint, tmp_path):
+    from PIL import Image
+
+    from casm.cli import main as cli_main
+
+    out = export_masker(trained_checkpoint, tmp_path / "export", with_classifier=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    assert cli_main(["explain", str(out), str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--no-progress",
+                     "--device", "cpu"]) == 0
+    predicted = json.loads((tmp_path / "o" / "a_box.json").read_text())["predicted"]
+    classes = json.loads((out / "masker.json").read_text())["classes"]
+    assert predicted["class"] == classes[predicted["index"]] and 0 < predicted["probability"] <= 1
+    assert cli_main(["explain", str(out), str(tmp_path / "a.png"), "--out", str(tmp_path / "m"), "--no-progress",
+                     "--device", "cpu", "--masks-only"]) == 0
+    assert "predicted" not in json.loads((tmp_path / "m" / "a_box.json").read_text())
