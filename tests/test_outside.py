@@ -145,6 +145,13 @@ def test_a_frozen_outside_classifier_is_explained_as_it_is(frozen_run):
     assert all(torch.equal(state[k], v) for k, v in source.state_dict().items())
 
 
+def test_the_sanity_checks_refuse_an_outside_classifier_in_one_line(frozen_run):
+    from casm.sanity.report import sanity_report
+
+    with pytest.raises(UserError, match="comes from outside casm"):
+        sanity_report(frozen_run[0])
+
+
 def test_a_classifier_agnostic_run_co_trains_the_outside_classifier(tiny_cfg):
     module_cfg = tiny_cfg(*TINY_CNN, "casm.thinning=L", "casm.snapshot_every=1", "casm.pool_size=2")
     run = read_run(train(module_cfg) / "checkpoints" / "last.ckpt")

@@ -27,9 +27,10 @@ from casm.models.outputs import LogitsOnly, logits_of  # noqa: F401  (part of th
 
 
 def default_target_layer(model: nn.Module) -> str:
-    """The last stage: ``trunk.layer4`` (casm), ``layer4`` (torchvision ResNets), else the last conv."""
+    """The last stage: ``trunk.layer4`` (casm), ``layer4`` (torchvision ResNets; ``model.layer4`` inside a run's
+    outside classifier), ``features`` (VGG, DenseNet, EfficientNet, ConvNeXt), else the last conv."""
     names = dict(model.named_modules())
-    for candidate in ("trunk.layer4", "layer4", "features"):
+    for candidate in ("trunk.layer4", "layer4", "model.layer4", "features", "model.features"):
         if candidate in names:
             return candidate
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
