@@ -21,12 +21,14 @@ from casm.models.outside import outside_classifier
 
 
 def build_models(cfg: DictConfig, num_classes: int, class_names: list[str] | None = None,
-                 outside_weights: bool = True) -> tuple[nn.Module, Masker]:
-    """The classifier (casm's ResNet, or ``model.classifier`` from outside casm) and the masker.
-    ``outside_weights`` False builds an outside classifier bare (a checkpoint holds its weights)."""
+                 outside_weights: bool = True) -> tuple[nn.Module, Masker, list[str] | None]:
+    """The classifier (casm's ResNet, or ``model.classifier`` from outside casm), the masker, and the names of
+    the classifier's outputs (the data's classes for casm's own). ``outside_weights`` False builds an outside
+    classifier bare (a checkpoint holds its weights)."""
+    output_names = class_names
     if cfg.model.classifier is not None:
-        classifier = outside_classifier(cfg.model.classifier, num_classes, class_names, cfg.data.image_size,
-                                        load_weights=outside_weights)
+        classifier, output_names = outside_classifier(cfg.model.classifier, num_classes, class_names,
+                                                      cfg.data.image_size, load_weights=outside_weights)
     else:
         classifier = ResNetClassifier(cfg.model.arch, num_classes, cfg.model.width)
         if cfg.model.pretrained:
@@ -44,7 +46,7 @@ def build_models(cfg: DictConfig, num_classes: int, class_names: list[str] | Non
     if cfg.model.manipulation:  # the sanity check "casm under attack" (docs/sanity.md)
         # in train mode like the unattacked classifier; on_train_epoch_start freezes both alike
         classifier = manipulate(classifier, cfg.model.manipulation, cfg.data.image_size, seed=cfg.seed).train()
-    return classifier, masker
+    return classifier, masker, output_names
 
 
 @dataclass
@@ -56,7 +58,7 @@ class TrainedRun:
     masker: Masker
     config: dict  # the config it was trained with, as saved, its pretrained-weight paths dropped
     cfg: DictConfig  # the same with today's defaults for keys an earlier casm did not have
-    class_names: list[str] | None
+    class_names: list[str] | None  # of the classifier's outputs (an outside classifier's own, e.g. ImageNet's)
 
     @property
     def folder(self) -> Path:
@@ -82,7 +84,7 @@ def read_run(checkpoint: str | Path) -> TrainedRun:
         config["model"]["classifier"] = dict(config["model"]["classifier"], weights=None, classes=None)
     config["masker"] = dict(config["masker"], encoder_pretrained=None)
     cfg = with_defaults(config)  # a checkpoint of an earlier casm lacks the newer keys
-    classifier, masker = build_models(cfg, hp["num_classes"], outside_weights=False)
+    classifier, masker, _ = build_models(cfg, hp["num_classes"], outside_weights=False)
     networks = nn.Module()
     networks.classifier, networks.masker = classifier, masker
     try:
@@ -90,5 +92,5 @@ def read_run(checkpoint: str | Path) -> TrainedRun:
     except RuntimeError as err:  # e.g. a head whose layout changed between casm versions
         raise UserError(f"{checkpoint}: its weights do not fit a {cfg.model.arch} with the {cfg.masker.head} head of "
                         f"this casm version ({shorten(err)})") from err
-    names = hp.get("class_names")
+    names = hp.get("classifier_class_names") or hp.get("class_names")  # the first: an outside classifier's outputs
     return TrainedRun(Path(checkpoint), classifier.eval(), masker.eval(), config, cfg, list(names) if names else None)

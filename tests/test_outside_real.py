@@ -26,6 +26,10 @@ _spec = importlib.util.spec_from_file_location("explain_your_classifier",
 example = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(example)  # the docs' worked example: the test runs the same functions
 LAYER = "model._bn1"  # the last feature map before pooling (EfficientNet's head conv + BatchNorm)
+# Score-CAM weights min-max-normalized channels and keeps ReLU(sum): on _bn1's pre-activation channels that
+# sum is negative everywhere (an all-zero map), so it reads the activated head, the last call of _swish (the
+# model calls that module twice; a forward hook keeps the last, the head's)
+ACTIVATED = "model._swish"
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +80,7 @@ def test_gradient_cams_match_the_grad_cam_package_on_the_real_network(network, p
 @pytest.mark.parametrize("method_name", sorted(set(BASELINES) - {"rise", "integrated_gradients"}))
 def test_every_cam_method_gives_a_map_on_the_real_network(network, photos, method_name):
     images = photos[:1] if method_name in ("scorecam", "ablationcam") else photos  # 1280 channel passes each
-    with BASELINES[method_name](network, LAYER) as method:
+    with BASELINES[method_name](network, ACTIVATED if method_name == "scorecam" else LAYER) as method:
         maps = method(images)
     assert maps.shape == (len(images), 224, 224) and torch.isfinite(maps).all()
     assert maps.min() >= 0 and maps.max() <= 1 and (maps.flatten(1).std(dim=1) > 0.01).all()
@@ -87,7 +91,9 @@ def test_a_masker_trains_against_the_frozen_network_and_exports_with_it(tmp_path
     run = read_run(checkpoint)
     frozen = run.classifier.model.state_dict()
     assert all(torch.equal(frozen[k], v) for k, v in network.model.state_dict().items())  # thinning F: untouched
-    assert run.classifier.num_classes == 3  # restricted to the data's three ImageNet classes
+    classes = run.class_names  # the run answers over all 1000 ImageNet classes; its 3 data classes map into them
+    assert run.classifier.num_classes == 1000
+    assert [classes[i] for i in run.classifier.labels] == list(example.PHOTOS.values())
     health = json.loads((checkpoint.parent.parent / "health.json").read_text())
     assert health  # the collapse check ran on the run's masks
     bundle = export_masker(checkpoint, tmp_path / "explainer", onnx=True, with_classifier=True)

@@ -8,7 +8,6 @@ from torch import Tensor, nn
 
 from casm.baselines.base import CAMMethod, logits_of
 from casm.errors import UserError
-from casm.models.outside import OutsideClassifier
 
 
 def _final_linear(model: nn.Module) -> nn.Linear:
@@ -29,9 +28,7 @@ class CAM(CAMMethod):
         if fc.in_features != activation.shape[1]:
             raise UserError(f"CAM: layer {self.target_layer!r} has {activation.shape[1]} channels but the head "
                             f"takes {fc.in_features}; use the layer that feeds the global pooling")
-        # an outside classifier restricted to the data's classes: target k is the head's output keep[k]
-        rows = self.model.keep[targets] if isinstance(self.model, OutsideClassifier) else targets
-        return fc.weight[rows].detach()
+        return fc.weight[targets].detach()
 
 
 class ChannelPassCAM(CAMMethod):

@@ -129,7 +129,8 @@ def classifier_recipe(run: TrainedRun) -> dict:
     from omegaconf import OmegaConf
 
     return {"kind": "outside", "builder": spec.builder, "kwargs": OmegaConf.to_container(spec.kwargs),
-            "num_classes": run.classifier.num_classes, "shares_encoder": False}
+            "num_classes": run.classifier.num_classes, "data_classes": len(run.classifier.labels),
+            "shares_encoder": False}
 
 
 def build_exported_classifier(recipe: dict, where: Path | str, trusted_builders: tuple[str, ...] = ()) -> nn.Module:
@@ -147,7 +148,7 @@ def build_exported_classifier(recipe: dict, where: Path | str, trusted_builders:
         raise ExportError(f"{where}: its classifier is built by {builder}, and rebuilding it runs that code; if you "
                           f"trust it, pass trusted_builders=[{top!r}] (casm explain: --trust-builder {top})")
     return OutsideClassifier(build_outside(builder, None, recipe["kwargs"], who="export", load_weights=False),
-                             recipe["num_classes"])
+                             recipe["num_classes"], data_classes=recipe.get("data_classes"))
 
 
 class StandaloneMasker(nn.Module):

@@ -129,22 +129,26 @@ def count_outputs(model: nn.Module, image_size: int, who: str = "model.classifie
 
 
 class OutsideClassifier(nn.Module):
-    """A classifier from outside casm answering like casm's own: ``(logits, features)``.
+    """A classifier from outside casm answering like casm's own: ``(logits, features)``, over all its outputs.
 
-    ``keep`` (the outputs to return, in the data's class order; None: all of them) restricts a model with
-    more outputs than the data has classes — an ImageNet model explaining photos of 5 of its classes — to
-    the data's classes, so labels, accuracies and the masker's score all live in the data's classes. It is a
-    buffer, saved with the weights. The features are empty: a masker trained against this classifier reads
-    its own encoder (``masker.encoder=separate``)."""
+    ``labels`` maps the data's class indices to the model's outputs (an ImageNet model explaining photos of 5
+    of its classes: the 5 output indices), so the masker is scored by exactly the user's model, over every
+    class it knows. It is a buffer, saved with the weights. The features are empty: a masker trained against
+    this classifier reads its own encoder (``masker.encoder=separate``)."""
 
-    def __init__(self, model: nn.Module, num_classes: int, keep: list[int] | None = None) -> None:
+    def __init__(self, model: nn.Module, num_classes: int, labels: list[int] | None = None,
+                 data_classes: int | None = None) -> None:
         super().__init__()
-        self.model = model
-        self.register_buffer("keep", torch.tensor(keep if keep is not None else range(num_classes), dtype=torch.long))
-        self.num_classes = len(self.keep)
+        self.model, self.num_classes = model, num_classes
+        mapped = labels if labels is not None else range(data_classes if data_classes is not None else num_classes)
+        self.register_buffer("labels", torch.tensor(mapped, dtype=torch.long))
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        return logits_of(self.model(x)).index_select(1, self.keep), {}
+        return logits_of(self.model(x)), {}
+
+    def map_labels(self, y: Tensor) -> Tensor:
+        """The data's labels as this model's output indices."""
+        return self.labels[y]
 
 
 def weights_class_names(spec: Any, who: str = "model.classifier") -> list[str] | None:
@@ -158,29 +162,30 @@ def weights_class_names(spec: Any, who: str = "model.classifier") -> list[str] |
 
 
 def outside_classifier(spec: Any, num_classes: int, class_names: list[str] | None, image_size: int,
-                       load_weights: bool = True, who: str = "model.classifier") -> OutsideClassifier:
-    """``spec`` (``model.classifier``) as the classifier of a run on data with ``class_names``: the data's
-    classes are matched to the model's outputs by name when the model has its own (a class list), else
-    the model must have one output per class, in the data's order. ``load_weights`` False: the bare
-    architecture, its weights and output map to come from a checkpoint."""
+                       load_weights: bool = True, who: str = "model.classifier") -> tuple[OutsideClassifier, list[str]]:
+    """``spec`` (``model.classifier``) as the classifier of a run on data with ``num_classes`` classes named
+    ``class_names``, and the names of its outputs. The data's classes are matched to the model's outputs by
+    name when the model has its own (a class list), else the model must have one output per class, in the
+    data's order. ``load_weights`` False: the bare architecture, its weights and label map to come from a
+    checkpoint."""
     model = build_outside(spec.builder, spec.weights, dict(spec.kwargs or {}), who, load_weights)
-    if not load_weights:
-        return OutsideClassifier(model, num_classes)
     outputs = count_outputs(model, image_size, who)
+    data = class_names if class_names is not None else [str(k) for k in range(num_classes)]
+    if not load_weights:
+        return OutsideClassifier(model, outputs, data_classes=num_classes), data
     names = weights_class_names(spec, who)
     if names is None:
         if outputs != num_classes:
             raise UserError(f"{who}: {spec.builder} has {outputs} outputs and the data {num_classes} classes; give "
                             f"{who}.classes=FILE (its class names, one per line in output order) so the data's "
                             f"classes can be found among them")
-        return OutsideClassifier(model, num_classes)
+        return OutsideClassifier(model, outputs), data
     if len(names) != outputs:
         raise UserError(f"{who}: {spec.classes or spec.weights} names {len(names)} classes, {spec.builder} has "
                         f"{outputs} outputs")
-    data = class_names if class_names is not None else [str(k) for k in range(num_classes)]
     missing = [c for c in data if c not in names]
     if missing:
         raise UserError(f"{who}: the data's classes {missing[:5]}{' ...' if len(missing) > 5 else ''} are not among "
                         f"the classifier's {len(names)} class names (e.g. {names[:3]}); name the data's class folders "
                         f"as the classifier names its classes")
-    return OutsideClassifier(model, num_classes, [names.index(c) for c in data])
+    return OutsideClassifier(model, outputs, [names.index(c) for c in data]), names

@@ -46,6 +46,7 @@ from casm.fills import keep_masked, remove_masked
 from casm.metrics.collapse import HEALTH_FILE, MaskHealth, MaskSpread
 from casm.metrics.localization import LocalizationMetric, reference_boxes
 from casm.models.modes import evaluation_mode, frozen_batchnorm_statistics
+from casm.models.outside import OutsideClassifier
 from casm.trained_run import build_models
 from casm.training.averaging import MaskerAverage, restore_live_masker
 from casm.training.batching import batch_plan, classifier_optimizer
@@ -60,7 +61,10 @@ class CASMModule(pl.LightningModule):
         self.save_hyperparameters()
         self.cfg = with_defaults(config)  # a checkpoint of an earlier casm lacks the newer keys
         c = self.cfg.casm
-        self.classifier, self.masker = build_models(self.cfg, num_classes, class_names)
+        self.classifier, self.masker, output_names = build_models(self.cfg, num_classes, class_names)
+        if isinstance(self.classifier, OutsideClassifier):  # scored over all its outputs; data labels mapped
+            self.hparams["classifier_class_names"] = output_names
+            num_classes = self.classifier.num_classes
         # the masker that is validated, saved and exported; None: the live one (see training/averaging.py)
         self.masker_average = MaskerAverage(self.masker, c.masker_average_steps) if c.masker_average_steps else None
         self._averaged_validation = ExitStack()  # holds the average's weights in the masker during a validation
@@ -157,7 +161,7 @@ class CASMModule(pl.LightningModule):
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> None:
         self.skipped_images += int(batch["skipped"])
-        x, y = batch["image"], batch["label"]
+        x, y = batch["image"], self._labels(batch["label"])
         if self._empty_on_any_rank(x):
             return
         self.epoch_steps += 1
@@ -167,6 +171,10 @@ class CASMModule(pl.LightningModule):
             self._casm_step(x, y)
         if self.trainer.is_last_batch and self.epoch_skipped == self.epoch_steps:
             self._stop_untrained_epoch()
+
+    def _labels(self, y: Tensor) -> Tensor:
+        """The data's labels as the classifier's output indices (they differ for an outside classifier)."""
+        return self.classifier.map_labels(y) if isinstance(self.classifier, OutsideClassifier) else y
 
     def _stop_untrained_epoch(self) -> None:
         """An epoch whose every step was skipped trained nothing; going on would end in 'run saved' with
@@ -360,7 +368,7 @@ class CASMModule(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.skipped_val_images += int(batch["skipped"])
-        x, y, gt, valid = batch["image"], batch["label"], batch["boxes"], batch["box_valid"]
+        x, y, gt, valid = batch["image"], self._labels(batch["label"]), batch["boxes"], batch["box_valid"]
         if x.numel() == 0:
             return
         logits, feats = self.classifier(x)
