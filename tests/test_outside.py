@@ -153,6 +153,28 @@ def test_the_sanity_checks_refuse_an_outside_classifier_in_one_line(frozen_run):
         sanity_report(frozen_run[0])
 
 
+def test_a_run_against_a_named_classifier_trains_and_evaluates_over_its_outputs(tiny_cfg, tmp_path):
+    """The model has 12 named outputs in its own order, the data 10 of them: labels are mapped by name, the
+    run is scored over all 12, and evaluation finds every data class among them."""
+    from casm.cli import evaluate_main
+    from casm.data.synthetic import CLASS_NAMES
+
+    names = ["extra_1", *reversed(CLASS_NAMES), "extra_2"]
+    (tmp_path / "classes.txt").write_text("\n".join(names))
+    cfg = tiny_cfg(*TINY_CNN, "model.classifier.kwargs={num_classes: 12}",
+                   f"model.classifier.classes={tmp_path}/classes.txt", "trainer.max_epochs=1")
+    checkpoint = train(cfg) / "checkpoints" / "last.ckpt"
+    run = read_run(checkpoint)
+    assert run.class_names == names and run.classifier.num_classes == 12
+    assert [names[i] for i in run.classifier.labels] == list(CLASS_NAMES)
+    out = tmp_path / "eval"
+    assert evaluate_main(["--checkpoint", str(checkpoint), f"out_dir={out}", "methods=[casm,gradcam,cam]",
+                          "max_images=16", "max_images_slow=4", "road_images=2", "--no-progress"]) == 0
+    results = json.loads((out / "metrics.json").read_text())["results"]
+    assert results["casm"]["images_seen"] == results["casm"]["images"] == 16
+    assert all(np.isfinite(results[m]["le"]) for m in ("casm", "gradcam", "cam"))
+
+
 def test_a_classifier_agnostic_run_co_trains_the_outside_classifier(tiny_cfg):
     module_cfg = tiny_cfg(*TINY_CNN, "casm.thinning=L", "casm.snapshot_every=1", "casm.pool_size=2")
     run = read_run(train(module_cfg) / "checkpoints" / "last.ckpt")
