@@ -80,12 +80,25 @@ class ModelConfig:
 
 
 @dataclass
+class EncoderSpec:
+    """Another network as the masker's encoder (docs/own_classifier.md): built like ``model.classifier``,
+    its modules named in ``layers`` give the features the head reads."""
+
+    builder: str = MISSING  # e.g. torchvision.models.convnext_tiny
+    weights: Optional[str] = None  # state dict, or a torchvision weights name; null: the builder's initialization
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    # head feature -> module name, e.g. {stem: features.0, layer1: features.1, ..., layer4: features.7}
+    layers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class MaskerConfig:
     head: str = "casme"  # casme | deconv | lfi | abn (heads register in casm.models.heads.HEADS)
     encoder: str = "shared"  # shared (the classifier's trunk, detached) | separate
     hidden: int = 64  # decoder width (lfi: the Feature Importance Network's width; abn: its branch width)
     feature_layer: Optional[str] = None  # lfi / abn heads: the layer they read (null: layer4 / layer3)
     encoder_pretrained: Optional[str] = None  # separate encoder: weights file
+    encoder_model: Optional[EncoderSpec] = None  # separate encoder: another network than casm's ResNet
 
 
 @dataclass
@@ -474,6 +487,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(str(err)) from err
     if cfg.model.classifier is not None:
         _check_outside_classifier(cfg)
+    if cfg.masker.encoder_model is not None:
+        _check_encoder_model(cfg, HEADS)
     if cfg.casm.mask_logit_bound is not None and cfg.masker.head not in SIGMOID_HEADS:
         raise ConfigError(f"casm.mask_logit_bound={cfg.casm.mask_logit_bound} needs a head whose mask is a sigmoid "
                           f"({', '.join(SIGMOID_HEADS)}); masker.head={cfg.masker.head} has no logits to bound")
@@ -519,6 +534,26 @@ def _check_outside_classifier(cfg: DictConfig) -> None:
                               f"are model.classifier.weights)")
     if cfg.mode != "casm":
         raise ConfigError(f"mode={cfg.mode} trains casm's own classifier; model.classifier needs mode=casm")
+
+
+def _check_encoder_model(cfg: DictConfig, heads: dict) -> None:
+    """``masker.encoder_model`` must name a builder and the feature maps the head reads."""
+    from casm.models.resnet import FEATURE_NAMES
+
+    spec = cfg.masker.encoder_model
+    if OmegaConf.is_missing(spec, "builder"):
+        raise ConfigError("masker.encoder_model.builder is missing: e.g. torchvision.models.convnext_tiny")
+    if cfg.masker.encoder != "separate" or cfg.masker.encoder_pretrained:
+        raise ConfigError("masker.encoder_model is the masker's own encoder: it needs masker.encoder=separate and "
+                          "no masker.encoder_pretrained (its weights are masker.encoder_model.weights)")
+    single = getattr(heads[cfg.masker.head], "default_feature_layer", None)
+    needed = [cfg.masker.feature_layer or single] if single else list(FEATURE_NAMES)
+    unknown = sorted(set(spec.layers) - set(FEATURE_NAMES))
+    missing = [name for name in needed if name not in spec.layers]
+    if unknown or missing:
+        raise ConfigError(f"masker.encoder_model.layers must map {', '.join(needed)} (what the {cfg.masker.head} "
+                          f"head reads) to modules of the encoder; "
+                          + (f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}"))
 
 
 def validate_data(data: DictConfig) -> None:

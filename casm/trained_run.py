@@ -17,14 +17,16 @@ from casm.config import with_defaults
 from casm.errors import UserError, shorten
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
 from casm.models.manipulation import manipulate
-from casm.models.outside import outside_classifier
+from casm.models.feature_encoder import NamedFeatureEncoder
+from casm.models.outside import build_outside, outside_classifier
 
 
 def build_models(cfg: DictConfig, num_classes: int, class_names: list[str] | None = None,
                  outside_weights: bool = True) -> tuple[nn.Module, Masker, list[str] | None]:
-    """The classifier (casm's ResNet, or ``model.classifier`` from outside casm), the masker, and the names of
-    the classifier's outputs (the data's classes for casm's own). ``outside_weights`` False builds an outside
-    classifier bare (a checkpoint holds its weights)."""
+    """The classifier (casm's ResNet, or ``model.classifier`` from outside casm), the masker (its encoder the
+    classifier's trunk, its own ResNet, or ``masker.encoder_model``), and the names of the classifier's outputs
+    (the data's classes for casm's own). ``outside_weights`` False builds outside networks bare (a checkpoint
+    holds their weights)."""
     output_names = class_names
     if cfg.model.classifier is not None:
         classifier, output_names = outside_classifier(cfg.model.classifier, num_classes, class_names,
@@ -34,7 +36,12 @@ def build_models(cfg: DictConfig, num_classes: int, class_names: list[str] | Non
         if cfg.model.pretrained:
             classifier.load_weights(cfg.model.pretrained)
     encoder = None
-    if cfg.masker.encoder == "separate":
+    if cfg.masker.encoder_model is not None:  # another network, its named modules' outputs as the features
+        spec = cfg.masker.encoder_model
+        network = build_outside(spec.builder, spec.weights, dict(spec.kwargs or {}), "masker.encoder_model",
+                                load_weights=outside_weights)
+        encoder = NamedFeatureEncoder(network, dict(spec.layers), cfg.data.image_size)
+    elif cfg.masker.encoder == "separate":
         encoder = ResNetTrunk(cfg.model.arch, cfg.model.width)
         if cfg.masker.encoder_pretrained:
             donor = ResNetClassifier(cfg.model.arch, num_classes, cfg.model.width)
@@ -82,6 +89,8 @@ def read_run(checkpoint: str | Path) -> TrainedRun:
     config["model"] = dict(config["model"], pretrained=None)
     if config["model"].get("classifier"):  # the checkpoint holds the outside classifier's weights and output map
         config["model"]["classifier"] = dict(config["model"]["classifier"], weights=None, classes=None)
+    if config["masker"].get("encoder_model"):  # ... and the named encoder's
+        config["masker"]["encoder_model"] = dict(config["masker"]["encoder_model"], weights=None)
     config["masker"] = dict(config["masker"], encoder_pretrained=None)
     cfg = with_defaults(config)  # a checkpoint of an earlier casm lacks the newer keys
     classifier, masker, _ = build_models(cfg, hp["num_classes"], outside_weights=False)

@@ -41,6 +41,14 @@ class SigmoidHead(MaskHead):
         return self.to_mask(self.logits(features, image), image)
 
 
+def _on_grid(feature: Tensor, grid: torch.Size) -> Tensor:
+    """``feature`` resized to ``grid`` where it differs: another encoder's stem may sit at H/2 where a ResNet's
+    (after its max-pool) shares layer1's H/4 grid (masker.encoder_model)."""
+    if feature.shape[-2:] == grid:
+        return feature
+    return F.interpolate(feature, size=grid, mode="bilinear", align_corners=False)
+
+
 def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False),
@@ -69,7 +77,7 @@ class CasmeDecoder(SigmoidHead):
             if features[name].shape[-2:] != grid else self.reduce[name](features[name])
             for name in ("layer1", "layer2", "layer3", "layer4")
         ]
-        x = torch.cat([features["stem"], *reduced], dim=1)  # (B, 4*hidden + C_stem, H/4, W/4)
+        x = torch.cat([_on_grid(features["stem"], grid), *reduced], dim=1)  # (B, 4*hidden + C_stem, H/4, W/4)
         return self.out(x)  # (B, 1, H/4, W/4)
 
     def to_mask(self, logits: Tensor, image: Tensor) -> Tensor:
@@ -122,7 +130,8 @@ class DeconvDecoder(SigmoidHead):
         x = self.lateral["layer4"](features["layer4"])  # (B, h, H/32, W/32)
         x = self.up3(x, self.lateral["layer3"](features["layer3"]))
         x = self.up2(x, self.lateral["layer2"](features["layer2"]))
-        x = self.up1(x, self.lateral["layer1"](torch.cat([features["layer1"], features["stem"]], dim=1)))
+        stem = _on_grid(features["stem"], features["layer1"].shape[-2:])
+        x = self.up1(x, self.lateral["layer1"](torch.cat([features["layer1"], stem], dim=1)))
         x = self.up0(x, None)  # (B, h/2, H/2, W/2)
         logits = self.final(x)  # (B, 1, H, W)
         if logits.shape[-2:] != image.shape[-2:]:
