@@ -16,8 +16,8 @@ from casm.checkpoints import read_checkpoint, run_folder
 from casm.config import with_defaults
 from casm.errors import UserError, shorten
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
-from casm.models.manipulation import manipulate
 from casm.models.feature_encoder import NamedFeatureEncoder
+from casm.models.manipulation import manipulate
 from casm.models.outside import build_outside, outside_classifier
 
 

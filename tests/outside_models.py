@@ -25,3 +25,14 @@ class TupleNet(nn.Module):
     @classmethod
     def build(cls, num_classes: int = 10) -> "TupleNet":
         return cls(num_classes)
+
+
+def tiny_pyramid(channels: int = 8) -> nn.Module:
+    """Five stages halving the resolution each (a stem at H/2 where a ResNet's sits at H/4), then a classifier
+    head: an encoder from outside casm whose stages are read by module name ('0' ... '4')."""
+    def stage(c_in: int, c_out: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.ReLU())
+
+    widths = [channels * 2 ** min(i, 3) for i in range(5)]
+    return nn.Sequential(stage(3, widths[0]), *[stage(widths[i], widths[i + 1]) for i in range(4)],
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], 10))

@@ -21,7 +21,7 @@ from casm.models.outside import (
 )
 from casm.trained_run import read_run
 from casm.training.run import train
-from tests.outside_models import TupleNet, tiny_cnn
+from tests.outside_models import TupleNet, tiny_cnn, tiny_pyramid
 
 TINY_CNN = ["model.classifier.builder=tests.outside_models.tiny_cnn", "masker.encoder=separate"]
 RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's file name for ResNet18_Weights.IMAGENET1K_V1
@@ -236,3 +236,53 @@ def test_explain_writes_the_predicted_class(trained_checkpoint, tmp_path):
     assert cli_main(["explain", str(out), str(tmp_path / "a.png"), "--out", str(tmp_path / "m"), "--no-progress",
                      "--device", "cpu", "--masks-only"]) == 0
     assert "predicted" not in json.loads((tmp_path / "m" / "a_box.json").read_text())
+
+
+PYRAMID_LAYERS = "masker.encoder_model.layers={stem: '0', layer1: '1', layer2: '2', layer3: '3', layer4: '4'}"
+PYRAMID = ["masker.encoder=separate", "masker.encoder_model.builder=tests.outside_models.tiny_pyramid", PYRAMID_LAYERS]
+
+
+def test_a_named_encoder_reads_the_modules_it_names():
+    from casm.models.feature_encoder import NamedFeatureEncoder
+
+    encoder = NamedFeatureEncoder(tiny_pyramid(), {"stem": "0", "layer4": "4"}, 64)
+    assert encoder.channels == {"stem": 8, "layer4": 64}
+    features = encoder(torch.randn(2, 3, 64, 64))
+    assert features["stem"].shape == (2, 8, 32, 32) and features["layer4"].shape == (2, 64, 2, 2)
+    with pytest.raises(UserError, match=r"layers.layer4='44' is not a module of the encoder; did you mean 4"):
+        NamedFeatureEncoder(tiny_pyramid(), {"layer4": "44"}, 64)
+    with pytest.raises(UserError, match=r"layers.layer4='6' gives Tensor \(1, 64\), not a \(B, C, H, W\) map"):
+        NamedFeatureEncoder(tiny_pyramid(), {"layer4": "6"}, 64)
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["masker.encoder_model.layers={stem: '0'}"], "missing layer1, layer2, layer3, layer4"),
+    (["masker.head=abn", "masker.encoder_model.layers={layer4: '4'}"], "map layer3 .*missing layer3"),
+    (["masker.encoder=shared"], "needs masker.encoder=separate"),
+    (["masker.encoder_model.layers={stem: '0', layer1: '1', layer2: '2', layer3: '3', layer4: '4', neck: '5'}"],
+     "unknown neck"),
+])
+def test_an_encoder_that_cannot_feed_the_head_is_refused(tiny_cfg, extra, match):
+    base = [o for o in PYRAMID if o != PYRAMID_LAYERS]
+    if not any(o.startswith("masker.encoder_model.layers") for o in extra):
+        base.append(PYRAMID_LAYERS)
+    with pytest.raises(ConfigError, match=match):
+        tiny_cfg(*base, *extra)
+
+
+def test_a_masker_on_a_named_encoder_trains_and_exports(tiny_cfg, tmp_path):
+    import onnxruntime as ort
+
+    checkpoint = train(tiny_cfg(*PYRAMID, "trainer.max_epochs=1", "masker.head=deconv")) / "checkpoints" / "last.ckpt"
+    run = read_run(checkpoint)
+    out = export_masker(checkpoint, tmp_path / "export", onnx=True)
+    with pytest.raises(ExportError, match=r"its encoder is built by tests.outside_models.tiny_pyramid"):
+        load_masker(out)
+    masker = load_masker(out, trusted_builders=("tests",))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = run.masker(x)
+        assert torch.allclose(masker(x), expected, atol=1e-6)
+    got = ort.InferenceSession(str(out / "masker.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy()})[0]
+    assert np.abs(got - expected.numpy()).max() < 1e-4

@@ -19,6 +19,7 @@ An export is a folder with two files:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
@@ -38,6 +40,7 @@ from casm.data.transforms import eval_resize
 from casm.errors import ExportError
 from casm.export.onnx import export_onnx
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
+from casm.models.feature_encoder import NamedFeatureEncoder
 from casm.models.outside import OutsideClassifier, build_outside
 from casm.trained_run import TrainedRun, read_run
 
@@ -62,6 +65,7 @@ class MaskerManifest:
     classes: list[str] = field(default_factory=list)
     feature_layer: Optional[str] = None  # lfi / abn heads: the layer they read (None: the head's default)
     classifier: Optional[dict] = None  # --with-classifier: how to rebuild it (classifier_recipe); None: masker only
+    encoder: Optional[dict] = None  # masker.encoder_model: {builder, kwargs, layers}; None: casm's ResNet trunk
     casm_version: str = casm.__version__
     source_checkpoint: str = ""
     weights_sha256: str = ""
@@ -126,11 +130,23 @@ def classifier_recipe(run: TrainedRun) -> dict:
     if spec is None:
         return {"kind": "casm", "arch": run.cfg.model.arch, "width": run.cfg.model.width,
                 "num_classes": run.classifier.num_classes, "shares_encoder": run.masker.shared}
-    from omegaconf import OmegaConf
-
     return {"kind": "outside", "builder": spec.builder, "kwargs": OmegaConf.to_container(spec.kwargs),
             "num_classes": run.classifier.num_classes, "data_classes": len(run.classifier.labels),
             "shares_encoder": False}
+
+
+def _check_trusted(builder: str, what: str, where: Path | str, trusted_builders: tuple[str, ...]) -> None:
+    """Rebuilding a network from a manifest runs its builder's code: only from torchvision or a named module."""
+    module = builder.split(":")[0] if ":" in builder else builder.rpartition(".")[0]
+    if not any(module == t or module.startswith(f"{t}.") for t in TRUSTED_BUILDERS + tuple(trusted_builders)):
+        top = module.split(".")[0]
+        raise ExportError(f"{where}: its {what} is built by {builder}, and rebuilding it runs that code; if you "
+                          f"trust it, pass trusted_builders=[{top!r}] (casm explain: --trust-builder {top})")
+
+
+def _is_recipe(recipe: object, *keys: str) -> bool:
+    return isinstance(recipe, dict) and isinstance(recipe.get("builder"), str) and isinstance(
+        recipe.get("kwargs"), dict) and all(isinstance(recipe.get(k), dict) for k in keys)
 
 
 def build_exported_classifier(recipe: dict, where: Path | str, trusted_builders: tuple[str, ...] = ()) -> nn.Module:
@@ -138,17 +154,23 @@ def build_exported_classifier(recipe: dict, where: Path | str, trusted_builders:
     kind = recipe.get("kind") if isinstance(recipe, dict) else None
     if kind == "casm":
         return ResNetClassifier(recipe["arch"], recipe["num_classes"], recipe["width"])
-    if kind != "outside" or not isinstance(recipe.get("builder"), str) or not isinstance(recipe.get("kwargs"), dict):
+    if kind != "outside" or not _is_recipe(recipe):
         raise ExportError(f"{where}: classifier={recipe!r} is not a classifier recipe this casm can rebuild")
-    builder = recipe["builder"]
-    module = builder.split(":")[0] if ":" in builder else builder.rpartition(".")[0]
-    trusted = TRUSTED_BUILDERS + tuple(trusted_builders)
-    if not any(module == t or module.startswith(f"{t}.") for t in trusted):
-        top = module.split(".")[0]
-        raise ExportError(f"{where}: its classifier is built by {builder}, and rebuilding it runs that code; if you "
-                          f"trust it, pass trusted_builders=[{top!r}] (casm explain: --trust-builder {top})")
-    return OutsideClassifier(build_outside(builder, None, recipe["kwargs"], who="export", load_weights=False),
+    _check_trusted(recipe["builder"], "classifier", where, trusted_builders)
+    return OutsideClassifier(build_outside(recipe["builder"], None, recipe["kwargs"], who="export", load_weights=False),
                              recipe["num_classes"], data_classes=recipe.get("data_classes"))
+
+
+def build_encoder(manifest: MaskerManifest, where: Path | str, trusted_builders: tuple[str, ...] = ()) -> nn.Module:
+    """The masker's encoder: casm's ResNet trunk, or the network ``manifest.encoder`` names (trusted only)."""
+    recipe = manifest.encoder
+    if recipe is None:
+        return ResNetTrunk(manifest.arch, manifest.width)
+    if not _is_recipe(recipe, "layers"):
+        raise ExportError(f"{where}: encoder={recipe!r} is not an encoder recipe this casm can rebuild")
+    _check_trusted(recipe["builder"], "encoder", where, trusted_builders)
+    network = build_outside(recipe["builder"], None, recipe["kwargs"], who="export", load_weights=False)
+    return NamedFeatureEncoder(network, recipe["layers"], manifest.image_size)
 
 
 class StandaloneMasker(nn.Module):
@@ -157,11 +179,13 @@ class StandaloneMasker(nn.Module):
     ``--with-classifier``, loaded by :func:`load_explainer`), :meth:`logits_and_masks` gives the
     classifier's logits and the mask of the same pass."""
 
-    def __init__(self, manifest: MaskerManifest, classifier: nn.Module | None = None) -> None:
+    def __init__(self, manifest: MaskerManifest, classifier: nn.Module | None = None,
+                 encoder: nn.Module | None = None) -> None:
         super().__init__()
         self.manifest = manifest
-        trunk = ResNetTrunk(manifest.arch, manifest.width)
-        self.masker = Masker(build_head(manifest.head, trunk.channels, manifest.hidden, manifest.feature_layer), trunk)
+        encoder = encoder if encoder is not None else ResNetTrunk(manifest.arch, manifest.width)
+        self.masker = Masker(build_head(manifest.head, encoder.channels, manifest.hidden, manifest.feature_layer),
+                             encoder)
         self.classifier = classifier
 
     def forward(self, images: Tensor) -> Tensor:
@@ -210,7 +234,12 @@ def masker_from_checkpoint(checkpoint_path: str | Path, with_classifier: bool = 
         classes=list(run.class_names or []), source_checkpoint=str(checkpoint_path),
         classifier=classifier_recipe(run) if with_classifier else None,
     )
-    standalone = StandaloneMasker(manifest, run.classifier if with_classifier else None)
+    spec = cfg.masker.encoder_model
+    if spec is not None:
+        manifest.encoder = {"builder": spec.builder, "kwargs": OmegaConf.to_container(spec.kwargs),
+                            "layers": OmegaConf.to_container(spec.layers)}
+    standalone = StandaloneMasker(manifest, run.classifier if with_classifier else None,
+                                  copy.deepcopy(run.masker.encoder) if spec is not None else None)
     standalone.masker.load_state_dict(run.masker.standalone(getattr(run.classifier, "trunk", None)).state_dict())
     return standalone.eval()
 
@@ -276,7 +305,7 @@ def load_masker(export_dir: str | Path, device: str | torch.device = "cpu", with
             raise ExportError(f"{folder}: exported without its classifier; export the checkpoint again with "
                               f"--with-classifier (python -m casm export CHECKPOINT {folder} --with-classifier)")
         classifier = build_exported_classifier(manifest.classifier, manifest_path, trusted_builders)
-    model = StandaloneMasker(manifest, classifier)
+    model = StandaloneMasker(manifest, classifier, build_encoder(manifest, manifest_path, trusted_builders))
     parts = {"masker": {k: v for k, v in state.items() if not k.startswith("classifier.")}}
     if classifier is not None:
         parts["classifier"] = {k.removeprefix("classifier."): v for k, v in state.items()

@@ -35,8 +35,7 @@ class NamedFeatureEncoder(nn.Module):
         training = model.training
         model.eval()
         try:
-            with torch.no_grad():
-                features = self(torch.zeros(1, 3, image_size, image_size))
+            features = self(torch.zeros(1, 3, image_size, image_size))
         finally:
             model.train(training)
         for feature, value in features.items():
@@ -44,6 +43,13 @@ class NamedFeatureEncoder(nn.Module):
                 raise UserError(f"{who}.layers.{feature}={self.layers[feature]!r} gives "
                                 f"{type(value).__name__} {tuple(getattr(value, 'shape', ()))}, not a (B, C, H, W) map")
         self.channels = {feature: value.shape[1] for feature, value in features.items()}
+        # parameters no named feature depends on (the network's own classifier head) would get no gradient
+        # from the masker's loss: they are frozen, so they neither train nor trip the masker's optimizer
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        used = torch.autograd.grad(sum(f.sum() for f in features.values()), trainable, allow_unused=True)
+        for parameter, gradient in zip(trainable, used):
+            if gradient is None:
+                parameter.requires_grad_(False)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         modules = dict(self.model.named_modules())

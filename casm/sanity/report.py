@@ -15,7 +15,7 @@ from casm.config import DataConfig
 from casm.data.datamodule import LocalizationDataModule
 from casm.data.transforms import denormalize, normalize_images
 from casm.errors import UserError
-from casm.models import ResNetClassifier
+from casm.models import ResNetClassifier, ResNetTrunk
 from casm.models.manipulation import ATTACKS
 from casm.sanity.attacks import METHODS, attacks_table, run_attacks
 from casm.sanity.randomization import plot_cascades, run_cascades
@@ -56,9 +56,11 @@ def sanity_report(checkpoint: str | Path, out: Path | None = None, images: int =
     from torch.utils.tensorboard import SummaryWriter  # deferred: TensorBoard's import is slow
 
     run = read_run(checkpoint)
-    if not isinstance(run.classifier, ResNetClassifier):
-        raise UserError(f"{checkpoint}: its classifier comes from outside casm (model.classifier); the sanity checks "
-                        f"edit and randomize casm's own ResNet stages (docs/sanity.md), so they do not apply to it")
+    own_encoder = run.masker.encoder is None or isinstance(run.masker.encoder, ResNetTrunk)
+    if not isinstance(run.classifier, ResNetClassifier) or not own_encoder:
+        raise UserError(f"{checkpoint}: its classifier or the masker's encoder comes from outside casm "
+                        f"(model.classifier, masker.encoder_model); the sanity checks edit and randomize casm's own "
+                        f"ResNet stages (docs/sanity.md), so they do not apply to it")
     x, y = validation_images(run.config, images, device)
     count = len(x)
     out = Path(out) if out else run.folder / "sanity"
