@@ -4,6 +4,7 @@ config file, and every dotted ``key=value`` on such a line is a key of the schem
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from pathlib import Path
@@ -27,6 +28,9 @@ def _keys(schema) -> set[str]:
     def walk(node, prefix=""):
         for key in node:
             value = node[key] if not OmegaConf.is_missing(node, key) else None
+            declared = node._get_node(key)._metadata.ref_type  # an optional section (model.classifier) is null
+            if value is None and dataclasses.is_dataclass(declared):
+                value = OmegaConf.structured(declared)
             yield f"{prefix}{key}"
             if OmegaConf.is_dict(value):
                 yield from walk(value, f"{prefix}{key}.")
