@@ -221,6 +221,18 @@ def test_casms_own_classifier_exports_sharing_its_trunk_with_the_masker(trained_
         assert torch.allclose(masks, masker(x), atol=1e-6)  # the trunk runs once, the mask is the masker's
 
 
+@pytest.mark.parametrize("recipe, match", [
+    ({"kind": "casm", "arch": "resnet99", "width": 8, "num_classes": 3}, "unknown architecture 'resnet99'"),
+    ({"kind": "casm", "arch": "resnet18", "width": "8"}, "not a classifier recipe"),
+    ({"kind": "outside", "builder": "os.system", "kwargs": {"command": "true"}}, "built by os.system"),
+])
+def test_a_crafted_classifier_recipe_is_refused_in_one_line(recipe, match):
+    from casm.export.standalone import build_exported_classifier
+
+    with pytest.raises(ExportError, match=match):
+        build_exported_classifier(recipe, "masker.json")
+
+
 def test_explain_writes_the_predicted_class(trained_checkpoint, tmp_path):
     from PIL import Image
 

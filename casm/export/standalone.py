@@ -37,7 +37,7 @@ import casm
 from casm.checkpoints import write_atomically
 from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
 from casm.data.transforms import eval_resize
-from casm.errors import ExportError
+from casm.errors import ExportError, UserError
 from casm.export.onnx import export_onnx
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
 from casm.models.feature_encoder import NamedFeatureEncoder
@@ -152,8 +152,12 @@ def _is_recipe(recipe: object, *keys: str) -> bool:
 def build_exported_classifier(recipe: dict, where: Path | str, trusted_builders: tuple[str, ...] = ()) -> nn.Module:
     """The bare classifier a manifest describes; an outside builder only from a trusted module."""
     kind = recipe.get("kind") if isinstance(recipe, dict) else None
-    if kind == "casm":
-        return ResNetClassifier(recipe["arch"], recipe["num_classes"], recipe["width"])
+    if kind == "casm" and isinstance(recipe.get("arch"), str) and _is_int(recipe.get("width"), 1, 1024) \
+            and _is_int(recipe.get("num_classes"), 1, 1_000_000):
+        try:
+            return ResNetClassifier(recipe["arch"], recipe["num_classes"], recipe["width"])
+        except UserError as err:
+            raise ExportError(f"{where}: classifier: {err}") from err
     if kind != "outside" or not _is_recipe(recipe):
         raise ExportError(f"{where}: classifier={recipe!r} is not a classifier recipe this casm can rebuild")
     _check_trusted(recipe["builder"], "classifier", where, trusted_builders)
