@@ -26,6 +26,7 @@ from casm.baselines import (
     XGradCAM,
 )
 from casm.baselines.perturbation import rise_masks
+from casm.errors import UserError
 from casm.models import ResNetClassifier
 
 TOLERANCE = 1e-5  # max abs difference of maps in [0, 1]
@@ -289,3 +290,30 @@ def test_method_outside_with_block_is_an_error(images):
     method = GradCAM(ResNetClassifier("resnet18", 10, width=4))
     with pytest.raises(RuntimeError, match="context manager"):
         method(images)
+
+
+class _TwoReLUs(nn.Module):
+    """Calls one ReLU module twice (as EfficientNet calls its activation module in stem and head), or, with
+    ``separate``, two ReLU modules with the same effect."""
+
+    def __init__(self, separate: bool = False) -> None:
+        super().__init__()
+        self.stem, self.head, self.act = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU()
+        self.head_act = nn.ReLU() if separate else self.act
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(self.head_act(self.head(self.act(self.stem(x)))).mean(dim=(2, 3)))
+
+
+def test_a_layer_called_twice_gives_its_last_call_and_ablation_cam_refuses_it(images):
+    torch.manual_seed(0)
+    shared = _TwoReLUs().eval()
+    separate = _TwoReLUs(separate=True).eval()
+    separate.load_state_dict(shared.state_dict())
+    with GradCAM(shared, "act") as last_call, GradCAM(separate, "head_act") as head:
+        assert torch.allclose(last_call(images), head(images), atol=1e-6)
+    with BASELINES["ablationcam"](shared, "act") as method, pytest.raises(UserError, match="calls 'act' 2 times"):
+        method(images)
+    with BASELINES["ablationcam"](separate, "head_act") as method:
+        assert method(images).shape == (3, 64, 64)

@@ -90,6 +90,9 @@ class AblationCAM(ChannelPassCAM):
     name = "ablationcam"
 
     def channel_weights(self, activation: Tensor, logits: Tensor, targets: Tensor, images: Tensor) -> Tensor:
+        if self._calls > 1:
+            raise UserError(f"Ablation-CAM: the network calls {self.target_layer!r} {self._calls} times per forward "
+                            f"pass, and replacing its output would edit every call; give a target layer it calls once")
         batch, channels = activation.shape[:2]
         activation = activation.detach()
         clean = logits.gather(1, targets[:, None])[:, 0].float()  # (B,) y^c

@@ -103,6 +103,7 @@ class CAMMethod(SaliencyMethod):
         self.layer = resolve_layer(model, self.target_layer)
         self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._activation: Tensor | None = None
+        self._calls = 0  # calls of the target layer in the latest forward pass
 
     def __enter__(self) -> "CAMMethod":
         self._handle = self.layer.register_forward_hook(self._store)
@@ -114,7 +115,10 @@ class CAMMethod(SaliencyMethod):
         self._handle, self._activation = None, None
 
     def _store(self, module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        """Keeps the layer's output; a module the network calls more than once per pass (a shared activation
+        module) leaves its last call's, and ``_calls`` says how many there were."""
         self._activation = output
+        self._calls += 1
 
     def __call__(self, images: Tensor, class_idx: int | Tensor | None = None) -> Tensor:
         """(B, 3, H, W) normalized images -> (B, H, W) maps in [0, 1]."""
@@ -124,6 +128,7 @@ class CAMMethod(SaliencyMethod):
         grad_mode = torch.enable_grad() if self.needs_gradients else torch.inference_mode()
         with evaluation_mode(self.model), grad_mode:
             x = images.detach().requires_grad_(self.needs_gradients)
+            self._calls = 0
             logits = logits_of(self.model(x))  # (B, num_classes)
             activation = self._activation  # (B, K, h, w)
             targets = self._targets(logits, class_idx)
