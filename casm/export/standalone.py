@@ -41,7 +41,7 @@ from casm.errors import ExportError, UserError
 from casm.export.onnx import export_onnx
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
 from casm.models.feature_encoder import NamedFeatureEncoder
-from casm.models.outside import OutsideClassifier, build_outside
+from casm.models.outside import OutsideClassifier, build_outside, split_builder
 from casm.trained_run import TrainedRun, read_run
 
 WEIGHTS_FILE = "masker.safetensors"
@@ -137,7 +137,7 @@ def classifier_recipe(run: TrainedRun) -> dict:
 
 def _check_trusted(builder: str, what: str, where: Path | str, trusted_builders: tuple[str, ...]) -> None:
     """Rebuilding a network from a manifest runs its builder's code: only from torchvision or a named module."""
-    module = builder.split(":")[0] if ":" in builder else builder.rpartition(".")[0]
+    module = split_builder(builder)[0]
     if not any(module == t or module.startswith(f"{t}.") for t in TRUSTED_BUILDERS + tuple(trusted_builders)):
         top = module.split(".")[0]
         raise ExportError(f"{where}: its {what} is built by {builder}, and rebuilding it runs that code; if you "

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from casm.errors import UserError
+from casm.models.modes import evaluation_mode
 
 
 class NamedFeatureEncoder(nn.Module):
@@ -32,12 +33,8 @@ class NamedFeatureEncoder(nn.Module):
                 close = difflib.get_close_matches(name, list(modules), n=3, cutoff=0.5)
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
                 raise UserError(f"{who}.layers.{feature}={name!r} is not a module of the encoder{hint}")
-        training = model.training
-        model.eval()
-        try:
+        with evaluation_mode(model):  # (with gradients: they show which parameters the features use, below)
             features = self(torch.zeros(1, 3, image_size, image_size))
-        finally:
-            model.train(training)
         for feature, value in features.items():
             if not (isinstance(value, Tensor) and value.dim() == 4):
                 raise UserError(f"{who}.layers.{feature}={self.layers[feature]!r} gives "
@@ -52,9 +49,8 @@ class NamedFeatureEncoder(nn.Module):
                 parameter.requires_grad_(False)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        modules = dict(self.model.named_modules())
         captured: dict[str, Tensor] = {}
-        handles = [modules[name].register_forward_hook(
+        handles = [self.model.get_submodule(name).register_forward_hook(
             lambda module, inputs, output, feature=feature: captured.__setitem__(feature, output))
             for feature, name in self.layers.items()]
         try:

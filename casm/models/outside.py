@@ -22,14 +22,21 @@ from torch import Tensor, nn
 
 from casm.checkpoints import read_weights
 from casm.errors import UserError
+from casm.models.modes import evaluation_mode
 from casm.models.outputs import logits_of
 
 _WEIGHTS_NAME = re.compile(r"[A-Z][A-Z0-9_]*")  # torchvision's: DEFAULT, IMAGENET1K_V1, IMAGENET1K_SWAG_E2E_V1
 
 
+def split_builder(spec: str) -> tuple[str, str]:
+    """``package.module.function`` or ``package.module:attribute[.attribute]`` -> (module, attribute path)."""
+    module_name, _, attribute = spec.rpartition(":") if ":" in spec else spec.rpartition(".")
+    return module_name, attribute
+
+
 def import_builder(spec: str, who: str = "model.classifier") -> Callable[..., nn.Module]:
     """``package.module.function`` or ``package.module:attribute[.attribute]`` -> the callable."""
-    module_name, _, attribute = spec.rpartition(":") if ":" in spec else spec.rpartition(".")
+    module_name, attribute = split_builder(spec)
     if not module_name or not attribute:
         raise UserError(f"{who}: builder {spec!r} must be 'package.module.function' (e.g. torchvision.models."
                         f"resnet50) or 'package.module:function'")
@@ -115,14 +122,9 @@ def build_outside(spec: str, weights: str | None, kwargs: dict | None, who: str 
 
 def count_outputs(model: nn.Module, image_size: int, who: str = "model.classifier") -> int:
     """The number of logits, from one forward pass on a blank image (which also shows that the model runs
-    on casm's input); the model's train/eval flag is left as it was."""
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            output = logits_of(model(torch.zeros(1, 3, image_size, image_size)))
-    finally:
-        model.train(training)
+    on casm's input); every module's train/eval flag is left as it was."""
+    with evaluation_mode(model), torch.no_grad():
+        output = logits_of(model(torch.zeros(1, 3, image_size, image_size)))
     if output.dim() != 2:
         raise UserError(f"{who}: the model returns outputs of shape {tuple(output.shape)}, not (batch, classes)")
     return output.shape[1]
