@@ -17,7 +17,7 @@ import torch
 from timing import seconds_per_call
 
 from casm.baselines import GradCAM, LogitsOnly, ScoreCAM
-from casm.export.standalone import MaskerManifest, StandaloneMasker
+from casm.export.standalone import MaskerManifest, StandaloneMasker, build_masker
 from casm.models import ResNetClassifier
 
 
@@ -43,8 +43,9 @@ def main() -> None:
     dev = args.device
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     classifier = ResNetClassifier(args.arch, 1000).eval().to(dev, memory_format=fmt)
-    masker = StandaloneMasker(MaskerManifest(arch=args.arch, width=64, head=args.head, hidden=64,
-                                             image_size=args.size, resize=args.size)).eval().to(dev, memory_format=fmt)
+    manifest = MaskerManifest(arch=args.arch, width=64, head=args.head, hidden=64, image_size=args.size,
+                              resize=args.size)
+    masker = StandaloneMasker(manifest, build_masker(manifest, "benchmark")).eval().to(dev, memory_format=fmt)
     x = torch.randn(args.batch, 3, args.size, args.size, device=dev).contiguous(memory_format=fmt)
     x_score = x[: args.scorecam_images]
     autocast = lambda: torch.autocast(dev, dtype=torch.bfloat16, enabled=args.amp)  # noqa: E731

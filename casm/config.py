@@ -58,12 +58,18 @@ class DataConfig:
 
 
 @dataclass
-class ClassifierSpec:
-    """A classifier from outside casm (docs/own_classifier.md): ``builder(**kwargs)`` with ``weights``."""
+class NetworkSpec:
+    """A network from outside casm (docs/own_classifier.md): ``builder(**kwargs)`` with ``weights``."""
 
     builder: str = MISSING  # importable callable: torchvision.models.convnext_tiny, or my_package.models:build
     weights: Optional[str] = None  # state dict (.pt/.pth/.safetensors), or a torchvision weights name (IMAGENET1K_V1)
     kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {num_classes: 10}
+
+
+@dataclass
+class ClassifierSpec(NetworkSpec):
+    """A classifier from outside casm, and the names of its outputs."""
+
     classes: Optional[str] = None  # text file, a class name per line in output order (null: the weights' own names)
 
 
@@ -80,13 +86,10 @@ class ModelConfig:
 
 
 @dataclass
-class EncoderSpec:
-    """Another network as the masker's encoder (docs/own_classifier.md): built like ``model.classifier``,
-    its modules named in ``layers`` give the features the head reads."""
+class EncoderSpec(NetworkSpec):
+    """Another network as the masker's encoder: its modules named in ``layers`` give the features the head
+    reads."""
 
-    builder: str = MISSING  # e.g. torchvision.models.convnext_tiny
-    weights: Optional[str] = None  # state dict, or a torchvision weights name; null: the builder's initialization
-    kwargs: dict[str, Any] = field(default_factory=dict)
     # head feature -> module name, e.g. {stem: features.0, layer1: features.1, ..., layer4: features.7}
     layers: dict[str, str] = field(default_factory=dict)
 
@@ -381,13 +384,11 @@ _CHOICES = {
 
 
 @dataclass
-class JudgeConfig:
-    """A judge from outside casm (docs/evaluation.md): ``builder(**kwargs)`` with the state dict in ``weights``."""
+class JudgeConfig(ClassifierSpec):
+    """A judge from outside casm (docs/evaluation.md): a classifier spec whose weights are required (null
+    ``classes``: the evaluated data's)."""
 
-    builder: str = MISSING  # importable callable: torchvision.models.resnet50 or my_package.models:build
-    weights: str = MISSING  # state dict: .pt/.pth (read with weights_only=True) or .safetensors
-    kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {num_classes: 10}
-    classes: Optional[str] = None  # text file, a class name per line in output order; null: the evaluated data's
+    weights: str = MISSING  # state dict: .pt/.pth (read with weights_only=True) or .safetensors, or a weights name
     name: Optional[str] = None  # null: the builder's last name
 
 

@@ -19,7 +19,6 @@ An export is a folder with two files:
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -165,16 +164,19 @@ def build_exported_classifier(recipe: dict, where: Path | str, trusted_builders:
                              recipe["num_classes"], data_classes=recipe.get("data_classes"))
 
 
-def build_encoder(manifest: MaskerManifest, where: Path | str, trusted_builders: tuple[str, ...] = ()) -> nn.Module:
-    """The masker's encoder: casm's ResNet trunk, or the network ``manifest.encoder`` names (trusted only)."""
+def build_masker(manifest: MaskerManifest, where: Path | str, trusted_builders: tuple[str, ...] = ()) -> Masker:
+    """The bare masker a manifest describes: its head over casm's ResNet trunk, or over the network
+    ``manifest.encoder`` names (trusted only)."""
     recipe = manifest.encoder
     if recipe is None:
-        return ResNetTrunk(manifest.arch, manifest.width)
-    if not _is_recipe(recipe, "layers"):
+        encoder = ResNetTrunk(manifest.arch, manifest.width)
+    elif not _is_recipe(recipe, "layers"):
         raise ExportError(f"{where}: encoder={recipe!r} is not an encoder recipe this casm can rebuild")
-    _check_trusted(recipe["builder"], "encoder", where, trusted_builders)
-    network = build_outside(recipe["builder"], None, recipe["kwargs"], who="export", load_weights=False)
-    return NamedFeatureEncoder(network, recipe["layers"], manifest.image_size)
+    else:
+        _check_trusted(recipe["builder"], "encoder", where, trusted_builders)
+        network = build_outside(recipe["builder"], None, recipe["kwargs"], who="export", load_weights=False)
+        encoder = NamedFeatureEncoder(network, recipe["layers"], manifest.image_size)
+    return Masker(build_head(manifest.head, encoder.channels, manifest.hidden, manifest.feature_layer), encoder)
 
 
 class StandaloneMasker(nn.Module):
@@ -183,13 +185,10 @@ class StandaloneMasker(nn.Module):
     ``--with-classifier``, loaded by :func:`load_explainer`), :meth:`logits_and_masks` gives the
     classifier's logits and the mask of the same pass."""
 
-    def __init__(self, manifest: MaskerManifest, classifier: nn.Module | None = None,
-                 encoder: nn.Module | None = None) -> None:
+    def __init__(self, manifest: MaskerManifest, masker: Masker, classifier: nn.Module | None = None) -> None:
         super().__init__()
         self.manifest = manifest
-        encoder = encoder if encoder is not None else ResNetTrunk(manifest.arch, manifest.width)
-        self.masker = Masker(build_head(manifest.head, encoder.channels, manifest.hidden, manifest.feature_layer),
-                             encoder)
+        self.masker = masker  # with its own encoder (Masker.standalone, or build_masker)
         self.classifier = classifier
 
     def forward(self, images: Tensor) -> Tensor:
@@ -242,10 +241,8 @@ def masker_from_checkpoint(checkpoint_path: str | Path, with_classifier: bool = 
     if spec is not None:
         manifest.encoder = {"builder": spec.builder, "kwargs": OmegaConf.to_container(spec.kwargs),
                             "layers": OmegaConf.to_container(spec.layers)}
-    standalone = StandaloneMasker(manifest, run.classifier if with_classifier else None,
-                                  copy.deepcopy(run.masker.encoder) if spec is not None else None)
-    standalone.masker.load_state_dict(run.masker.standalone(getattr(run.classifier, "trunk", None)).state_dict())
-    return standalone.eval()
+    masker = run.masker.standalone(getattr(run.classifier, "trunk", None))  # a copy carrying its own encoder
+    return StandaloneMasker(manifest, masker, run.classifier if with_classifier else None).eval()
 
 
 def export_masker(checkpoint_path: str | Path, out_dir: str | Path, onnx: bool = False,
@@ -309,7 +306,7 @@ def load_masker(export_dir: str | Path, device: str | torch.device = "cpu", with
             raise ExportError(f"{folder}: exported without its classifier; export the checkpoint again with "
                               f"--with-classifier (python -m casm export CHECKPOINT {folder} --with-classifier)")
         classifier = build_exported_classifier(manifest.classifier, manifest_path, trusted_builders)
-    model = StandaloneMasker(manifest, classifier, build_encoder(manifest, manifest_path, trusted_builders))
+    model = StandaloneMasker(manifest, build_masker(manifest, manifest_path, trusted_builders), classifier)
     parts = {"masker": {k: v for k, v in state.items() if not k.startswith("classifier.")}}
     if classifier is not None:
         parts["classifier"] = {k.removeprefix("classifier."): v for k, v in state.items()
