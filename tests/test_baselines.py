@@ -158,6 +158,41 @@ def test_chunk_size_does_not_change_the_map(method_cls, model, images):
         assert torch.allclose(small(images), large(images), atol=1e-5)
 
 
+class _EqualMasks(nn.Module):
+    """A network whose target layer repeats each of 4 ReLU'd conv channels at 2x and 4x (exact in floating
+    point) and adds 3 channels active at one position only, with different values, and 2 all-zero ones:
+    per image at most 4 + 1 distinct non-constant Score-CAM masks among its 17 channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=8, padding=1)
+        self.layer4 = nn.Identity()
+        self.fc = nn.Linear(17, 5)
+
+    def forward(self, x):
+        a = torch.relu(self.conv(x)) + 0.01  # no channel constant by chance
+        spot = torch.zeros_like(a[:, :1])
+        spot[:, :, 2, 5] = 1.0
+        b, _, h, w = a.shape
+        features = self.layer4(torch.cat([a, 2 * a, 4 * a, spot, 3 * spot, 0.25 * spot, torch.zeros(b, 2, h, w)], 1))
+        return self.fc(features.mean(dim=(2, 3)))
+
+
+def test_scorecam_runs_one_pass_per_distinct_mask_and_still_equals_grad_cam():
+    torch.manual_seed(0)
+    model = _EqualMasks().eval()
+    images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    targets = model(images).argmax(1)
+    expected = _reference("scorecam", model, images, targets, layer="model.layer4")
+    forwarded = []
+    hook = model.conv.register_forward_hook(lambda module, inputs, output: forwarded.append(len(output)))
+    with ScoreCAM(model, "layer4") as method:
+        ours = method(images)
+    hook.remove()
+    assert np.abs(ours.numpy() - expected).max() < TOLERANCE
+    assert sum(forwarded) == 3 + 1 + 3 * 5  # the batch, the all-zero image, 5 distinct masks per image (not 17)
+
+
 def test_layercam_and_xgradcam_by_hand():
     """Score ``sum_ij (A^0_ij - A^1_ij)^2 / 2`` on an identity 'layer4': ``g^0 = A^0 - A^1 = -g^1``."""
 

@@ -46,8 +46,12 @@ class ScoreCAM(ChannelPassCAM):
     masks the image; its weight is the softmax over channels of the target logit on that masked image.
 
     K extra forward passes per image; here all (image, channel) pairs of a batch run in chunks of
-    ``chunk_size``, each chunk upsamples only its own channels (memory stays bounded), and all constant
-    channels share one pass (their masked image is the same all-zero image), with identical results."""
+    ``chunk_size``, each chunk upsamples only its own channels (memory stays bounded), and channels whose
+    masks are certain to be equal share one pass, with identical results: min-max normalization removes
+    any positive scale and offset, and bilinear upsampling commutes with both, so two channels of an image
+    whose maps are ``a·A + b`` of each other (a > 0) mask it identically. All constant channels (common
+    after a ReLU: all zeros) give the same all-zero mask, and a channel with one active position (common on
+    small maps) the same bump as every other channel active only there."""
 
     name = "scorecam"
 
@@ -56,25 +60,39 @@ class ScoreCAM(ChannelPassCAM):
         size = images.shape[-2:]
         flat = activation.detach().flatten(0, 1)[:, None]  # (B*K, 1, h, w)
         image_of = torch.arange(batch * channels, device=images.device) // channels
-        # A constant channel (common after ReLU: all zeros) min-max normalizes to an all-zero mask, so
-        # its masked image is all zeros whatever the channel: one forward pass scores all of them.
-        span = flat.flatten(1).amax(dim=1) - flat.flatten(1).amin(dim=1)
-        active = (span > 0).nonzero()[:, 0]
         scores = torch.empty(batch * channels, device=images.device)
+        values = flat.flatten(1).float()
+        span = values.amax(dim=1) - values.amin(dim=1)
+        active = (span > 0).nonzero()[:, 0]
+        run, same_as = _distinct_masks(values[active], span[active], image_of[active])
         with self._activation_kept():
-            if len(active) < batch * channels:
+            if len(active) < batch * channels:  # the constant channels' masked image: all zeros
                 zero_logits = logits_of(self.model(torch.zeros_like(images[:1])))[0].float()  # (num_classes,)
                 scores[:] = zero_logits[targets[image_of]]
-            for start in range(0, len(active), self.chunk_size):
-                idx = active[start: start + self.chunk_size]
+            distinct = active[run]
+            distinct_scores = torch.empty(len(distinct), device=images.device)
+            for start in range(0, len(distinct), self.chunk_size):
+                idx = distinct[start: start + self.chunk_size]
                 # the reference uses align_corners=True here (UpsamplingBilinear2d)
                 up = F.interpolate(flat[idx], size=size, mode="bilinear", align_corners=True)  # (n, 1, H, W)
                 low = up.flatten(1).min(dim=1).values[:, None, None, None]
                 high = up.flatten(1).max(dim=1).values[:, None, None, None]
                 masks = (up - low) / (high - low + 1e-8)
                 out = logits_of(self.model(images[image_of[idx]] * masks))
-                scores[idx] = out.gather(1, targets[image_of[idx]][:, None])[:, 0].float()
+                distinct_scores[start: start + len(idx)] = out.gather(1, targets[image_of[idx]][:, None])[:, 0].float()
+            scores[active] = distinct_scores[same_as]
         return torch.softmax(scores.view(batch, channels), dim=1)
+
+
+def _distinct_masks(values: Tensor, span: Tensor, image_of: Tensor) -> tuple[Tensor, Tensor]:
+    """For (n, h*w) non-constant channel maps: the rows to run (one per distinct (image, normalized map))
+    and, for every row, which of those runs it shares. Equality is exact, so nothing is approximated."""
+    normalized = (values - values.amin(dim=1, keepdim=True)) / span[:, None]
+    keys = torch.cat([image_of[:, None].to(normalized.dtype), normalized], dim=1)
+    _, same_as = torch.unique(keys, dim=0, return_inverse=True)
+    first = torch.full((int(same_as.max()) + 1 if len(same_as) else 0,), len(same_as), device=values.device)
+    first = first.scatter_reduce(0, same_as, torch.arange(len(same_as), device=values.device), reduce="amin")
+    return first, same_as
 
 
 class AblationCAM(ChannelPassCAM):
