@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from casm.experiments.statistics import paired_difference, summarize, t_quantile
+from casm.experiments.statistics import Summary, paired_difference, sd_interval, summarize, t_quantile
 
 
 @pytest.mark.parametrize("n, table", [(2, 12.706205), (3, 4.302653), (5, 2.776445), (10, 2.262157)])
@@ -22,9 +22,29 @@ def test_three_seeds_by_hand():
     assert s.text() == "0.300 ± 0.100 [0.052, 0.548]"
 
 
+@pytest.mark.parametrize("n, lower, upper", [(3, 0.0506356, 7.377759), (5, 0.4844186, 11.143287)])
+def test_sd_interval_uses_the_printed_chi_square_quantiles(n, lower, upper):
+    """chi2(n-1) at 0.025 and 0.975 from a printed table: sd * sqrt(df / upper) ... sd * sqrt(df / lower)."""
+    low, high = sd_interval(0.039, n)
+    assert low == pytest.approx(0.039 * math.sqrt((n - 1) / upper), rel=1e-6)
+    assert high == pytest.approx(0.039 * math.sqrt((n - 1) / lower), rel=1e-6)
+    assert low < 0.039 < high
+
+
+def test_five_seeds_cannot_show_a_small_spread():
+    """The default run's five seeds (sd 0.039): the sd is anywhere in 0.024-0.113, so 'sd <= 0.03' is
+    neither shown nor refuted by them."""
+    s = summarize([0.184, 0.238, 0.162, 0.224, 0.258])
+    assert s.sd == pytest.approx(0.0394, abs=1e-4)
+    assert (round(s.sd_low, 3), round(s.sd_high, 3)) == (0.024, 0.113)
+    assert Summary.from_dict(s.as_dict()) == s
+    old = {k: v for k, v in s.as_dict().items() if not k.startswith("sd_")}  # a report written before
+    assert Summary.from_dict(old).sd_low is None
+
+
 def test_one_seed_has_no_spread():
     s = summarize([0.25])
-    assert (s.sd, s.low, s.high) == (None, None, None)
+    assert (s.sd, s.low, s.high, s.sd_low, s.sd_high) == (None, None, None, None, None)
     assert s.text() == "0.250 (1 seed)"
 
 

@@ -6,6 +6,9 @@ seeds* lies, the quantity a reader compares between variants (a binomial error o
 would only describe the finite validation set). Pairing by seed removes what the seeds share (the
 data order, the initial weights), so a paired difference is usually much tighter than the two
 variants' intervals suggest. With fewer than two seeds there is no spread: sd and interval are None.
+
+The sd has an interval too (chi-square, assuming normal seed-to-seed variation): a target such as "sd at
+most 0.03" needs it, because five seeds pin an sd down only to within a factor of about 5 (0.6x-2.9x).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import math
 import statistics
 from dataclasses import asdict, dataclass
 
+from scipy.stats import chi2
 from scipy.stats import t as student_t
 
 LEVEL = 0.95  # the interval's coverage
@@ -27,14 +31,18 @@ class Summary:
     low: float | None  # the Student-t interval at LEVEL: mean -/+ t(n-1) * sd / sqrt(n)
     high: float | None
     values: tuple[float, ...]  # every seed's value, in seed order
+    sd_low: float | None = None  # the sd's chi-square interval at LEVEL (sd_interval)
+    sd_high: float | None = None
 
     def as_dict(self) -> dict:
         return dict(asdict(self), values=list(self.values), level=LEVEL)
 
     @classmethod
     def from_dict(cls, d: dict) -> Summary:
-        """The inverse of :meth:`as_dict` (reports keep summaries as JSON-ready dicts)."""
-        return cls(d["n"], d["mean"], d["sd"], d["low"], d["high"], tuple(d["values"]))
+        """The inverse of :meth:`as_dict` (reports keep summaries as JSON-ready dicts; older ones lack the
+        sd's interval)."""
+        return cls(d["n"], d["mean"], d["sd"], d["low"], d["high"], tuple(d["values"]),
+                   d.get("sd_low"), d.get("sd_high"))
 
     def text(self, digits: int = 3, signed: bool = False) -> str:
         """``0.315 ± 0.167 [0.108, 0.522]`` (mean ± sd [interval]); one value stays one value. ``signed``:
@@ -55,6 +63,13 @@ def t_quantile(n: int, level: float = LEVEL) -> float:
     return float(student_t.ppf(0.5 + level / 2, n - 1))
 
 
+def sd_interval(sd: float, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """The interval of a standard deviation estimated from ``n`` values:
+    ``sd * sqrt((n - 1) / chi2_{(1+level)/2})`` to ``sd * sqrt((n - 1) / chi2_{(1-level)/2})``, n - 1 df."""
+    df = n - 1
+    return (sd * math.sqrt(df / chi2.ppf(0.5 + level / 2, df)), sd * math.sqrt(df / chi2.ppf(0.5 - level / 2, df)))
+
+
 def summarize(values: list[float]) -> Summary:
     """Mean, sd and t interval of ``values`` (non-finite values are refused: a diverged run has no score)."""
     values = [float(v) for v in values]
@@ -67,7 +82,7 @@ def summarize(values: list[float]) -> Summary:
         return Summary(1, mean, None, None, None, tuple(values))
     sd = statistics.stdev(values)
     half = t_quantile(len(values)) * sd / math.sqrt(len(values))
-    return Summary(len(values), mean, sd, mean - half, mean + half, tuple(values))
+    return Summary(len(values), mean, sd, mean - half, mean + half, tuple(values), *sd_interval(sd, len(values)))
 
 
 def paired_difference(variant: dict[int, float], reference: dict[int, float]) -> Summary | None:

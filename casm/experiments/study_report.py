@@ -122,15 +122,20 @@ def _interval(s: Summary | None, digits: int) -> str:
     return "(one seed)" if s.sd is None else f"{s.low:.{digits}f} … {s.high:.{digits}f}"
 
 
+def _sd_interval(s: Summary, digits: int) -> str:
+    return "—" if s.sd_low is None else f"{s.sd_low:.{digits}f} … {s.sd_high:.{digits}f}"
+
+
 def metric_table(data: dict, key: str) -> str:
     """One metric: a row per variant with its mean ± sd, interval, every seed, and the paired difference."""
     digits = 1 if key.startswith(("acc_", "clean_top1")) else 3
     title, better = TITLES.get(key, (key, None))
     seeds = data["seeds"]
     lines = [f"### {title}" + (f" ({better} is better)" if better else ""), "",
-             f"| variant | mean ± sd | {data['level']:.0%} interval | " + " | ".join(f"seed {s}" for s in seeds)
+             f"| variant | mean ± sd | {data['level']:.0%} interval | the sd's {data['level']:.0%} interval | "
+             + " | ".join(f"seed {s}" for s in seeds)
              + f" | − {data['reference']} (paired) | its {data['level']:.0%} interval |",
-             "|---" * (len(seeds) + 5) + "|"]
+             "|---" * (len(seeds) + 6) + "|"]
     for variant, entry in data["variants"].items():
         m = entry["metrics"].get(key)
         if m is None:
@@ -144,7 +149,7 @@ def metric_table(data: dict, key: str) -> str:
         diff = "reference" if variant == data["reference"] else ("—" if d is None else f"{d.mean:+.{digits}f}" + (
             "" if d.sd is None else f" ± {d.sd:.{digits}f}"))
         spread = f"{s.mean:.{digits}f}" + ("" if s.sd is None else f" ± {s.sd:.{digits}f}")
-        lines.append(f"| {variant} | {spread} | {_interval(s, digits)} | "
+        lines.append(f"| {variant} | {spread} | {_interval(s, digits)} | {_sd_interval(s, digits)} | "
                      + " | ".join(cells) + f" | {diff} | {_interval(d, digits) if d else ''} |")
     return "\n".join(lines)
 
@@ -157,8 +162,8 @@ def shown_metrics(data: dict, cfg: DictConfig) -> list[str]:
 def markdown(data: dict, cfg: DictConfig) -> str:
     lines = [f"# Study {cfg.name}", "",
              f"{len(cfg.variants)} variant(s), seeds {list(cfg.seeds)}; intervals are Student-t {data['level']:.0%} "
-             f"intervals of the mean over seeds; differences are paired by seed against **{data['reference']}** "
-             f"(variant − reference)."]
+             f"intervals of the mean over seeds (the sd's: chi-square); differences are paired by seed against "
+             f"**{data['reference']}** (variant − reference)."]
     if data["centre_box_le"] is not None:
         lines.append(f"The centred box (a fixed map, no learning) scores LE {data['centre_box_le']:.3f} on these "
                      f"images: a masker that does not beat it has not localized anything.")
