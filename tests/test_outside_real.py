@@ -77,6 +77,30 @@ def test_gradient_cams_match_the_grad_cam_package_on_the_real_network(network, p
     assert np.abs(ours - expected).max() < 1e-4
 
 
+def test_score_cam_matches_the_grad_cam_package_on_the_real_network_with_fewer_passes(photos):
+    """The package reads a layer's first call, casm its last; the head's BatchNorm gets its own ReLU6 (the
+    outputs are unchanged: ReLU6 is idempotent) so both read the activated head, called once. 160 px: a 5x5
+    head map, 1280 passes for the package. Constant and one-position channels share passes in casm."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    network = OutsideClassifier(build_outside(example.BUILDER, example.weights_file(), example.KWARGS), 1000).eval()
+    network.model._bn1 = torch.nn.Sequential(network.model._bn1, torch.nn.ReLU6())
+    image = torch.nn.functional.interpolate(photos[:1], size=(160, 160), mode="bilinear", antialias=True)
+    target = network(image)[0].argmax(1)
+    wrapped = LogitsOnly(network)
+    with pgc.ScoreCAM(model=wrapped, target_layers=[network.model._bn1]) as reference:
+        reference.batch_size = 256
+        expected = reference(input_tensor=image, targets=[ClassifierOutputTarget(int(target))])
+    passes = []
+    hook = network.model._conv_stem.register_forward_hook(lambda module, inputs, output: passes.append(len(output)))
+    with BASELINES["scorecam"](network, "model._bn1") as method:
+        ours = method(image).numpy()
+    hook.remove()
+    assert np.abs(ours - expected).max() < 1e-4
+    assert sum(passes) - 1 < 0.8 * 1280  # minus the batch's own pass
+
+
 @pytest.mark.parametrize("method_name", sorted(set(BASELINES) - {"rise", "integrated_gradients"}))
 def test_every_cam_method_gives_a_map_on_the_real_network(network, photos, method_name):
     images = photos[:1] if method_name in ("scorecam", "ablationcam") else photos  # 1280 channel passes each
