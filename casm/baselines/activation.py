@@ -86,7 +86,8 @@ class ScoreCAM(ChannelPassCAM):
 
 def _distinct_masks(values: Tensor, span: Tensor, image_of: Tensor) -> tuple[Tensor, Tensor]:
     """For (n, h*w) non-constant channel maps: the rows to run (one per distinct (image, normalized map))
-    and, for every row, which of those runs it shares. Equality is exact, so nothing is approximated."""
+    and, for every row, which of those runs it shares. Rows are shared only when their normalized maps are
+    bit-equal, so a shared mask differs from the one a channel would make itself by float rounding at most."""
     normalized = (values - values.amin(dim=1, keepdim=True)) / span[:, None]
     keys = torch.cat([image_of[:, None].to(normalized.dtype), normalized], dim=1)
     _, same_as = torch.unique(keys, dim=0, return_inverse=True)
