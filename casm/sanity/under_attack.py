@@ -1,5 +1,6 @@
 """casm under the manipulation attacks: compare the masks of maskers trained against a classifier and
-against attacked copies of it (``model.manipulation=T1..T4``; ``examples/sanity_study.sh``).
+against attacked copies of it (``model.manipulation=T1..T4``; configs/studies/sanity_under_attack.yaml,
+examples/sanity_table.py).
 
 A masker learns from the classifier's *outputs* on masked images. T1/T2 keep those outputs (up to the
 float32 rounding of their 10^4-sized constants), T3/T4 add a score term that changes no ranking and no
