@@ -23,6 +23,8 @@ TITLES = {
     "sweep_box_accuracy": ("box accuracy at the best threshold", "higher"),
     "mask_mean": ("mask mean (share of the image kept)", None),
     "acc_masked_out@judge": ("the judge's top-1 % on masked-out images", "lower"),
+    "acc_inpainted@judge": ("the judge's top-1 % on masked-out images inpainted (Telea)", "lower"),
+    "acc_masked_out": ("the run's own classifier's top-1 % on masked-out images", "lower"),
     "clean_top1": ("the run's own classifier, clean top-1 %", "higher"),
 }
 COLLAPSED_MARK = "†"
