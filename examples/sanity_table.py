@@ -1,6 +1,7 @@
-"""The sanity study's mask comparison: python examples/sanity_table.py [STUDY]
-(default runs/studies/sanity_under_attack, the folder of
-``python -m casm experiment study --config configs/studies/sanity_under_attack.yaml``).
+"""The sanity study's mask comparison: python examples/sanity_table.py [STUDY.yaml]
+(default configs/studies/sanity_under_attack.yaml, after
+``python -m casm experiment study --config configs/studies/sanity_under_attack.yaml``; the runs are found
+where the study command put them).
 
 The study report (STUDY/report/study.md) already gives every variant's LE, OM, mask size and masked-out
 accuracies over seeds. What it cannot give is whether an attack moved the *masks*: per seed, the masks of
@@ -14,8 +15,11 @@ import json
 import sys
 from pathlib import Path
 
+from casm.cli import reports_user_errors
 from casm.data.transforms import denormalize
+from casm.experiments.runs import PlannedRun
 from casm.experiments.statistics import summarize
+from casm.experiments.study import Study, load_study
 from casm.sanity.attacks import attack_grid
 from casm.sanity.report import validation_images
 from casm.sanity.under_attack import compare_to_reference, masks_of
@@ -32,23 +36,26 @@ def cell(values: list[float]) -> str:
     return f"{s.mean:.{digits}f} ± {s.sd or 0:.{digits}f}"
 
 
-def finished_seeds(study: Path, variant: str) -> dict[int, Path]:
-    """seed -> run folder, for the runs of ``variant`` whose evaluation exists."""
-    runs = (study / "runs" / variant).glob("seed*")
-    return {int(run.name[4:]): run for run in runs if (run / "eval" / "metrics.json").is_file()}
+def evaluated(study: Study) -> dict[str, dict[int, PlannedRun]]:
+    """variant -> seed -> run, for the study's runs whose evaluation exists."""
+    found: dict[str, dict[int, PlannedRun]] = {}
+    for run in study.plan():
+        if "seed" in run.tags and (run.run_dir / "eval" / "metrics.json").is_file():
+            found.setdefault(run.tags["variant"], {})[run.tags["seed"]] = run
+    return found
 
 
-def results(run: Path) -> dict:
-    return json.loads((run / "eval" / "metrics.json").read_text())["results"]
+def results(run: PlannedRun) -> dict:
+    return json.loads((run.run_dir / "eval" / "metrics.json").read_text())["results"]
 
 
-def under_attack(study: Path, report: Path) -> str:
-    runs = {v: finished_seeds(study, v) for v in VARIANTS}
+def under_attack(found: dict[str, dict[int, PlannedRun]], report: Path) -> str:
+    runs = {v: found.get(v, {}) for v in VARIANTS}
     if not runs["original"]:
         return "(no finished run against the original classifier)"
     first = next(iter(runs["original"].values()))
-    images, _ = validation_images(read_run(first / "checkpoints" / "last.ckpt").config, IMAGES)
-    masks = {v: {seed: masks_of(run / "checkpoints" / "last.ckpt", images) for seed, run in by_seed.items()}
+    images, _ = validation_images(read_run(first.checkpoint).config, IMAGES)
+    masks = {v: {seed: masks_of(run.checkpoint, images) for seed, run in by_seed.items()}
              for v, by_seed in runs.items() if by_seed}
     attack_grid({"image": images, **{v: masks[v][0] for v in masks if 0 in masks[v]}},
                 report / "masks_under_attack.png", rows=4, denormalize=denormalize)
@@ -70,10 +77,10 @@ def under_attack(study: Path, report: Path) -> str:
     return "\n".join(lines)
 
 
-def shuffled(study: Path) -> str:
+def shuffled(found: dict[str, dict[int, PlannedRun]]) -> str:
     lines = ["| shuffled labels | classifier top-1 % | LE | OM | mask mean | box acc. (best thr.) | centred box LE |",
              "|---" * 7 + "|"]
-    for seed, run in sorted(finished_seeds(study, "shuffled_labels").items()):
+    for seed, run in sorted(found.get("shuffled_labels", {}).items()):
         found = results(run)
         casm = found["casm"]
         lines.append(f"| seed {seed} | {found['full_image']['acc_masked_in']:.1f} | {casm['le']:.3f} | "
@@ -82,14 +89,18 @@ def shuffled(study: Path) -> str:
     return "\n".join(lines)
 
 
-def main(study: Path) -> None:
-    report = study / "report"
+@reports_user_errors
+def main(argv: list[str] | None = None) -> int:
+    study = Study(*load_study(argv[0] if argv else "configs/studies/sanity_under_attack.yaml"))
+    found = evaluated(study)
+    report = study.root / "report"
     report.mkdir(parents=True, exist_ok=True)
-    text = ("## casm under attack\n\n" + under_attack(study, report) +
-            "\n\n## Data randomization (shuffled labels)\n\n" + shuffled(study) + "\n")
+    text = ("## casm under attack\n\n" + under_attack(found, report) +
+            "\n\n## Data randomization (shuffled labels)\n\n" + shuffled(found) + "\n")
     (report / "sanity_tables.md").write_text(text)
     print(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/studies/sanity_under_attack"))
+    sys.exit(main(sys.argv[1:]))
