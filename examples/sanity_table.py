@@ -20,6 +20,7 @@ from casm.data.transforms import denormalize
 from casm.experiments.runs import PlannedRun
 from casm.experiments.statistics import summarize
 from casm.experiments.study import Study, load_study
+from casm.metrics.collapse import read_collapse
 from casm.sanity.attacks import attack_grid
 from casm.sanity.report import validation_images
 from casm.sanity.under_attack import compare_to_reference, masks_of
@@ -69,7 +70,9 @@ def under_attack(found: dict[str, dict[int, PlannedRun]], report: Path) -> str:
         numbers = [cell([s[k] for s in scores]) for k in ("le", "om", "mask_mean", "acc_masked_out@judge")]
         rows = agreement.get(variant, [])
         distance = [cell([r["l1"] for r in rows]), cell([r["iou"] for r in rows])] if rows else ["—", "—"]
-        lines.append(f"| {variant} | {len(scores)} | " + " | ".join(numbers + distance) + " |")
+        collapsed = [str(seed) for seed, run in sorted(runs[variant].items()) if read_collapse(run.run_dir)]
+        seeds = f"{len(scores)}" + (f" (seed {', '.join(collapsed)} collapsed †)" if collapsed else "")
+        lines.append(f"| {variant} | {seeds} | " + " | ".join(numbers + distance) + " |")
     yardstick = agreement["original, another seed"]
     if yardstick:
         lines.append(f"| original, another seed | {len(yardstick)} pairs | — | — | — | — | "
@@ -78,14 +81,14 @@ def under_attack(found: dict[str, dict[int, PlannedRun]], report: Path) -> str:
 
 
 def shuffled(found: dict[str, dict[int, PlannedRun]]) -> str:
-    lines = ["| shuffled labels | classifier top-1 % | LE | OM | mask mean | box acc. (best thr.) | centred box LE |",
-             "|---" * 7 + "|"]
+    lines = ["| shuffled labels | classifier top-1 % | LE | OM | mask mean | box acc. (best thr.) | centred box LE | "
+             "collapse check (last epoch) |", "|---" * 8 + "|"]
     for seed, run in sorted(found.get("shuffled_labels", {}).items()):
-        found = results(run)
-        casm = found["casm"]
-        lines.append(f"| seed {seed} | {found['full_image']['acc_masked_in']:.1f} | {casm['le']:.3f} | "
+        scores = results(run)
+        casm = scores["casm"]
+        lines.append(f"| seed {seed} | {scores['full_image']['acc_masked_in']:.1f} | {casm['le']:.3f} | "
                      f"{casm['om']:.3f} | {casm['mask_mean']:.3f} | {casm['sweep_box_accuracy']:.3f} | "
-                     f"{found['centre_box']['le']:.3f} |")
+                     f"{scores['centre_box']['le']:.3f} | {'; '.join(read_collapse(run.run_dir)) or 'passed'} |")
     return "\n".join(lines)
 
 

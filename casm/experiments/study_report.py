@@ -21,7 +21,7 @@ TITLES = {
     "om": ("OM (LE or misclassified)", "lower"),
     "f1": ("F1 (continuous)", "higher"),
     "sweep_box_accuracy": ("box accuracy at the best threshold", "higher"),
-    "mask_mean": ("mask mean (share of the image kept)", None),
+    "mask_mean": ("mask mean (share of the image marked salient)", None),
     "acc_masked_out@judge": ("the judge's top-1 % on masked-out images", "lower"),
     "acc_inpainted@judge": ("the judge's top-1 % on masked-out images inpainted (Telea)", "lower"),
     "acc_masked_out": ("the run's own classifier's top-1 % on masked-out images", "lower"),
