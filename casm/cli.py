@@ -272,8 +272,11 @@ def sanity_main(argv: list[str] | None = None) -> int:
         "manipulation attacks T1-T4, and the cascading randomization of the classifier (for each CAM method) and of "
         "the masker (docs/sanity.md). Writes sanity.json, sanity.md, a PNG grid per attack, randomization.png, "
         "TensorBoard.")
-    parser.add_argument("--checkpoint", required=True, help="a casm training checkpoint (its classifier is attacked)")
-    parser.add_argument("--out", help="output folder (default: RUN/sanity)")
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="a casm training checkpoint (its classifier is attacked); several runs (seeds): each "
+                        "run's report in its RUN/sanity, then every number as mean ± sd over them")
+    parser.add_argument("--out", help="output folder (default: RUN/sanity; with several checkpoints, the summary's "
+                        "folder, default their runs' common parent/sanity_over_runs)")
     parser.add_argument("--images", type=int, default=64, help="validation images measured (default 64)")
     parser.add_argument("--slow-images", type=int, default=8, help="of those, for Score-CAM (default 8)")
     parser.add_argument("--attacks", default=",".join(MANIPULATION_ATTACKS))
@@ -288,7 +291,16 @@ def sanity_main(argv: list[str] | None = None) -> int:
     if unknown or args.images < 1 or args.slow_images < 1:
         raise UserError(f"--attacks takes {','.join(MANIPULATION_ATTACKS)} (got {unknown}); "
                         f"--images and --slow-images >= 1")
-    report, out = sanity_report(args.checkpoint, args.out, args.images, args.slow_images, attacks, args.device,
+    if len(args.checkpoint) > 1:
+        from casm.experiments.sanity_runs import sanity_over_runs, summary_tables
+
+        summary, out = sanity_over_runs(args.checkpoint, args.out, args.images, args.slow_images, attacks,
+                                        args.device, randomization=not args.no_randomization)
+        print(summary_tables(summary))
+        print(f"each run's report in its RUN/sanity ({', '.join(summary['reports'])}); "
+              f"the summary written to {out} (sanity_over_runs.json, sanity_over_runs.md)")
+        return 0
+    report, out = sanity_report(args.checkpoint[0], args.out, args.images, args.slow_images, attacks, args.device,
                                 randomization=not args.no_randomization)
     print(attacks_table(report["attacks"]))
     if "randomization" in report:
