@@ -65,3 +65,5 @@ def test_the_command_on_two_runs_writes_each_report_and_the_summary(trained_chec
     assert "2 runs" in capsys.readouterr().out
     assert main(["sanity", "--checkpoint", checkpoints[0], checkpoints[0], "--images", "4"]) == 2
     assert "same run" in capsys.readouterr().err
+    assert main(["sanity", "--checkpoint", checkpoints[0], str(tmp_path / "nothing.ckpt")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err

@@ -101,6 +101,9 @@ def sanity_over_runs(checkpoints: list[str | Path], out: str | Path | None = Non
     """Each checkpoint's sanity report (its RUN/sanity), then the summary over them:
     ``sanity_over_runs.json`` and ``sanity_over_runs.md`` in ``out`` (default: the runs' common parent
     folder / sanity_over_runs)."""
+    missing = [str(c) for c in checkpoints if not Path(c).is_file()]
+    if missing:  # before the first run's minutes are spent
+        raise UserError(f"no such checkpoint: {', '.join(missing)}")
     runs = [run_folder(c).resolve() for c in checkpoints]
     twice = sorted({str(r) for r in runs if runs.count(r) > 1})
     if twice:
