@@ -20,6 +20,7 @@ def test_three_seeds_by_hand():
     assert (s.low, s.high) == (pytest.approx(0.3 - half, abs=1e-6), pytest.approx(0.3 + half, abs=1e-6))
     assert s.values == (0.2, 0.3, 0.4)
     assert s.text() == "0.300 ± 0.100 [0.052, 0.548]"
+    assert s.spread() == "0.300 ± 0.100" and s.spread(1, signed=True) == "+0.3 ± 0.1"
 
 
 @pytest.mark.parametrize("n, lower, upper", [(3, 0.0506356, 7.377759), (5, 0.4844186, 11.143287)])
@@ -46,6 +47,7 @@ def test_one_seed_has_no_spread():
     s = summarize([0.25])
     assert (s.sd, s.low, s.high, s.sd_low, s.sd_high) == (None, None, None, None, None)
     assert s.text() == "0.250 (1 seed)"
+    assert s.spread() == "0.250" and summarize([-0.25]).spread(signed=True) == "-0.250"
 
 
 def test_a_non_finite_value_is_refused():

@@ -65,8 +65,7 @@ def summarize_sanity(reports: list[dict]) -> dict:
 
 
 def _cell(d: dict, digits: int = 3) -> str:
-    s = Summary.from_dict(d)
-    return f"{s.mean:.{digits}f} ± {s.sd:.{digits}f}"
+    return Summary.from_dict(d).spread(digits)
 
 
 def summary_tables(summary: dict) -> str:
@@ -116,7 +115,7 @@ def sanity_over_runs(checkpoints: list[str | Path], out: str | Path | None = Non
         folders.append(folder)
     summary = summarize_sanity(reports)
     summary["reports"] = [str(f) for f in folders]
-    out = Path(out) if out else Path(os.path.commonpath([f.parent.resolve() for f in folders])) / "sanity_over_runs"
+    out = Path(out) if out else Path(os.path.commonpath(runs)) / "sanity_over_runs"
     out.mkdir(parents=True, exist_ok=True)
     (out / "sanity_over_runs.json").write_text(json.dumps(summary, indent=1))
     (out / "sanity_over_runs.md").write_text(summary_tables(summary))

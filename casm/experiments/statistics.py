@@ -53,6 +53,12 @@ class Summary:
         return (f"{self.mean:{sign}.{digits}f} ± {self.sd:.{digits}f} "
                 f"[{self.low:{sign}.{digits}f}, {self.high:{sign}.{digits}f}]")
 
+    def spread(self, digits: int = 3, signed: bool = False) -> str:
+        """``0.315 ± 0.167`` (mean ± sd, the tables' cell); one value stays one value. ``signed``: the mean
+        with its sign (a difference)."""
+        mean = f"{self.mean:{'+' if signed else ''}.{digits}f}"
+        return mean if self.sd is None else f"{mean} ± {self.sd:.{digits}f}"
+
     def error_bar(self) -> list[list[float]] | None:
         """The interval as matplotlib's asymmetric ``yerr`` around the mean (None: one seed, no interval)."""
         return None if self.sd is None else [[self.mean - self.low], [self.high - self.mean]]

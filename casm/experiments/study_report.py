@@ -101,7 +101,7 @@ def methods_table(data: dict, variant: str) -> str:
             return "—"
         s = Summary.from_dict(row[key]["summary"])
         digits = 2 if key == "mean_rank" else 1 if key in ("max_box_acc_v2_heldout", "pxap") else 3
-        return f"{s.mean:.{digits}f}" + ("" if s.sd is None else f" ± {s.sd:.{digits}f}")
+        return s.spread(digits)
 
     def better(key: str) -> str:
         return " ↓" if key == "mean_rank" or RANKED_METRICS.get(key) is False else " ↑"
@@ -148,10 +148,8 @@ def metric_table(data: dict, key: str) -> str:
             v = m["seeds"].get(str(seed))
             mark = COLLAPSED_MARK if str(seed) in entry["collapsed"] else ""
             cells.append("—" if v is None else f"{v:.{digits}f}{mark}")
-        diff = "reference" if variant == data["reference"] else ("—" if d is None else f"{d.mean:+.{digits}f}" + (
-            "" if d.sd is None else f" ± {d.sd:.{digits}f}"))
-        spread = f"{s.mean:.{digits}f}" + ("" if s.sd is None else f" ± {s.sd:.{digits}f}")
-        lines.append(f"| {variant} | {spread} | {_interval(s, digits)} | {_sd_interval(s, digits)} | "
+        diff = "reference" if variant == data["reference"] else ("—" if d is None else d.spread(digits, signed=True))
+        lines.append(f"| {variant} | {s.spread(digits)} | {_interval(s, digits)} | {_sd_interval(s, digits)} | "
                      + " | ".join(cells) + f" | {diff} | {_interval(d, digits) if d else ''} |")
     return "\n".join(lines)
 
