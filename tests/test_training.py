@@ -327,11 +327,12 @@ def test_an_overflowing_batchnorm_statistic_skips_the_step(tiny_cfg, monkeypatch
     assert all(torch.isfinite(b).all() for b in module.classifier.buffers() if b.is_floating_point())
 
 
-def test_validation_every_n_epochs_and_bounded_step_checkpoints(tiny_cfg, capsys, recwarn):
+def test_validation_every_n_epochs_and_bounded_step_checkpoints(tiny_cfg, capsys, caplog, recwarn):
     """check_val_every_n_epoch=2 validates after epoch 1 only, the console says so for the others
     instead of repeating stale numbers, every epoch is still checkpointed (Lightning's default would
     skip the unvalidated last one), only the newest keep_step_checkpoints step files remain, and
-    Lightning's advice to save the weights before each manual step is not shown (casm saves after)."""
+    Lightning's advice to save the weights before each manual step is not shown (casm saves after),
+    nor its cloud tips, its "1.0 means 100 %" lines or torch's deprecation inside Lightning."""
     run = train(tiny_cfg("trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2",
                          "trainer.checkpoint_every_n_steps=1", "trainer.keep_step_checkpoints=2"))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
@@ -342,7 +343,8 @@ def test_validation_every_n_epochs_and_bounded_step_checkpoints(tiny_cfg, capsys
     final_step = last["global_step"]
     assert last["epoch"] == 2 and final_step == 24  # 3 epochs x 4 batches x 2 optimizer steps
     assert steps == [f"step{final_step - 2:07d}.ckpt", f"step{final_step:07d}.ckpt"]
-    assert not [w for w in recwarn if "manual optimization" in str(w.message)]
+    assert not [w for w in recwarn if "manual optimization" in str(w.message) or "LeafSpec" in str(w.message)]
+    assert caplog.records and not [r for r in caplog.records if "Tip" in r.getMessage() or "100%" in r.getMessage()]
 
 
 def test_the_masker_can_keep_its_learning_rate_while_the_classifier_decays(tiny_cfg):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -32,6 +33,23 @@ RESUME_FIXED_KEYS = ("model.arch", "model.width", "model.manipulation", "masker.
 # learning rates and the mid-epoch data position were set for; a changed value would be ignored silently
 RESUME_STATE_KEYS = ("optim.", "casm.lambda_r", "data.batch_size")
 _VERSION_ENV = "CASM_RUN_VERSION"  # shared by DDP ranks, which Lightning starts as new processes
+
+
+class _NoCloudTips(logging.Filter):
+    """Drop Lightning's console tips for its cloud services: casm runs offline, and between the run's own
+    lines they read like a setting to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip")
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoCloudTips())
+
+
+def _all_or(limit: int | float) -> int | float | None:
+    """Lightning's ``limit_*_batches``, None for all of them: an explicit 1.0 makes Lightning print that
+    1.0 means 100 % (an explicit int 1, "1 batch", keeps its line: that one is worth reading)."""
+    return None if isinstance(limit, float) and limit == 1.0 else limit
 
 
 def check_resume_compatible(cfg: DictConfig, checkpoint: dict, path: str) -> list[str]:
@@ -160,8 +178,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bo
         num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=t.precision,
-        limit_train_batches=t.limit_train_batches,
-        limit_val_batches=validation_batches(cfg),
+        limit_train_batches=_all_or(t.limit_train_batches),
+        limit_val_batches=_all_or(validation_batches(cfg)),
         check_val_every_n_epoch=t.check_val_every_n_epoch,
         log_every_n_steps=t.log_every_n_steps,
         logger=logger,
@@ -209,5 +227,7 @@ def train(cfg: DictConfig) -> Path:
         # and, as casm chose the start above, that a fresh start found no checkpoint to continue from
         warnings.filterwarnings("ignore", message=r"`\.fit\(ckpt_path=None\)` was called without a model")
         warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last')
+        # and Lightning's own pytree helper still builds torch's deprecated LeafSpec (nothing casm can change)
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     return run_dir
