@@ -11,7 +11,7 @@ import yaml
 
 from casm.cli import experiment_main, main
 from casm.config import CONFIG_DIR, ConfigError
-from casm.experiments.runs import LocalLauncher, PlannedRun
+from casm.experiments.runs import LocalLauncher, PlannedRun, write_config
 from casm.experiments.study import Study, load_study
 from casm.experiments.study_report import collect, markdown
 from tests.conftest import TINY
@@ -210,3 +210,27 @@ def test_submitit_runs_the_trainings_as_jobs(tmp_path):
     assert list((root / "submitit").glob("*_log.out"))
     le = json.loads((report / "study.json").read_text())["variants"]["a"]["metrics"]["le"]["summary"]
     assert le["n"] == 1 and le["sd"] is None
+
+
+def test_every_variants_masks_side_by_side(tmp_path, capsys):
+    """examples/study_masks.py: each variant's masker of one seed on the same images, one column each;
+    a seed the study has not trained is one error line."""
+    import importlib.util
+
+    import cv2
+
+    from casm.sanity.attacks import TILE
+
+    spec = importlib.util.spec_from_file_location("study_masks", CONFIG_DIR.parent.parent / "examples" /
+                                                  "study_masks.py")
+    study_masks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study_masks)
+    path = _study_file(tmp_path, seeds=[0], variants={"a": [], "b": ["casm.thinning=F"]})
+    for run in _study(path).plan():  # the trainings only: the figure needs no evaluation
+        write_config(run, "the test")
+        assert main(run.train_argv()) == 0
+    assert study_masks.main([str(path), "--rows", "3"]) == 0
+    figure = cv2.imread(str(tmp_path / "out" / "tiny" / "report" / "masks_seed0.png"))
+    assert figure.shape[:2] == (18 + 3 * TILE, 3 * TILE)  # a title row; image, a, b
+    assert study_masks.main([str(path), "--seed", "5"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error:")
