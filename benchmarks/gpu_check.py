@@ -9,7 +9,9 @@ how much does a CASM step cost there? Prints one summary table; about 5-8 minute
 2. a CASM step against a plain classifier step of ResNet-50 at 224 px, batch 128, bf16-mixed, in the same
    process (images/s and the ratio; benchmarks/train_step.py);
 3. ``casm evaluate`` of that run on CUDA (casm, CAM, Grad-CAM, Grad-CAM++, Score-CAM);
-4. ``casm export`` and ``casm explain --device cuda`` on the validation-style images of step 1's data.
+4. ``casm export`` and ``casm explain --device cuda`` on the validation-style images of step 1's data;
+5. ROAD's fill at 224 px: the batched conjugate gradients on CUDA against grad-cam's SciPy fill and casm's
+   direct one on the CPU (how far apart, ms per image; benchmarks/road.py).
 
 Nothing here is a figure until it has run on a GPU: the CPU mode only keeps the script from rotting.
 """
@@ -33,8 +35,9 @@ TINY = ["model.width=4", "masker.hidden=8", "data.image_size=32", "data.num_trai
         "data.batch_size=16", "trainer.max_epochs=2", "casm.warmup_epochs=1"]
 
 
-def _train_step_benchmark():
-    spec = importlib.util.spec_from_file_location("train_step", Path(__file__).with_name("train_step.py"))
+def _benchmark(name: str):
+    """A sibling benchmark script as a module (benchmarks/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -58,7 +61,7 @@ def run_checks(out: Path, tiny: bool) -> list[tuple[str, str, float]]:
         return "ran; see the epoch lines above"
 
     def step_ratio() -> str:
-        bench = _train_step_benchmark()
+        bench = _benchmark("train_step")
         argv = (["--arch", "resnet18", "--width", "8", "--size", "32", "--batch", "8", "--steps", "2", "--warmup", "1"]
                 if tiny else ["--arch", "resnet50", "--size", "224", "--batch", "128", "--precision", "bf16-mixed",
                               "--device", "gpu"])
@@ -86,10 +89,21 @@ def run_checks(out: Path, tiny: bool) -> list[tuple[str, str, float]]:
                      "--no-progress"]) == 0, "explain failed"
         return f"{len(list((out / 'explained').glob('*_mask.png')))} masks written"
 
+    def road_fill() -> str:
+        if importlib.util.find_spec("pytorch_grad_cam") is None:
+            return "skipped: the reference needs grad-cam (pip install -e '.[test]')"
+        road = _benchmark("road")
+        size, count = (16, 2) if tiny else (224, 8)
+        images = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(1))
+        results = road.compare(images, road.smooth_maps(count, size), device)
+        return "; ".join(f"{fill} {ms:.0f} ms/image, {difference:.1e} from grad-cam's"
+                         for fill, (difference, ms) in results.items()) + f" ({size} px, 18 levels)"
+
     timed("train (default config, 3 epochs)" if not tiny else "train (tiny)", train)
     timed("CASM step vs plain step", step_ratio)
     timed(f"evaluate on {device}", evaluate)
     timed(f"export + explain on {device}", export_and_explain)
+    timed(f"ROAD fill on {device} against grad-cam's", road_fill)
     return rows
 
 

@@ -15,6 +15,7 @@ def test_the_gpu_check_runs_in_its_tiny_cpu_mode(tmp_path, capsys):
     assert module.main(["--tiny", "--out", str(tmp_path)]) == 0
     table = capsys.readouterr().out.split("casm GPU check on")[-1].splitlines()
     rows = [line for line in table if line.startswith("| ") and "---" not in line][1:]
-    assert [row.split(" | ")[0] for row in rows] == ["| train (tiny)", "| CASM step vs plain step", "| evaluate on cpu",
-                                                      "| export + explain on cpu"]
-    assert "CASM/plain" in rows[1] and "8 masks written" in rows[3]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| train (tiny)", "| CASM step vs plain step", "| evaluate on cpu", "| export + explain on cpu",
+        "| ROAD fill on cpu against grad-cam's"]
+    assert "CASM/plain" in rows[1] and "8 masks written" in rows[3] and "from grad-cam's (16 px" in rows[4]
