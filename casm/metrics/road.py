@@ -6,8 +6,8 @@ removed pixel becomes the weighted mean of its 8 neighbours (weight 1/6 for the 
 diagonal ones), known neighbours fixed, plus a little noise. The fill is the solution of a sparse linear
 system per image and channel (a discrete Laplace equation on the removed pixels). The reference code
 builds it with SciPy and solves it on the CPU image by image. Here a CPU does the same (SciPy's sparse
-direct solve, the system built without Python loops: exact, and on a CPU faster than any iteration,
-benchmarks/road.py), and a GPU solves every image, channel and removal level of a batch at once by
+direct solve, the system built without Python loops: exact, and on a CPU 2-10x faster than the batched
+iteration, benchmarks/road.py), and a GPU solves every image, channel and removal level of a batch at once by
 conjugate gradients with the system's operator as a 3x3 convolution.
 
 MoRF removes the most relevant ``p`` % of the pixels (a good map makes the score fall), LeRF the least
@@ -32,7 +32,7 @@ CONVENTIONS = {
     "road_morf": "mean over p = 10..90 % of the target probability after the pixels with map >= the p-th "
                  "percentile (numpy's linear rule) are removed and filled by noisy linear imputation (8 "
                  "neighbours, weights 1/6 direct and 1/12 diagonal, noise sd 0.01 in normalized units; solved "
-                 "exactly on a CPU, by conjugate gradients to within ~4e-4 on a GPU); lower is better",
+                 "exactly on a CPU, by conjugate gradients to within ~1e-3 on a GPU); lower is better",
     "road_lerf": "the same removing the pixels with 1 - map >= the p-th percentile of 1 - map; higher is better",
 }
 
@@ -110,8 +110,8 @@ def direct_fill(image: Tensor, removed: Tensor) -> Tensor:
 def conjugate_gradient_fill(images: Tensor, removed: Tensor, tolerance: float = 1e-5,
                             max_iterations: int = 2000) -> Tensor:
     """The batch's fill by conjugate gradients in float32, every image, channel and level at once (on a
-    GPU), stopped at a residual ``tolerance`` x the right-hand side's norm: filled values within ~1e-4 of
-    the direct solve at 64 px, ~4e-4 at 224 px, far below ROAD's noise (0.01)."""
+    GPU), stopped at a residual ``tolerance`` x the right-hand side's norm: filled values within ~2e-4 of
+    the direct solve at 64 px, ~8e-4 at 224 px (benchmarks/road.py), far below ROAD's noise (0.01)."""
     n, c, h, w = images.shape
     x_img = images.float().flatten(0, 1)  # (N*C, H, W)
     unknown = removed[:, None].expand(n, c, h, w).flatten(0, 1).float()
