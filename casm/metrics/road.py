@@ -6,7 +6,7 @@ removed pixel becomes the weighted mean of its 8 neighbours (weight 1/6 for the 
 diagonal ones), known neighbours fixed, plus a little noise. The fill is the solution of a sparse linear
 system per image and channel (a discrete Laplace equation on the removed pixels). The reference code
 builds it with SciPy and solves it on the CPU image by image. Here a CPU does the same (SciPy's sparse
-direct solve, the system built without Python loops: exact, and on a CPU 2-10x faster than the batched
+direct solve, the system built without Python loops: exact, and on a CPU 2-11x faster than the batched
 iteration, benchmarks/road.py), and a GPU solves every image, channel and removal level of a batch at once by
 conjugate gradients with the system's operator as a 3x3 convolution.
 
