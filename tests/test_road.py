@@ -48,6 +48,15 @@ def test_the_gpus_iterative_fill_agrees_with_the_direct_one(images, maps, percen
     assert (conjugate_gradient_fill(images, removed) - linear_imputation(images, removed)).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_fill_leaves_its_input_alone(images, maps, dtype):
+    """The direct fill writes into a float64 copy: a float64 image must not be that copy."""
+    images = images.to(dtype)
+    before = images.clone()
+    filled = linear_imputation(images, percentile_removal(maps, 50, most_relevant=True))
+    assert torch.equal(images, before) and filled.dtype == dtype and not torch.equal(filled, images)
+
+
 @pytest.mark.parametrize("fill", [linear_imputation, conjugate_gradient_fill])
 def test_nothing_or_everything_removed(images, fill):
     """A constant map (a collapsed mask) removes every pixel at every level: no known neighbour is left, so

@@ -78,7 +78,7 @@ def direct_fill(image: Tensor, removed: Tensor) -> Tensor:
     c, h, w = image.shape
     flat_removed = removed.reshape(-1).cpu().numpy()
     unknown = np.flatnonzero(flat_removed)
-    values = image.detach().cpu().double().numpy().reshape(c, -1)
+    values = image.detach().to("cpu", torch.float64, copy=True).numpy().reshape(c, -1)  # filled in place
     if len(unknown) == h * w:
         return torch.zeros_like(image)
     if len(unknown) == 0:
