@@ -195,6 +195,34 @@ def test_every_method_beside_the_masker_is_summarized_over_seeds_by_hand(tmp_pat
     text = markdown(data, cfg)
     assert "### Every method over seeds: a" in text
     assert "| casm | 1.50 ± 0.71 | 0.300 ± 0.141 |" in text and "| cam | 1.50 ± 0.71 | 0.400 ± 0.141 |" in text
+    assert "masked images" not in text  # no judge in these evaluations: no judged table
+
+
+def test_every_methods_masked_images_are_judged_over_seeds_by_hand(tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"name": "s", "variants": {"a": []}, "seeds": [0, 1], "metrics": ["le"]})
+    runs = []
+    for seed, (casm_out, rise_out) in enumerate([(8.0, 14.0), (10.0, 18.0)]):
+        run = _fake_run(tmp_path, "a", seed, 0.2)
+        path = run.run_dir / "eval" / "metrics.json"
+        payload = json.loads(path.read_text())
+        payload["results"]["casm"].update({"images": 500, "acc_masked_in@judge": 96.0,
+                                           "acc_masked_out@judge": casm_out})
+        payload["results"]["rise"] = {"le": 0.9, "images": 64, "acc_masked_in@judge": 90.0 + seed,
+                                      "acc_masked_out@judge": rise_out}
+        payload["results"]["full_image"] = {"acc_masked_out@judge": 9.0}  # a yardstick, not a method: no row
+        payload["ranking"] = {"mean_rank": {"casm": 1.0, "rise": 2.0}}
+        path.write_text(json.dumps(payload))
+        runs.append(run)
+    text = markdown(collect(cfg, runs, "a"), cfg)
+    assert "### Every method's masked images, the judge's top-1 %: a (mean ± sd over seeds 0, 1)" in text
+    # no inpainted column; rise has no mask mean
+    assert "| method | images | share marked salient | salient part kept ↑ | salient part removed ↓ |" in text
+    # casm: out 8, 10 -> 9.0 ± 1.4; rise: in 90, 91 -> 90.5 ± 0.7, out 14, 18 -> 16.0 ± 2.8, on its 64 images
+    assert "| casm | 500 | 0.200 ± 0.000 | 96.0 ± 0.0 | 9.0 ± 1.4 |" in text
+    assert "| rise | 64 | — | 90.5 ± 0.7 | 16.0 ± 2.8 |" in text
+    assert "| full_image |" not in text
 
 
 @pytest.mark.slow

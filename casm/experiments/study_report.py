@@ -30,6 +30,12 @@ TITLES = {
 COLLAPSED_MARK = "†"
 # an evaluation with other methods beside casm: each method over seeds in these metrics, with its mean rank
 METHOD_COLUMNS = ("le", "max_box_acc_v2_heldout", "pxap", "deletion", "insertion", "road")
+# ... and the study's judge on each method's binarized maps (key -> column title); "images" because the
+# perturbation methods are judged on the first max_images_slow images only, the maps' mean because the
+# binarized area follows it (a larger area removes more evidence, whatever the method)
+JUDGED_COLUMNS = {"images": "images", "mask_mean": "share marked salient", "acc_masked_in@judge": "salient part kept ↑",
+                  "acc_masked_out@judge": "salient part removed ↓",
+                  "acc_inpainted@judge": "removed, then inpainted ↓"}
 
 
 def metric_value(payload: dict, key: str) -> float | None:
@@ -57,7 +63,7 @@ def collect(cfg: DictConfig, runs: list[PlannedRun], reference: str) -> dict:
             by_method = methods.setdefault(variant, {})
             for method in others:
                 row = by_method.setdefault(method, {})
-                for key in ("mean_rank", *METHOD_COLUMNS):
+                for key in ("mean_rank", *METHOD_COLUMNS, *JUDGED_COLUMNS):
                     value = payload.get("ranking", {}).get("mean_rank", {}).get(method) if key == "mean_rank" \
                         else payload["results"][method].get(key)
                     if value is not None:
@@ -91,24 +97,41 @@ def collect(cfg: DictConfig, runs: list[PlannedRun], reference: str) -> dict:
 def methods_table(data: dict, variant: str) -> str:
     """Every method evaluated beside the masker, over the variant's seeds: its mean rank (over the metrics all
     methods share, per seed; docs/evaluation.md) and main metrics as mean ± sd, by mean rank."""
+    return _method_rows(data, variant, ("mean_rank", *METHOD_COLUMNS), "Every method over seeds")
+
+
+def judged_methods_table(data: dict, variant: str) -> str:
+    """The study's judge on every method's masked images over the variant's seeds, in the same order as
+    ``methods_table``: top-1 % with the masks' salient part kept, removed, and removed then inpainted."""
     rows = data["variants"][variant].get("methods") or {}
-    if not rows:
+    if not any(k in r for r in rows.values() for k in JUDGED_COLUMNS if "@" in k):
         return ""
-    columns = [k for k in ("mean_rank", *METHOD_COLUMNS) if any(k in r for r in rows.values())]
+    return _method_rows(data, variant, tuple(JUDGED_COLUMNS), "Every method's masked images, the judge's top-1 %")
+
+
+def _method_rows(data: dict, variant: str, keys: tuple[str, ...], title: str) -> str:
+    rows = data["variants"][variant].get("methods") or {}
+    columns = [k for k in keys if any(k in r for r in rows.values())]
+    if not rows or not columns:
+        return ""
 
     def cell(row: dict, key: str) -> str:
         if key not in row:
             return "—"
         s = Summary.from_dict(row[key]["summary"])
-        digits = 2 if key == "mean_rank" else 1 if key in ("max_box_acc_v2_heldout", "pxap") else 3
+        if key == "images":
+            return f"{s.mean:.0f}" if s.sd in (None, 0) else s.spread(0)
+        digits = 2 if key == "mean_rank" else 1 if key in ("max_box_acc_v2_heldout", "pxap") or "@" in key else 3
         return s.spread(digits)
 
-    def better(key: str) -> str:
-        return " ↓" if key == "mean_rank" or RANKED_METRICS.get(key) is False else " ↑"
+    def header(key: str) -> str:
+        if key in JUDGED_COLUMNS:
+            return JUDGED_COLUMNS[key]
+        return key.replace("_", " ") + (" ↓" if key == "mean_rank" or RANKED_METRICS.get(key) is False else " ↑")
 
     order = sorted(rows, key=lambda m: rows[m].get("mean_rank", {}).get("summary", {}).get("mean", float("inf")))
-    lines = [f"### Every method over seeds: {variant} (mean ± sd over seeds {', '.join(map(str, data['seeds']))})",
-             "", "| method | " + " | ".join(k.replace("_", " ") + better(k) for k in columns) + " |",
+    lines = [f"### {title}: {variant} (mean ± sd over seeds {', '.join(map(str, data['seeds']))})",
+             "", "| method | " + " | ".join(header(k) for k in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {m} | " + " | ".join(cell(rows[m], k) for k in columns) + " |" for m in order]
     return "\n".join(lines)
@@ -175,9 +198,9 @@ def markdown(data: dict, cfg: DictConfig) -> str:
     for key in shown_metrics(data, cfg):
         lines += ["", metric_table(data, key)]
     for variant in data["variants"]:
-        table = methods_table(data, variant)
-        if table:
-            lines += ["", table]
+        for table in (methods_table(data, variant), judged_methods_table(data, variant)):
+            if table:
+                lines += ["", table]
     return "\n".join(lines) + "\n"
 
 
