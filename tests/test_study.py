@@ -175,6 +175,23 @@ def test_the_report_by_hand(tmp_path):
     assert "- F seed 2: all-on masks" in text and "### OM" not in text
 
 
+def test_percent_metrics_get_one_decimal_and_a_title(tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"name": "s", "variants": {"a": []}, "seeds": [0, 1], "metrics": ["pxap", "road"]})
+    runs = []
+    for seed, (pxap, road) in enumerate([(70.0, 0.40), (72.0, 0.41)]):
+        run = _fake_run(tmp_path, "a", seed, 0.2)
+        path = run.run_dir / "eval" / "metrics.json"
+        payload = json.loads(path.read_text())
+        payload["results"]["casm"].update({"pxap": pxap, "road": road})
+        path.write_text(json.dumps(payload))
+        runs.append(run)
+    text = markdown(collect(cfg, runs, "a"), cfg)
+    assert "### PxAP % (pixel average precision) (higher is better)" in text
+    assert "| a | 71.0 ± 1.4 |" in text and "| a | 0.405 ± 0.007 |" in text
+
+
 def test_every_method_beside_the_masker_is_summarized_over_seeds_by_hand(tmp_path):
     from omegaconf import OmegaConf
 

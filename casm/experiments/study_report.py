@@ -26,7 +26,14 @@ TITLES = {
     "acc_inpainted@judge": ("the judge's top-1 % on masked-out images inpainted (Telea)", "lower"),
     "acc_masked_out": ("the run's own classifier's top-1 % on masked-out images", "lower"),
     "clean_top1": ("the run's own classifier, clean top-1 %", "higher"),
+    "max_box_acc_v2_heldout": ("MaxBoxAccV2 % (thresholds chosen on the other half of the images)", "higher"),
+    "pxap": ("PxAP % (pixel average precision)", "higher"),
+    "energy_pointing_game": ("energy pointing game (map mass inside the boxes)", "higher"),
+    "deletion": ("deletion (area under the curve)", "lower"),
+    "insertion": ("insertion (area under the curve)", "higher"),
+    "road": ("ROAD ((LeRF − MoRF) / 2)", "higher"),
 }
+PERCENT_METRICS = ("clean_top1", "max_box_acc_v2", "pxap")  # shown with one decimal, like the acc_* metrics
 COLLAPSED_MARK = "†"
 # an evaluation with other methods beside casm: each method over seeds in these metrics, with its mean rank
 METHOD_COLUMNS = ("le", "max_box_acc_v2_heldout", "pxap", "deletion", "insertion", "road")
@@ -153,7 +160,7 @@ def _sd_interval(s: Summary, digits: int) -> str:
 
 def metric_table(data: dict, key: str) -> str:
     """One metric: a row per variant with its mean ± sd, interval, every seed, and the paired difference."""
-    digits = 1 if key.startswith(("acc_", "clean_top1")) else 3
+    digits = 1 if key.startswith(("acc_", *PERCENT_METRICS)) else 3
     title, better = TITLES.get(key, (key, None))
     seeds = data["seeds"]
     lines = [f"### {title}" + (f" ({better} is better)" if better else ""), "",
