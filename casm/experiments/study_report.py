@@ -33,7 +33,7 @@ TITLES = {
     "insertion": ("insertion (area under the curve)", "higher"),
     "road": ("ROAD ((LeRF − MoRF) / 2)", "higher"),
 }
-PERCENT_METRICS = ("clean_top1", "max_box_acc_v2", "pxap")  # shown with one decimal, like the acc_* metrics
+PERCENT_METRICS = ("acc_", "clean_top1", "max_box_acc_v2", "pxap")  # key prefixes shown with one decimal
 COLLAPSED_MARK = "†"
 # an evaluation with other methods beside casm: each method over seeds in these metrics, with its mean rank
 METHOD_COLUMNS = ("le", "max_box_acc_v2_heldout", "pxap", "deletion", "insertion", "road")
@@ -128,8 +128,7 @@ def _method_rows(data: dict, variant: str, keys: tuple[str, ...], title: str) ->
         s = Summary.from_dict(row[key]["summary"])
         if key == "images":
             return f"{s.mean:.0f}" if s.sd in (None, 0) else s.spread(0)
-        digits = 2 if key == "mean_rank" else 1 if key in ("max_box_acc_v2_heldout", "pxap") or "@" in key else 3
-        return s.spread(digits)
+        return s.spread(2 if key == "mean_rank" else _digits(key))
 
     def header(key: str) -> str:
         if key in JUDGED_COLUMNS:
@@ -142,6 +141,10 @@ def _method_rows(data: dict, variant: str, keys: tuple[str, ...], title: str) ->
              "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {m} | " + " | ".join(cell(rows[m], k) for k in columns) + " |" for m in order]
     return "\n".join(lines)
+
+
+def _digits(key: str) -> int:
+    return 1 if key.startswith(PERCENT_METRICS) else 3
 
 
 def _summary(d: dict | None) -> Summary | None:
@@ -160,7 +163,7 @@ def _sd_interval(s: Summary, digits: int) -> str:
 
 def metric_table(data: dict, key: str) -> str:
     """One metric: a row per variant with its mean ± sd, interval, every seed, and the paired difference."""
-    digits = 1 if key.startswith(("acc_", *PERCENT_METRICS)) else 3
+    digits = _digits(key)
     title, better = TITLES.get(key, (key, None))
     seeds = data["seeds"]
     lines = [f"### {title}" + (f" ({better} is better)" if better else ""), "",
