@@ -35,7 +35,8 @@ def test_every_method_and_report_file(report):
             assert np.isfinite(results[name][key]), (name, key)
     assert results["casm"]["images"] == 16 and results["scorecam"]["images"] == 4
     assert payload["versions"]["torch"] == torch.__version__
-    assert {"le", "max_box_acc_v2", "pxap", "deletion", "road"} <= set(payload["conventions"])
+    assert {"le", "max_box_acc_v2", "pxap", "deletion", "road", "acc_masked_out", "ranking"} \
+        <= set(payload["conventions"])
     ranking = payload["ranking"]
     assert set(ranking["mean_rank"]) == {"casm", "cam", "gradcam", "gradcampp", "scorecam"}
     assert {"le", "pxap", "deletion"} <= set(ranking["metrics"]) and "### Ranking" in (out / "metrics.md").read_text()

@@ -20,6 +20,12 @@ RANKED_METRICS = {
     "acc_masked_out": False,
 }
 NOT_RANKED = ("full_image", "centre_box")
+CONVENTIONS = {  # written to metrics.json beside the metrics'
+    "ranking": "per metric the explaining methods (not full_image, centre_box) ranked 1 = best, ties sharing their "
+               "mean rank, over the metrics every ranked method has; mean_rank = the mean over those metrics; each "
+               "method's metrics on the images it was scored on (Score-CAM, Ablation-CAM, RISE: the first "
+               "max_images_slow); disagreements: metric pairs with Kendall tau < 0 over the methods",
+}
 
 
 def rank_methods(results: dict[str, dict[str, float]]) -> dict:

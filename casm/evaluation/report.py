@@ -15,11 +15,13 @@ import torchvision
 
 import casm
 from casm.data.transforms import denormalize
+from casm.evaluation.ranking import CONVENTIONS as RANKING_CONVENTIONS
 from casm.evaluation.ranking import rank_methods, ranking_markdown
 from casm.metrics import faithfulness, localization, road, wsol
 from casm.metrics.localization import predicted_boxes
 
-CONVENTIONS = {**localization.CONVENTIONS, **wsol.CONVENTIONS, **faithfulness.CONVENTIONS, **road.CONVENTIONS}
+CONVENTIONS = {**localization.CONVENTIONS, **wsol.CONVENTIONS, **faithfulness.CONVENTIONS, **road.CONVENTIONS,
+               **RANKING_CONVENTIONS}
 
 # (table title, [(key in the results, column title, format)]); a column appears when some method has it
 TABLES = [

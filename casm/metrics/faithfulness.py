@@ -21,6 +21,11 @@ CONVENTIONS = {
     "deletion": "AUC (trapezoid on [0, 1]) of the target probability while pixels are set to 0 (the dataset mean) "
                 "in order of saliency, ceil(HW / faithfulness_steps) per step, ties by position",
     "insertion": "the same while pixels of the image replace a Gaussian blur of it (kernel 11, sigma 5)",
+    "acc_masked_in": "top-1 % of the explained classifier (no suffix) or of judge NAME (@NAME) on b*x, b the "
+                     "map binarized (eval binarization/alpha), removed pixels set by eval fill (default: the "
+                     "training run's casm.fill; mean = 0 in normalized units); over images of classes it knows",
+    "acc_masked_out": "the same on (1-b)*x",
+    "acc_inpainted": "the same on x with the pixels of b filled by OpenCV's Telea inpainting (radius 3, 8-bit pixels)",
 }
 
 
