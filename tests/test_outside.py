@@ -146,6 +146,15 @@ def test_a_frozen_outside_classifier_is_explained_as_it_is(frozen_run):
     assert all(torch.equal(state[k], v) for k, v in source.state_dict().items())
 
 
+def test_a_casm_checkpoint_of_an_outside_classifier_gives_its_weights(frozen_run):
+    """model.classifier.weights (and judges) may name the checkpoint of a run whose classifier is the builder."""
+    checkpoint, source = frozen_run
+    model = build_outside("tests.outside_models.tiny_cnn", str(checkpoint), {"num_classes": 10})
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in source.state_dict().items())
+    with pytest.raises(UserError, match=r"last.ckpt does not fit tests.outside_models.tiny_cnn"):
+        build_outside("tests.outside_models.tiny_cnn", str(checkpoint), {"num_classes": 5})
+
+
 def test_the_sanity_checks_refuse_an_outside_classifier_in_one_line(frozen_run):
     from casm.sanity.report import sanity_report
 

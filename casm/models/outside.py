@@ -110,7 +110,7 @@ def build_outside(spec: str, weights: str | None, kwargs: dict | None, who: str 
     if not isinstance(model, nn.Module):
         raise UserError(f"{who}: builder {spec!r} returned a {type(model).__name__}, not an nn.Module")
     if load_weights and weights and not is_weights_name(weights):
-        state = {k.removeprefix("module."): v for k, v in read_weights(weights).items()}  # saved from DDP
+        state = outside_state(read_weights(weights))
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
@@ -118,6 +118,16 @@ def build_outside(spec: str, weights: str | None, kwargs: dict | None, who: str 
             raise UserError(f"{who}: {weights} does not fit {spec}({kwargs or ''}): "
                             f"{' '.join(first[:3])[:300]}") from err
     return model
+
+
+def outside_state(state: dict) -> dict:
+    """The builder's weights in a file: a plain state dict (a ``module.`` prefix from DDP dropped), or a casm
+    checkpoint of a run whose classifier is this builder (its ``classifier.model.*`` weights), so a
+    classifier casm trained can be explained frozen, or judge, without converting its checkpoint."""
+    prefix = "classifier.model."
+    if any(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def count_outputs(model: nn.Module, image_size: int, who: str = "model.classifier") -> int:
