@@ -65,6 +65,20 @@ def reports_user_errors(main):
     return wrapped
 
 
+def _add_trust_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--trust-builder", action="append", default=[], metavar="MODULE",
+                        help=f"{what} built by a network from outside casm and torchvision is rebuilt by running "
+                             f"MODULE's code: allow it (repeatable; or CASM_TRUSTED_BUILDERS=MODULE,...)")
+
+
+def _trust(modules: list[str]) -> None:
+    """``--trust-builder``: for every file this command (and any process it starts) reads."""
+    from casm.models.builders import TRUST_ENV
+
+    if modules:
+        os.environ[TRUST_ENV] = " ".join([os.environ.get(TRUST_ENV, ""), *modules]).strip()
+
+
 def _resume_config(overrides: list[str]) -> str | None:
     """A resumed run reuses the config saved next to its checkpoint unless --config is given (resume=last
     has no checkpoint named yet: the command line that started the run gives the config again)."""
@@ -109,7 +123,9 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-classifier", action="store_true",
                         help="also export the run's classifier: one forward pass gives logits and mask "
                              "(explainer.onnx with --onnx)")
+    _add_trust_argument(parser, "a checkpoint whose classifier or encoder is")
     args = parser.parse_args(argv)
+    _trust(args.trust_builder)
     from casm.export import export_masker
 
     out = export_masker(args.checkpoint, args.out_dir, onnx=args.onnx, with_classifier=args.with_classifier)
@@ -130,9 +146,7 @@ def explain_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
                         help="larger images are skipped unread (decompression-bomb guard; default %(default).0f)")
-    parser.add_argument("--trust-builder", action="append", default=[], metavar="MODULE",
-                        help="an export made --with-classifier whose classifier comes from outside casm and "
-                             "torchvision is rebuilt by running MODULE's code: allow it (repeatable)")
+    _add_trust_argument(parser, "an export whose classifier or encoder is")
     parser.add_argument("--masks-only", action="store_true", help="ignore an exported classifier (no prediction)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -163,8 +177,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="a casm training checkpoint")
     parser.add_argument("--config", help="YAML over the evaluation schema")
     parser.add_argument("--no-progress", action="store_true")
+    _add_trust_argument(parser, "a checkpoint whose classifier or encoder is")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_intermixed_args(argv)  # flags and key=value overrides in any order
+    _trust(args.trust_builder)
     from casm.config import EvalConfig, evaluation_data
     from casm.evaluation import evaluate, read_run
 
@@ -282,7 +298,9 @@ def sanity_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attacks", default=",".join(MANIPULATION_ATTACKS))
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--no-randomization", action="store_true", help="the attacks only")
+    _add_trust_argument(parser, "a checkpoint whose classifier or encoder is")
     args = parser.parse_args(argv)
+    _trust(args.trust_builder)
     from casm.sanity.attacks import attacks_table
     from casm.sanity.report import cascade_table, sanity_report
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from omegaconf import DictConfig
 from torch import nn
@@ -16,21 +17,25 @@ from casm.checkpoints import read_checkpoint, run_folder
 from casm.config import with_defaults
 from casm.errors import UserError, shorten
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
+from casm.models.builders import trusted_modules
 from casm.models.feature_encoder import NamedFeatureEncoder
 from casm.models.manipulation import manipulate
 from casm.models.outside import build_outside, outside_classifier
 
 
 def build_models(cfg: DictConfig, num_classes: int, class_names: list[str] | None = None,
-                 outside_weights: bool = True) -> tuple[nn.Module, Masker, list[str] | None]:
+                 outside_weights: bool = True, trusted: Iterable[str] | None = None
+                 ) -> tuple[nn.Module, Masker, list[str] | None]:
     """The classifier (casm's ResNet, or ``model.classifier`` from outside casm), the masker (its encoder the
     classifier's trunk, its own ResNet, or ``masker.encoder_model``), and the names of the classifier's outputs
     (the data's classes for casm's own). ``outside_weights`` False builds outside networks bare (a checkpoint
-    holds their weights)."""
+    holds their weights); ``trusted``: ``cfg`` was read from a file, and outside builders must come from these
+    modules (:mod:`casm.models.builders`)."""
     output_names = class_names
     if cfg.model.classifier is not None:
         classifier, output_names = outside_classifier(cfg.model.classifier, num_classes, class_names,
-                                                      cfg.data.image_size, load_weights=outside_weights)
+                                                      cfg.data.image_size, load_weights=outside_weights,
+                                                      trusted=trusted)
     else:
         classifier = ResNetClassifier(cfg.model.arch, num_classes, cfg.model.width)
         if cfg.model.pretrained:
@@ -39,7 +44,7 @@ def build_models(cfg: DictConfig, num_classes: int, class_names: list[str] | Non
     if cfg.masker.encoder_model is not None:  # another network, its named modules' outputs as the features
         spec = cfg.masker.encoder_model
         network = build_outside(spec.builder, spec.weights, dict(spec.kwargs or {}), "masker.encoder_model",
-                                load_weights=outside_weights)
+                                load_weights=outside_weights, trusted=trusted)
         encoder = NamedFeatureEncoder(network, dict(spec.layers), cfg.data.image_size)
     elif cfg.masker.encoder == "separate":
         encoder = ResNetTrunk(cfg.model.arch, cfg.model.width)
@@ -77,9 +82,11 @@ class TrainedRun:
         return self
 
 
-def read_run(checkpoint: str | Path) -> TrainedRun:
+def read_run(checkpoint: str | Path, trusted_builders: Iterable[str] = ()) -> TrainedRun:
     """The trained run a casm training checkpoint holds. Pretrained-weight paths are dropped (the
-    checkpoint holds the weights); the masker is the one the run saved (its average, when it kept one)."""
+    checkpoint holds the weights); the masker is the one the run saved (its average, when it kept one).
+    A checkpoint may come from anyone: an outside network is rebuilt only from torchvision or a module
+    in ``trusted_builders`` (or the environment's, :func:`casm.models.builders.trusted_modules`)."""
     ckpt = read_checkpoint(checkpoint)
     hp = ckpt.get("hyper_parameters", {})
     if "config" not in hp or not any(k.startswith("masker.") for k in ckpt.get("state_dict", {})):
@@ -93,7 +100,11 @@ def read_run(checkpoint: str | Path) -> TrainedRun:
         config["masker"]["encoder_model"] = dict(config["masker"]["encoder_model"], weights=None)
     config["masker"] = dict(config["masker"], encoder_pretrained=None)
     cfg = with_defaults(config)  # a checkpoint of an earlier casm lacks the newer keys
-    classifier, masker, _ = build_models(cfg, hp["num_classes"], outside_weights=False)
+    try:
+        classifier, masker, _ = build_models(cfg, hp["num_classes"], outside_weights=False,
+                                             trusted=trusted_modules(trusted_builders))
+    except UserError as err:
+        raise UserError(f"{checkpoint}: {err}") from err
     networks = nn.Module()
     networks.classifier, networks.masker = classifier, masker
     try:

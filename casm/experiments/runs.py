@@ -23,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from casm.checkpoints import run_checkpoints
 from casm.config import RESUME_LAST, ConfigError, EvalConfig, load_config, to_yaml
+from casm.models.builders import split_builder
+from casm.trained_run import TrainedRun, read_run
 
 Launcher = Callable[[list[str]], int]  # argv after "python -m casm" -> exit code
 Log = Callable[[str], None]
@@ -58,6 +60,18 @@ class PlannedRun:
         if self.finished:
             return "finished"
         return "resume" if run_checkpoints(self.run_dir) else "new"
+
+    @property
+    def trusted_builders(self) -> list[str]:
+        """The modules of the outside networks this run's own config names: reading its checkpoint back
+        rebuilds them, and the experiment file that planned the run is the user's own."""
+        specs = [OmegaConf.select(self.config, key) for key in ("model.classifier.builder",
+                                                                 "masker.encoder_model.builder")]
+        return [split_builder(spec)[0] for spec in specs if spec]
+
+    def read(self) -> TrainedRun:
+        """Its finished checkpoint, read back (:func:`casm.trained_run.read_run`)."""
+        return read_run(self.checkpoint, self.trusted_builders)
 
     def train_argv(self) -> list[str]:
         """A killed run continues from its newest checkpoint (``interrupted.ckpt`` too, if it came last)."""

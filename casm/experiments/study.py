@@ -201,4 +201,4 @@ class Study:
         if evaluation_done(Path(cfg.out_dir), cfg):
             return
         log(f"[{run.label}] evaluating")
-        evaluate(cfg, progress=progress)
+        evaluate(cfg, progress=progress, trained=run.read())

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from casm.config import CLASS_SELECTION_KEYS, ConfigError, EvalConfig, UnseenConfig, evaluation_data, load_config
 from casm.data.datasets import dataset_classes
 from casm.data.splits import ClassSplit, make_split
-from casm.evaluation import evaluate, read_run
+from casm.evaluation import evaluate
 from casm.experiments.runs import (
     Launcher,
     LocalLauncher,
@@ -174,6 +174,6 @@ class UnseenExperiment:
             cfg = self.eval_config(run, subset, judge)
             if evaluation_done(Path(cfg.out_dir), cfg):
                 continue
-            trained = trained or read_run(run.checkpoint)
+            trained = trained or run.read()
             log(f"[{run.label}] evaluating on subset {subset} ({'seen' if subset in run.subsets else 'unseen'})")
             evaluate(cfg, progress=progress, trained=trained)

@@ -39,8 +39,9 @@ from casm.data.transforms import eval_resize
 from casm.errors import ExportError, UserError
 from casm.export.onnx import export_onnx
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
+from casm.models.builders import trusted_modules, untrusted_message
 from casm.models.feature_encoder import NamedFeatureEncoder
-from casm.models.outside import OutsideClassifier, build_outside, split_builder
+from casm.models.outside import OutsideClassifier, build_outside
 from casm.trained_run import TrainedRun, read_run
 
 WEIGHTS_FILE = "masker.safetensors"
@@ -48,7 +49,6 @@ MANIFEST_FILE = "masker.json"
 FORMAT = "casm-masker"
 FORMAT_VERSION = 2  # 2: the manifest carries its own SHA-256; 1 (no checksum) is refused
 MAX_IMAGE_SIZE = 4096  # a masker input side beyond this is a corrupt manifest, not a model (memory grows with it)
-TRUSTED_BUILDERS = ("torchvision.models",)  # modules whose builders an export may name without being trusted
 
 
 @dataclass
@@ -134,13 +134,18 @@ def classifier_recipe(run: TrainedRun) -> dict:
             "shares_encoder": False}
 
 
-def _check_trusted(builder: str, what: str, where: Path | str, trusted_builders: tuple[str, ...]) -> None:
-    """Rebuilding a network from a manifest runs its builder's code: only from torchvision or a named module."""
-    module = split_builder(builder)[0]
-    if not any(module == t or module.startswith(f"{t}.") for t in TRUSTED_BUILDERS + tuple(trusted_builders)):
-        top = module.split(".")[0]
-        raise ExportError(f"{where}: its {what} is built by {builder}, and rebuilding it runs that code; if you "
-                          f"trust it, pass trusted_builders=[{top!r}] (casm explain: --trust-builder {top})")
+def _rebuild(recipe: dict, what: str, where: Path | str, trusted_builders: tuple[str, ...]) -> nn.Module:
+    """The bare outside network a manifest's recipe names: rebuilding runs its builder's code, so only a
+    builder of torchvision or of a trusted module, under the walk rule (:mod:`casm.models.builders`)."""
+    trusted = trusted_modules(trusted_builders)
+    refused = untrusted_message(recipe["builder"], what, trusted)
+    if refused:
+        raise ExportError(f"{where}: {refused}")
+    try:
+        return build_outside(recipe["builder"], None, recipe["kwargs"], who=f"{where}: {what}", load_weights=False,
+                             trusted=trusted)
+    except UserError as err:
+        raise ExportError(str(err)) from err
 
 
 def _is_recipe(recipe: object, *keys: str) -> bool:
@@ -159,9 +164,8 @@ def build_exported_classifier(recipe: dict, where: Path | str, trusted_builders:
             raise ExportError(f"{where}: classifier: {err}") from err
     if kind != "outside" or not _is_recipe(recipe):
         raise ExportError(f"{where}: classifier={recipe!r} is not a classifier recipe this casm can rebuild")
-    _check_trusted(recipe["builder"], "classifier", where, trusted_builders)
-    return OutsideClassifier(build_outside(recipe["builder"], None, recipe["kwargs"], who="export", load_weights=False),
-                             recipe["num_classes"], data_classes=recipe.get("data_classes"))
+    return OutsideClassifier(_rebuild(recipe, "classifier", where, trusted_builders), recipe["num_classes"],
+                             data_classes=recipe.get("data_classes"))
 
 
 def build_masker(manifest: MaskerManifest, where: Path | str, trusted_builders: tuple[str, ...] = ()) -> Masker:
@@ -173,9 +177,8 @@ def build_masker(manifest: MaskerManifest, where: Path | str, trusted_builders: 
     elif not _is_recipe(recipe, "layers"):
         raise ExportError(f"{where}: encoder={recipe!r} is not an encoder recipe this casm can rebuild")
     else:
-        _check_trusted(recipe["builder"], "encoder", where, trusted_builders)
-        network = build_outside(recipe["builder"], None, recipe["kwargs"], who="export", load_weights=False)
-        encoder = NamedFeatureEncoder(network, recipe["layers"], manifest.image_size)
+        encoder = NamedFeatureEncoder(_rebuild(recipe, "encoder", where, trusted_builders), recipe["layers"],
+                                      manifest.image_size)
     return Masker(build_head(manifest.head, encoder.channels, manifest.hidden, manifest.feature_layer), encoder)
 
 
@@ -223,11 +226,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def masker_from_checkpoint(checkpoint_path: str | Path, with_classifier: bool = False) -> StandaloneMasker:
+def masker_from_checkpoint(checkpoint_path: str | Path, with_classifier: bool = False,
+                           trusted_builders: tuple[str, ...] = ()) -> StandaloneMasker:
     """Rebuild the trained masker of a casm training checkpoint as a standalone module (eval mode), with
-    the run's classifier when asked."""
+    the run's classifier when asked (an outside network only from a trusted module, as :func:`read_run`)."""
     try:
-        run = read_run(checkpoint_path)
+        run = read_run(checkpoint_path, trusted_builders)
     except ValueError as err:
         raise ExportError(str(err)) from err
     cfg = run.cfg
@@ -246,10 +250,10 @@ def masker_from_checkpoint(checkpoint_path: str | Path, with_classifier: bool = 
 
 
 def export_masker(checkpoint_path: str | Path, out_dir: str | Path, onnx: bool = False,
-                  with_classifier: bool = False) -> Path:
+                  with_classifier: bool = False, trusted_builders: tuple[str, ...] = ()) -> Path:
     """Write ``masker.safetensors`` + ``masker.json`` (and ``masker.onnx`` on request) to ``out_dir``; with
     the classifier, its weights join the masker's and the ONNX graph (``explainer.onnx``) returns both."""
-    model = masker_from_checkpoint(checkpoint_path, with_classifier)
+    model = masker_from_checkpoint(checkpoint_path, with_classifier, tuple(trusted_builders))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # written as bytes through the atomic writer: safetensors' save_file creates its file mode 0600, which

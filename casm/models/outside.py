@@ -12,43 +12,21 @@ return logits or a tuple whose first element is the logits.
 
 from __future__ import annotations
 
-import importlib
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
 from casm.checkpoints import read_weights
 from casm.errors import UserError
+from casm.models.builders import import_builder
 from casm.models.modes import evaluation_mode
 from casm.models.outputs import logits_of
 
 _WEIGHTS_NAME = re.compile(r"[A-Z][A-Z0-9_]*")  # torchvision's: DEFAULT, IMAGENET1K_V1, IMAGENET1K_SWAG_E2E_V1
-
-
-def split_builder(spec: str) -> tuple[str, str]:
-    """``package.module.function`` or ``package.module:attribute[.attribute]`` -> (module, attribute path)."""
-    module_name, _, attribute = spec.rpartition(":") if ":" in spec else spec.rpartition(".")
-    return module_name, attribute
-
-
-def import_builder(spec: str, who: str = "model.classifier") -> Callable[..., nn.Module]:
-    """``package.module.function`` or ``package.module:attribute[.attribute]`` -> the callable."""
-    module_name, attribute = split_builder(spec)
-    if not module_name or not attribute:
-        raise UserError(f"{who}: builder {spec!r} must be 'package.module.function' (e.g. torchvision.models."
-                        f"resnet50) or 'package.module:function'")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise UserError(f"{who}: cannot import {module_name!r} for builder {spec!r} ({err})") from err
-    for part in attribute.split("."):
-        target = getattr(target, part, None)
-    if not callable(target):
-        raise UserError(f"{who}: {module_name} has no callable {attribute!r} (builder {spec!r})")
-    return target
+_DOWNLOADING_KWARGS = ("weights", "pretrained", "weights_backbone")  # torchvision's and timm's
 
 
 def read_class_names(path: str | Path, who: str = "model.classifier") -> list[str]:
@@ -98,15 +76,22 @@ def _load_named(builder: Callable[..., nn.Module], spec: str, name: str, kwargs:
 
 
 def build_outside(spec: str, weights: str | None, kwargs: dict | None, who: str = "model.classifier",
-                  load_weights: bool = True) -> nn.Module:
+                  load_weights: bool = True, trusted: Iterable[str] | None = None) -> nn.Module:
     """``builder(**kwargs)`` with its weights (a file, or a torchvision weights name). ``load_weights``
-    False builds the bare architecture (a checkpoint supplies the weights)."""
-    builder = import_builder(spec, who)
+    False builds the bare architecture (a checkpoint supplies the weights: a builder's own ``weights`` or
+    ``pretrained`` keyword, which would download, is left at its default). ``trusted``: the spec was read
+    from a file, and its module must be one of these (:mod:`casm.models.builders`)."""
+    builder = import_builder(spec, who, trusted)
     kwargs = dict(kwargs or {})
+    if not load_weights:
+        kwargs = {k: v for k, v in kwargs.items() if k not in _DOWNLOADING_KWARGS}
     if load_weights and weights and is_weights_name(weights):
         model = _load_named(builder, spec, weights, kwargs, who)
     else:
-        model = builder(**kwargs)
+        try:
+            model = builder(**kwargs)
+        except TypeError as err:  # kwargs the builder does not take (a config typo, or a crafted file)
+            raise UserError(f"{who}: {spec}(**{kwargs}) failed: {err}") from err
     if not isinstance(model, nn.Module):
         raise UserError(f"{who}: builder {spec!r} returned a {type(model).__name__}, not an nn.Module")
     if load_weights and weights and not is_weights_name(weights):
@@ -174,13 +159,14 @@ def weights_class_names(spec: Any, who: str = "model.classifier") -> list[str] |
 
 
 def outside_classifier(spec: Any, num_classes: int, class_names: list[str] | None, image_size: int,
-                       load_weights: bool = True, who: str = "model.classifier") -> tuple[OutsideClassifier, list[str]]:
+                       load_weights: bool = True, who: str = "model.classifier",
+                       trusted: Iterable[str] | None = None) -> tuple[OutsideClassifier, list[str]]:
     """``spec`` (``model.classifier``) as the classifier of a run on data with ``num_classes`` classes named
     ``class_names``, and the names of its outputs. The data's classes are matched to the model's outputs by
     name when the model has its own (a class list), else the model must have one output per class, in the
     data's order. ``load_weights`` False: the bare architecture, its weights and label map to come from a
-    checkpoint."""
-    model = build_outside(spec.builder, spec.weights, dict(spec.kwargs or {}), who, load_weights)
+    checkpoint; ``trusted``: as :func:`build_outside`'s."""
+    model = build_outside(spec.builder, spec.weights, dict(spec.kwargs or {}), who, load_weights, trusted)
     outputs = count_outputs(model, image_size, who)
     data = class_names if class_names is not None else [str(k) for k in range(num_classes)]
     if not load_weights:
