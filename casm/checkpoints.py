@@ -12,6 +12,7 @@ checkpoints hold their names and SHA-256 digests instead of copies (:class:`Snap
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -113,8 +114,21 @@ class _WatchedFile:
         return getattr(self.file, name)
 
 
-def write_atomically(path: str | Path, write: Callable[[BinaryIO], None], what: str = "checkpoint") -> None:
-    """``write(file)`` to ``path`` so that the file appears complete or not at all."""
+def _write_hint(err: OSError, folder: Path, elsewhere: str) -> str:
+    """What to do about a failed write, by its cause: a full disk is not a missing folder."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"free space in {folder} or {elsewhere}"
+    if err.errno == errno.ENOENT:
+        return f"{folder} does not exist any more (removed while writing?)"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{folder} is not writable: {elsewhere}"
+    return f"check {folder}, or {elsewhere}"
+
+
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None], what: str = "checkpoint",
+                     elsewhere: str = "set logging.out_dir elsewhere") -> None:
+    """``write(file)`` to ``path`` so that the file appears complete or not at all; a failed write is a
+    :class:`CheckpointWriteError` whose message says what to do (``elsewhere``: where else to write)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
@@ -131,9 +145,20 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None], what: 
         cause = err if isinstance(err, OSError) else watched.error if watched else None
         if cause is not None:
             raise CheckpointWriteError(cause.errno, f"could not write {what} {path} ({cause.strerror or cause}); "
-                                       f"nothing was written under that name: free space in {path.parent} or set "
-                                       f"logging.out_dir elsewhere") from err
+                                       f"nothing was written under that name: "
+                                       f"{_write_hint(cause, path.parent, elsewhere)}") from err
         raise
+
+
+def write_bytes_atomically(path: str | Path, data: bytes, what: str,
+                           elsewhere: str = "set logging.out_dir elsewhere") -> None:
+    """A file (a report, a config, an image) that appears complete or not at all."""
+    write_atomically(path, lambda f: f.write(data), what, elsewhere)
+
+
+def write_text_atomically(path: str | Path, text: str, what: str,
+                          elsewhere: str = "set logging.out_dir elsewhere") -> None:
+    write_bytes_atomically(path, text.encode(), what, elsewhere)
 
 
 # ------------------------------------------------------------------ pool snapshots
@@ -148,17 +173,25 @@ def write_snapshot(folder: Path, step: int, state: dict[str, Tensor]) -> tuple[s
     return name, hashlib.sha256(data).hexdigest()
 
 
+_SNAPSHOT_FIX = ("the pool folder must stay beside checkpoints/ (copy or move the whole run folder); resume from a "
+                 "checkpoint whose snapshots are intact, or start again")
+
+
+def snapshot_path(folder: Path, name: str, checkpoint: str | Path = "the checkpoint") -> Path:
+    """Where a snapshot a checkpoint refers to lies; a one-line error if it is missing."""
+    path = folder / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{checkpoint} refers to pool snapshot {path}, which is missing: {_SNAPSHOT_FIX}")
+    return path
+
+
 def read_snapshot(folder: Path, name: str, sha256: str, checkpoint: str | Path = "the checkpoint") -> dict[str, Tensor]:
     """A snapshot a checkpoint refers to, checked against its digest."""
-    path = folder / name
-    fix = ("the pool folder must stay beside checkpoints/ (copy or move the whole run folder); resume from a "
-           "checkpoint whose snapshots are intact, or start again")
-    if not path.is_file():
-        raise FileNotFoundError(f"{checkpoint} refers to pool snapshot {path}, which is missing: {fix}")
+    path = snapshot_path(folder, name, checkpoint)
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != sha256:
         raise UserError(f"{path}: pool snapshot is damaged (its SHA-256 differs from the one {checkpoint} "
-                        f"recorded): {fix}")
+                        f"recorded): {_SNAPSHOT_FIX}")
     return load(data)
 
 

@@ -16,6 +16,7 @@ import traceback
 from casm.config import CONFIG_DIR, MANIPULATION_ATTACKS, RESUME_LAST, load_config
 from casm.data.images import DEFAULT_MAX_PIXELS
 from casm.errors import CheckpointWriteError, NonFiniteLossError, UserError
+from casm.locks import is_first_process
 
 # bad input or a full disk: a one-line message (two when one fault led to another), exit code 2; anything
 # else is a bug in casm and keeps its traceback (exit 1)
@@ -23,10 +24,8 @@ USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, CheckpointWriteErr
 
 
 def speaks() -> bool:
-    """Whether this process writes the console's closing lines: the only one, or rank 0 of a job started
-    by torchrun (RANK), srun (SLURM_PROCID) or Lightning (NODE_RANK, LOCAL_RANK), which start every rank
-    with the same command line."""
-    return all(int(os.environ.get(key) or 0) == 0 for key in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"))
+    """Whether this process writes the console's closing lines (:func:`casm.locks.is_first_process`)."""
+    return is_first_process()
 
 
 def _earlier_write_errors(err: BaseException) -> list[BaseException]:

@@ -12,7 +12,7 @@ import pytest
 
 CASM = Path(__file__).resolve().parent.parent / "casm"
 LAYERS = [  # bottom up; a module may import its own layer and those below
-    {"errors", "config", "checkpoints", "distributed"},
+    {"errors", "config", "checkpoints", "distributed", "locks"},
     {"data", "models", "metrics", "fills"},
     {"baselines", "trained_run", "training"},
     {"evaluation", "export", "sanity"},

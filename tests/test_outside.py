@@ -12,6 +12,7 @@ import torchvision
 from casm.config import ConfigError
 from casm.errors import UserError
 from casm.export import ExportError, export_masker, load_explainer, load_masker
+from casm.models.builders import TRUST_ENV
 from casm.models.outside import (
     OutsideClassifier,
     build_outside,
@@ -24,6 +25,13 @@ from casm.training.run import train
 from tests.outside_models import TupleNet, tiny_cnn, tiny_pyramid
 
 TINY_CNN = ["model.classifier.builder=tests.outside_models.tiny_cnn", "masker.encoder=separate"]
+
+
+@pytest.fixture(autouse=True)
+def _trust_the_test_models(monkeypatch):
+    """These runs' networks come from tests.outside_models: read back from their checkpoints, they are
+    trusted as a user trusts their own package (the refusal itself: tests/test_builders.py)."""
+    monkeypatch.setenv(TRUST_ENV, "tests")
 RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's file name for ResNet18_Weights.IMAGENET1K_V1
 
 
@@ -192,15 +200,17 @@ def test_a_classifier_agnostic_run_co_trains_the_outside_classifier(tiny_cfg):
     assert any(not torch.equal(run.classifier.model.state_dict()[k], v) for k, v in untouched.items())
 
 
-def test_export_with_the_classifier_gives_logits_and_mask_in_one_pass(frozen_run, tmp_path):
+def test_export_with_the_classifier_gives_logits_and_mask_in_one_pass(frozen_run, tmp_path, monkeypatch):
     import onnxruntime as ort
 
     checkpoint, _ = frozen_run
     run = read_run(checkpoint)
     out = export_masker(checkpoint, tmp_path / "export", onnx=True, with_classifier=True)
-    with pytest.raises(ExportError, match=r"built by tests.outside_models.tiny_cnn.*--trust-builder tests"):
-        load_explainer(out)
-    explainer = load_explainer(out, trusted_builders=["tests"])
+    with monkeypatch.context() as untrusted:
+        untrusted.delenv(TRUST_ENV)
+        with pytest.raises(ExportError, match=r"built by tests.outside_models.tiny_cnn.*--trust-builder tests"):
+            load_explainer(out)
+        explainer = load_explainer(out, trusted_builders=["tests"])
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         logits, masks = explainer.logits_and_masks(x)
@@ -291,12 +301,13 @@ def test_an_encoder_that_cannot_feed_the_head_is_refused(tiny_cfg, extra, match)
         tiny_cfg(*base, *extra)
 
 
-def test_a_masker_on_a_named_encoder_trains_and_exports(tiny_cfg, tmp_path):
+def test_a_masker_on_a_named_encoder_trains_and_exports(tiny_cfg, tmp_path, monkeypatch):
     import onnxruntime as ort
 
     checkpoint = train(tiny_cfg(*PYRAMID, "trainer.max_epochs=1", "masker.head=deconv")) / "checkpoints" / "last.ckpt"
     run = read_run(checkpoint)
     out = export_masker(checkpoint, tmp_path / "export", onnx=True)
+    monkeypatch.delenv(TRUST_ENV)
     with pytest.raises(ExportError, match=r"its encoder is built by tests.outside_models.tiny_pyramid"):
         load_masker(out)
     masker = load_masker(out, trusted_builders=("tests",))

@@ -175,11 +175,16 @@ class LocalizationDataModule(pl.LightningDataModule):
             drop_last=isinstance(sampler, EpochShuffleSampler),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        if len(self.train_set) < self.cfg.batch_size and not self.cfg.epoch_images:  # drop_last: no batch at all
+    def check_training_split(self) -> None:
+        """Refuse a training split smaller than one batch (drop_last: not a single step), before a run starts."""
+        self._build()
+        if len(self.train_set) < self.cfg.batch_size and not self.cfg.epoch_images:
             raise UserError(f"the training split has {len(self.train_set)} images, fewer than data.batch_size="
                             f"{self.cfg.batch_size}: lower data.batch_size, keep more classes / images, or set "
                             f"data.epoch_images")
+
+    def train_dataloader(self) -> DataLoader:
+        self.check_training_split()
         sampler = EpochShuffleSampler(len(self.train_set), self.seed, self.rank, self.world_size,
                                       epoch_length=self.cfg.epoch_images)
         module = self.trainer.lightning_module if self.trainer is not None else None

@@ -8,7 +8,7 @@ any ``baseline_classifiers``), and two toy references ("full image", "centre box
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,6 +31,7 @@ from casm.evaluation.loaders import KnownClasses, load_classifier, load_foreign_
 from casm.evaluation.report import write_reports
 from casm.evaluation.scores import REFERENCES, MethodScores, reference_map
 from casm.fills import FILLS
+from casm.locks import FolderLock
 from casm.metrics.collapse import read_collapse
 from casm.metrics.faithfulness import (
     average_drop_increase,
@@ -367,17 +368,17 @@ def evaluate(cfg: DictConfig, progress: bool = True, trained: TrainedRun | None 
     ``cfg.checkpoint`` when the caller has read it already."""
     run = trained or read_run(cfg.checkpoint)
     with launched_processes(cfg.device) as device:
-        torch.manual_seed(cfg.seed)
-        datamodule = LocalizationDataModule(cfg.data, cfg.seed, splits=("val",), shard=(rank(), world_size()))
-        datamodule.setup()
-        evaluator = Evaluator(cfg, run, device, datamodule.classes)
-        results = evaluator.run(datamodule.val_dataloader(), progress)
-        out = Path(cfg.out_dir) if cfg.out_dir else next_free_folder(run_folder(cfg.checkpoint)
-                                                                      / "eval")
+        out = Path(cfg.out_dir) if cfg.out_dir else next_free_folder(run_folder(cfg.checkpoint) / "eval")
         out = Path(gather_objects(str(out))[0])  # rank 0's choice: the folders may appear between the ranks' looks
-        if rank() == 0:
-            write_reports(out, results, evaluator, OmegaConf.to_container(cfg, resolve=True), run.config,
-                          evaluation_notes(evaluator, results))
+        with FolderLock(out, "evaluation") if rank() == 0 else nullcontext():  # one evaluation writes a folder
+            torch.manual_seed(cfg.seed)
+            datamodule = LocalizationDataModule(cfg.data, cfg.seed, splits=("val",), shard=(rank(), world_size()))
+            datamodule.setup()
+            evaluator = Evaluator(cfg, run, device, datamodule.classes)
+            results = evaluator.run(datamodule.val_dataloader(), progress)
+            if rank() == 0:
+                write_reports(out, results, evaluator, OmegaConf.to_container(cfg, resolve=True), run.config,
+                              evaluation_notes(evaluator, results))
     return results, evaluator, out
 
 

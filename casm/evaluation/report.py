@@ -14,6 +14,7 @@ import torchmetrics
 import torchvision
 
 import casm
+from casm.checkpoints import write_bytes_atomically
 from casm.data.transforms import denormalize
 from casm.evaluation.ranking import CONVENTIONS as RANKING_CONVENTIONS
 from casm.evaluation.ranking import rank_methods, ranking_markdown
@@ -123,15 +124,21 @@ def write_reports(out: Path, results: dict, evaluator, eval_config: dict, train_
     payload = {"results": results, "ranking": ranking, "clean_top1": clean_top1, "notes": notes,
                "eval_config": eval_config, "training_config": train_config, "versions": versions(),
                "conventions": CONVENTIONS}
-    (out / "metrics.json").write_text(json.dumps(payload, indent=2))
     table = markdown_table(results) + "\n" + ranking_markdown(ranking)
-    (out / "metrics.md").write_text(table + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else ""))
+    _write(out / "metrics.md", (table + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")).encode())
     grid = figure(evaluator)
+    if grid is not None:
+        _write(out / "figure.png", cv2.imencode(".png", np.ascontiguousarray(grid[..., ::-1]))[1].tobytes())
     writer = SummaryWriter(str(out / "tensorboard"))
     for method, r in results.items():
         for key, value in r.items():
             writer.add_scalar(f"{method}/{key}", value)
     if grid is not None:
-        cv2.imwrite(str(out / "figure.png"), grid[..., ::-1])
         writer.add_image("eval/figure", grid, dataformats="HWC")
     writer.close()
+    # last: a complete metrics.json is what marks the evaluation done (a study does not make it again)
+    _write(out / "metrics.json", json.dumps(payload, indent=2).encode())
+
+
+def _write(path: Path, data: bytes) -> None:
+    write_bytes_atomically(path, data, "evaluation report", elsewhere="set out_dir to a folder on another disk")

@@ -10,8 +10,11 @@ unfinished one continues from its newest checkpoint (``resume=last``).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +24,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from casm.checkpoints import run_checkpoints
+from casm.checkpoints import run_checkpoints, write_text_atomically
 from casm.config import RESUME_LAST, ConfigError, EvalConfig, load_config, to_yaml
 from casm.models.builders import split_builder
 from casm.trained_run import TrainedRun, read_run
@@ -33,9 +36,20 @@ say = functools.partial(print, flush=True)  # lines must come before the trainin
 FINISHED = "finished.json"
 
 
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """Run in the child before it starts: on Linux the kernel sends it SIGTERM when the experiment's process
+    dies, ``kill -9`` included, so no training goes on orphaned beside a rerun of the same experiment."""
+    def arm() -> None:
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before the line above
+                os._exit(1)
+    return arm
+
+
 def launch_subprocess(argv: list[str]) -> int:
-    """Run ``python -m casm ARGV`` as its own process (what a user would type)."""
-    return subprocess.run([sys.executable, "-m", "casm", *argv]).returncode
+    """Run ``python -m casm ARGV`` as its own process (what a user would type); it ends with this one."""
+    return subprocess.run([sys.executable, "-m", "casm", *argv], preexec_fn=_die_with_parent(os.getpid())).returncode
 
 
 @dataclass
@@ -100,8 +114,7 @@ def write_config(run: PlannedRun, experiment: str = "the experiment") -> None:
         if started_with != text:
             raise ConfigError(f"{run.run_dir} was started with another config ({run.config_file}); give "
                               f"{experiment} a new name, or delete that run's folder and config to redo it")
-    run.config_file.parent.mkdir(parents=True, exist_ok=True)
-    run.config_file.write_text(text)
+    write_text_atomically(run.config_file, text, "run config")
 
 
 def same_settings(saved: dict | None, wanted: DictConfig) -> bool:
@@ -115,9 +128,13 @@ def same_settings(saved: dict | None, wanted: DictConfig) -> bool:
 
 
 def evaluation_done(out_dir: Path, wanted: DictConfig) -> bool:
-    """An evaluation whose report exists and was made with ``wanted``'s settings is not made again."""
-    report = out_dir / "metrics.json"
-    return report.is_file() and same_settings(json.loads(report.read_text()).get("eval_config"), wanted)
+    """An evaluation whose report exists and was made with ``wanted``'s settings is not made again; an
+    unreadable report (empty, cut short, not JSON) counts as missing and is made again."""
+    try:
+        saved = json.loads((out_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and same_settings(saved.get("eval_config"), wanted)
 
 
 class LocalLauncher:
@@ -191,8 +208,8 @@ def train_runs(runs: list[PlannedRun], launcher: LocalLauncher | SubmititLaunche
 
     def mark(label: str, code: int, seconds: float) -> None:  # at once: a killed study keeps what finished
         if code == 0:
-            (by_label[label].run_dir / FINISHED).write_text(json.dumps(
-                {"seconds": round(seconds, 1), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}))
+            write_text_atomically(by_label[label].run_dir / FINISHED, json.dumps(
+                {"seconds": round(seconds, 1), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}), "run marker")
 
     done = launcher.run([(run.label, argv) for run, argv in pending], log, mark)
     failed = [f"{label} failed (exit code {code})" for label, (code, _) in done.items() if code != 0]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from casm.checkpoints import write_text_atomically
 from casm.config import CONFIG_DIR, ConfigError, EvalConfig, StudyConfig, load_config
 from casm.evaluation import evaluate
 from casm.experiments.runs import (
@@ -39,6 +40,7 @@ from casm.experiments.runs import (
     write_config,
 )
 from casm.experiments.study_report import write_study_report
+from casm.locks import FolderLock
 
 JUDGE = "judge"  # the judge's run name, hence its key in the metrics (acc_masked_out@judge)
 JUDGE_TOKEN = "@judge"  # in a variant's override value: the judge's checkpoint (e.g. model.pretrained=@judge)
@@ -179,10 +181,13 @@ class Study:
 
     # ------------------------------------------------------------------ run
     def run(self, progress: bool = True, log: Log = say) -> Path:
+        with FolderLock(self.root, "the study"):  # a second start of the same study is refused, not run beside
+            return self._run(progress, log)
+
+    def _run(self, progress: bool, log: Log) -> Path:
         runs = self.plan()
         log(self.describe(runs))
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "study.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+        write_text_atomically(self.root / "study.yaml", OmegaConf.to_yaml(self.cfg, resolve=True), "study config")
         for run in runs:
             write_config(run, f"the study (its name: {self.cfg.name})")
         judge = next((r for r in runs if r.tags["variant"] == JUDGE), None)

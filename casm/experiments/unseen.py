@@ -40,6 +40,7 @@ from casm.experiments.runs import (
     write_config,
 )
 from casm.experiments.unseen_report import write_unseen_report
+from casm.locks import FolderLock
 
 
 class UnseenExperiment:
@@ -138,6 +139,10 @@ class UnseenExperiment:
 
     # ------------------------------------------------------------------ run
     def run(self, progress: bool = True, log: Callable[[str], None] = say) -> Path:
+        with FolderLock(self.root, "the experiment"):  # a second start of it is refused, not run beside
+            return self._run(progress, log)
+
+    def _run(self, progress: bool, log: Callable[[str], None]) -> Path:
         split = self.split(write=True)
         runs = self.plan(split)
         log(self.describe(split, runs))

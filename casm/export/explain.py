@@ -8,6 +8,7 @@ the masks are resized back to each image's own size. The box is the tight box of
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections import Counter
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from casm.checkpoints import write_bytes_atomically
 from casm.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -145,14 +147,16 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
 
 
 def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
-    """Files as given; folders expanded to the images inside them (sorted, recursive)."""
+    """Files as given; folders expanded to the images inside them (sorted, recursive); a file named twice
+    (directly, or also through its folder) once."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS)
         else:
             out.append(p)
-    return out
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
 
 
 def output_stems(files: Sequence[Path]) -> list[str]:
@@ -177,6 +181,19 @@ def output_stems(files: Sequence[Path]) -> list[str]:
     return stems
 
 
+def _png(image: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {image.dtype} image of shape {image.shape} as PNG")
+    return encoded.tobytes()
+
+
+def _write(path: Path, data: bytes | str) -> None:
+    """Each output file appears complete or not at all (a full disk: one error line, no half-written file)."""
+    write_bytes_atomically(path, data.encode() if isinstance(data, str) else data, "explanation",
+                           elsewhere="give --out a folder on another disk")
+
+
 def write_explanations(masker: StandaloneMasker, paths: Sequence[str | Path], out_dir: str | Path,
                        mask_format: str = "png", batch_size: int = 32, amp: bool = False,
                        progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, list[str]]:
@@ -185,8 +202,10 @@ def write_explanations(masker: StandaloneMasker, paths: Sequence[str | Path], ou
     classifier). Unreadable or too large images are reported and
     skipped; the others are still written. Returns (images written, error messages)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     files = expand_inputs(paths)
+    if not files:
+        raise UserError(f"no images in {', '.join(map(str, paths))} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    out.mkdir(parents=True, exist_ok=True)
     stems = dict(zip(files, output_stems(files)))
     errors: list[str] = []
     written = 0
@@ -203,15 +222,16 @@ def write_explanations(masker: StandaloneMasker, paths: Sequence[str | Path], ou
 
     for group in batches(readable(), lambda item: item[1].shape[0] * item[1].shape[1], batch_size):
         for (path, array), result in zip(group, explain_arrays(masker, [a for _, a in group], amp)):
-            stem = out / stems[path]
+            stem = stems[path]
             if mask_format == "npy":
-                np.save(f"{stem}_mask.npy", result.mask.astype(np.float32))
-            elif mask_format == "png16":
-                cv2.imwrite(f"{stem}_mask.png", np.round(result.mask * 65535).astype(np.uint16))
+                mask = io.BytesIO()
+                np.save(mask, result.mask.astype(np.float32))
+                _write(out / f"{stem}_mask.npy", mask.getvalue())
             else:
-                cv2.imwrite(f"{stem}_mask.png", np.round(result.mask * 255).astype(np.uint8))
-            cv2.imwrite(f"{stem}_overlay.png", cv2.cvtColor(overlay(array, result.mask), cv2.COLOR_RGB2BGR))
-            Path(f"{stem}_box.json").write_text(json.dumps(result.as_json(str(path), array.shape[1], array.shape[0])))
+                depth = np.uint16 if mask_format == "png16" else np.uint8
+                _write(out / f"{stem}_mask.png", _png(np.round(result.mask * np.iinfo(depth).max).astype(depth)))
+            _write(out / f"{stem}_overlay.png", _png(cv2.cvtColor(overlay(array, result.mask), cv2.COLOR_RGB2BGR)))
+            _write(out / f"{stem}_box.json", json.dumps(result.as_json(str(path), array.shape[1], array.shape[0])))
             written += 1
             bar.update(1)
     bar.close()

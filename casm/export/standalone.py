@@ -33,11 +33,11 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 import casm
-from casm.checkpoints import write_atomically
+from casm.checkpoints import write_bytes_atomically, write_text_atomically
 from casm.data.images import IMAGENET_MEAN, IMAGENET_STD
 from casm.data.transforms import eval_resize
 from casm.errors import ExportError, UserError
-from casm.export.onnx import export_onnx
+from casm.export.onnx import export_onnx, require_onnx
 from casm.models import Masker, ResNetClassifier, ResNetTrunk, build_head
 from casm.models.builders import trusted_modules, untrusted_message
 from casm.models.feature_encoder import NamedFeatureEncoder
@@ -46,6 +46,7 @@ from casm.trained_run import TrainedRun, read_run
 
 WEIGHTS_FILE = "masker.safetensors"
 MANIFEST_FILE = "masker.json"
+GRAPH_FILES = ("masker.onnx", "explainer.onnx")  # --onnx: the masker's graph, or (--with-classifier) the explainer's
 FORMAT = "casm-masker"
 FORMAT_VERSION = 2  # 2: the manifest carries its own SHA-256; 1 (no checksum) is refused
 MAX_IMAGE_SIZE = 4096  # a masker input side beyond this is a corrupt manifest, not a model (memory grows with it)
@@ -253,24 +254,31 @@ def export_masker(checkpoint_path: str | Path, out_dir: str | Path, onnx: bool =
                   with_classifier: bool = False, trusted_builders: tuple[str, ...] = ()) -> Path:
     """Write ``masker.safetensors`` + ``masker.json`` (and ``masker.onnx`` on request) to ``out_dir``; with
     the classifier, its weights join the masker's and the ONNX graph (``explainer.onnx``) returns both."""
+    if onnx:
+        require_onnx()  # before anything is written
     model = masker_from_checkpoint(checkpoint_path, with_classifier, tuple(trusted_builders))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # an earlier export's graph no longer matches the new weights: never leave one beside them
+    for graph in GRAPH_FILES:
+        (out / graph).unlink(missing_ok=True)
+    elsewhere = "export to another folder"
+    if onnx:  # first: a graph that disagrees with PyTorch stops the export before the weights are replaced
+        export_onnx(LogitsAndMasks(model) if with_classifier else model, model.manifest.image_size,
+                    out / GRAPH_FILES[with_classifier], ["logits", "masks"] if with_classifier else ["masks"],
+                    elsewhere=elsewhere)
     # written as bytes through the atomic writer: safetensors' save_file creates its file mode 0600, which
     # a folder meant to be shared (a model store, a container image) would then refuse to other users
     tensors = dict(model.masker.state_dict())
     if with_classifier:
         tensors.update({f"classifier.{k}": v for k, v in model.classifier.state_dict().items()})
     data = save({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": FORMAT})
-    write_atomically(out / WEIGHTS_FILE, lambda f: f.write(data), what="masker weights")
+    write_bytes_atomically(out / WEIGHTS_FILE, data, "masker weights", elsewhere)
     model.manifest.weights_sha256 = hashlib.sha256(data).hexdigest()
     model.manifest.manifest_sha256 = manifest_digest(asdict(model.manifest))
-    manifest = json.dumps(asdict(model.manifest), indent=2).encode()
-    write_atomically(out / MANIFEST_FILE, lambda f: f.write(manifest), what="masker manifest")
-    if onnx:
-        export_onnx(LogitsAndMasks(model) if with_classifier else model, model.manifest.image_size,
-                    out / ("explainer.onnx" if with_classifier else "masker.onnx"),
-                    ["logits", "masks"] if with_classifier else ["masks"])
+    # last: the manifest makes the folder an export, and its checksum refuses weights written without it
+    write_text_atomically(out / MANIFEST_FILE, json.dumps(asdict(model.manifest), indent=2), "masker manifest",
+                          elsewhere)
     return out
 
 
@@ -293,6 +301,10 @@ def load_masker(export_dir: str | Path, device: str | torch.device = "cpu", with
     """Load an export folder as an ``nn.Module`` in eval mode, verifying the weights' checksum."""
     folder = Path(export_dir)
     manifest_path, weights = folder / MANIFEST_FILE, folder / WEIGHTS_FILE
+    if folder.is_file():
+        inside = (folder.parent / MANIFEST_FILE).is_file()
+        raise ExportError(f"{folder}: a file; give the export's folder" +
+                          (f" ({folder.parent})" if inside else f", which holds {MANIFEST_FILE} and {WEIGHTS_FILE}"))
     if not manifest_path.is_file() or not weights.is_file():
         raise ExportError(f"{folder}: not a casm masker export (expected {MANIFEST_FILE} and {WEIGHTS_FILE}); "
                           f"create one with: python -m casm export CHECKPOINT {folder}")

@@ -37,7 +37,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.utils import make_grid
 
-from casm.checkpoints import POOL_FOLDER, write_atomically
+from casm.checkpoints import POOL_FOLDER, write_text_atomically
 from casm.config import with_defaults
 from casm.data.transforms import denormalize, random_augmentation
 from casm.distributed import all_reduce_mean, assert_same_on_all_ranks, empty_on_any_rank
@@ -442,7 +442,7 @@ class CASMModule(pl.LightningModule):
         folder = getattr(self.logger, "log_dir", None)
         if folder and self.trainer.is_global_zero:
             report = json.dumps({"collapsed": reasons, "final": self.health, "epochs": self.health_log}, indent=1)
-            write_atomically(Path(folder) / HEALTH_FILE, lambda f: f.write(report.encode()), what="health report")
+            write_text_atomically(Path(folder) / HEALTH_FILE, report, "health report")
 
     def _maybe_end_warmup(self, accuracy: float) -> None:
         """An accuracy warm-up ends after the first epoch whose validation top-1 (reduced over ranks, so
@@ -485,6 +485,13 @@ class CASMModule(pl.LightningModule):
             "health_log": self.health_log,
             "masker_average": self.masker_average.pack(state) if self.masker_average else {},
         }
+
+    def check_resumable(self, checkpoint: dict, run_dir: Path, source: str) -> None:
+        """What :meth:`on_load_checkpoint` would refuse, asked before a resume writes anything."""
+        state = checkpoint.get("casm_state")
+        if state is None:
+            raise UserError(f"{source}: no CASM training state (pool, lambda_R); was it written by casm?")
+        self.pool.check_resumable(state["pool"], run_dir / POOL_FOLDER, source)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("casm_state")

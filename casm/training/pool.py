@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from casm.checkpoints import read_snapshot, write_snapshot
+from casm.checkpoints import read_snapshot, snapshot_path, write_snapshot
 from casm.errors import UserError
 
 
@@ -128,14 +128,22 @@ class ClassifierPool:
             state["snapshots"] = self.snapshots
         return state
 
+    def check_resumable(self, state: dict, folder: Path | None, source: str = "the checkpoint") -> None:
+        """Refuse, before anything is written, a :meth:`state_dict` this pool cannot continue: another
+        thinning strategy, or snapshot files missing from ``folder``."""
+        if state["strategy"] != self.strategy.name:
+            raise UserError(
+                f"{source}: its pool was built with thinning {state['strategy']}, this run uses "
+                f"{self.strategy.name}; resume with casm.thinning={state['strategy']}"
+            )
+        if "files" in state and folder is not None:
+            for name in state["files"]:
+                snapshot_path(folder, name, source)
+
     def load_state_dict(self, state: dict, device: torch.device | str = "cpu", source: str = "the checkpoint") -> None:
         """Restore from :meth:`state_dict`; snapshot files are read from the attached folder and checked
         against their digests (``source``, the checkpoint, is named in the errors)."""
-        if state["strategy"] != self.strategy.name:
-            raise UserError(
-                f"checkpoint pool was built with thinning {state['strategy']}, this run uses "
-                f"{self.strategy.name}; resume with casm.thinning={state['strategy']}"
-            )
+        self.check_resumable(state, None, source)
         if "files" in state:
             if self.folder is None:
                 raise UserError(f"{source} keeps its pool in a run folder's pool/; resume it with train.py resume=")

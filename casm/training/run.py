@@ -7,27 +7,45 @@ import math
 import os
 import time
 import warnings
+from contextlib import nullcontext
+from dataclasses import fields
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, OnExceptionCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
-from casm.checkpoints import POOL_FOLDER, read_checkpoint, run_checkpoints, run_folder, stale_partials
-from casm.config import RESUME_LAST, ConfigError, config_changes, to_yaml, with_defaults
+from casm.checkpoints import (
+    POOL_FOLDER,
+    read_checkpoint,
+    run_checkpoints,
+    run_folder,
+    stale_partials,
+    write_text_atomically,
+)
+from casm.config import RESUME_LAST, ConfigError, DataConfig, config_changes, to_yaml, with_defaults
 from casm.data.datamodule import LocalizationDataModule
-from casm.errors import TrainingDivergedError, UserError
+from casm.errors import TrainingDivergedError, UserError, shorten
+from casm.locks import FolderLock, is_first_process
 from casm.training.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
 from casm.training.console import EpochSummary, StepProgressBar
 from casm.training.lficam_module import LFICAMModule
 from casm.training.module import CASMModule
 from casm.training.timing import EpochTimer
 
-# what a checkpoint's state only fits: the architecture, and the optimizer whose state it holds
-RESUME_FIXED_KEYS = ("model.arch", "model.width", "model.manipulation", "masker.head", "masker.encoder",
-                     "masker.hidden", "masker.feature_layer", "optim.classifier_optimizer")
+# data keys a resume may change: where the same images live and how they are read (a cluster job copies
+# the data set to its node's scratch disk); every other data key changes what the run is trained on
+RESUME_DATA_FREE = ("data.root", "data.boxes_file", "data.num_workers", "data.pin_memory", "data.skip_corrupt")
+# what a checkpoint's state only fits, or what would change the run's meaning half-way: the networks, the
+# optimizer whose state it holds, the pool's thinning, and the data (its images, classes, size and budget)
+RESUME_FIXED_KEYS = ("mode", "model.arch", "model.width", "model.manipulation", "model.classifier.builder",
+                     "model.classifier.kwargs", "masker.head", "masker.encoder", "masker.hidden",
+                     "masker.feature_layer", "masker.encoder_model.builder", "masker.encoder_model.kwargs",
+                     "masker.encoder_model.layers", "optim.classifier_optimizer", "casm.thinning") + tuple(
+    f"data.{f.name}" for f in fields(DataConfig) if f"data.{f.name}" not in RESUME_DATA_FREE + ("data.batch_size",))
 # what a resume takes from the checkpoint's state, not from the config: the optimizers' and schedulers'
 # settings (learning rates, their scaling, momentum, decay, steps), lambda_R, and the global batch the
 # learning rates and the mid-epoch data position were set for; a changed value would be ignored silently
@@ -56,21 +74,36 @@ def check_resume_compatible(cfg: DictConfig, checkpoint: dict, path: str) -> lis
     """Refuse, with the fix, to resume a checkpoint into another architecture or optimizer, or with a
     setting that the checkpoint's state would override; returns the changes that do take effect
     (``key: old -> new``, for :func:`describe_resume`)."""
-    saved = OmegaConf.create(checkpoint.get("hyper_parameters", {}).get("config", {}))
+    saved = checkpoint.get("hyper_parameters", {}).get("config", {})
     if not saved:
         raise UserError(f"{path}: not a casm training checkpoint (no saved config)")
+    saved = with_defaults(saved)  # a checkpoint of an earlier casm lacks the newer keys: their defaults
     for key in RESUME_FIXED_KEYS:
         old, new = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
         if old != new:
             raise ConfigError(f"{path} was trained with {key}={old}, this run has {key}={new}; "
                               f"drop the override or add {key}={old}")
-    changes = config_changes(with_defaults(saved), cfg, ignore=("resume",))
+    changes = config_changes(saved, cfg, ignore=("resume",))
     ignored = [c for c in changes if c.startswith(RESUME_STATE_KEYS)]
     if ignored:
         raise ConfigError(f"{path}: {'; '.join(ignored)} would not take effect: a resume continues the "
                           f"checkpoint's optimizers, schedulers and lambda_R, set for the old value; drop the "
                           f"override, or start a new run")
     return changes
+
+
+def check_resume_loads(module: pl.LightningModule, checkpoint: dict, path: str, run_dir: Path) -> None:
+    """Everything restoring ``checkpoint`` into ``module`` could refuse (its weights' names and shapes, its
+    training state, its pool's snapshots), asked before anything in the run folder is written: a refused
+    resume leaves the folder as it was."""
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except (RuntimeError, KeyError) as err:
+        raise UserError(f"{path}: its weights do not fit this run's networks ({shorten(err)}); resume with the "
+                        f"settings it was trained with") from err
+    check = getattr(module, "check_resumable", None)
+    if check is not None:
+        check(checkpoint, run_dir, path)
 
 
 def describe_resume(path: str, checkpoint: dict, changes: list[str]) -> str:
@@ -116,12 +149,23 @@ def start_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
                  default=None)
     requeued = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
     if cfg.resume == RESUME_LAST or (not cfg.resume and requeued):
-        return str(newest) if newest else None
+        # the furthest-trained checkpoint: an interrupted.ckpt written later than last.ckpt but at an earlier
+        # step (a crash right after a start from an older file) is never preferred
+        furthest = max(existing, key=lambda p: (_saved_step(p), p == newest), default=None)
+        return str(furthest) if furthest else None
     if not cfg.resume and newest:
         raise ConfigError(f"{run_dir} already holds checkpoints of an earlier run "
                           f"({', '.join(sorted(p.name for p in existing))}): resume=last continues it; another "
                           f"logging.version, logging.name or logging.out_dir starts a new run")
     return cfg.resume
+
+
+def _saved_step(path: Path) -> int:
+    """The global step a checkpoint was written at (memory-mapped: its tensors are not read); -1 if unreadable."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1))
+    except Exception:  # a file casm did not write: the newest readable one is taken instead
+        return -1
 
 
 def _launched_by_cluster() -> bool:
@@ -133,11 +177,23 @@ def _launched_by_cluster() -> bool:
 
 
 class SaneExceptionCheckpoint(OnExceptionCheckpoint):
-    """``interrupted.ckpt`` on a crash or Ctrl-C, but not after divergence: those weights have exploded,
-    and a checkpoint that cannot be used is worse than none (the epoch checkpoints stay)."""
+    """``interrupted.ckpt`` on a crash or Ctrl-C, but only of weights this process trained: not after
+    divergence (those weights have exploded, and a checkpoint that cannot be used is worse than none), and
+    not before the first batch (a failed start would otherwise leave an untrained checkpoint that
+    ``resume=last`` takes for the newest)."""
+
+    started_at: int | None = None  # training batches completed when this process started training
+
+    @staticmethod
+    def _batches(trainer: pl.Trainer) -> int:
+        return trainer.fit_loop.epoch_loop.batch_progress.total.completed
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started_at = self._batches(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, TrainingDivergedError):
+        trained = self.started_at is not None and self._batches(trainer) > self.started_at
+        if trained and not isinstance(exception, TrainingDivergedError):
             super().on_exception(trainer, pl_module, exception)
 
 
@@ -193,27 +249,41 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger: TensorBoardLogger | bo
 
 
 def train(cfg: DictConfig) -> Path:
-    """Train CASM with ``cfg``; returns the run directory (config.yaml, TensorBoard logs, checkpoints)."""
+    """Train CASM with ``cfg``; returns the run directory (config.yaml, TensorBoard logs, checkpoints).
+
+    The first process holds the run folder's lock throughout (:mod:`casm.locks`), and every check of a
+    resume runs before the folder is written to."""
     save_dir, name, version = _run_dir(cfg)
-    resume = start_checkpoint(cfg, Path(save_dir) / name / version)
-    resume_note = None
-    if resume:
-        checkpoint = read_checkpoint(resume)
-        resume_note = describe_resume(resume, checkpoint, check_resume_compatible(cfg, checkpoint, resume))
+    run_dir = Path(save_dir) / name / version
+    if cfg.resume and cfg.resume != RESUME_LAST and not Path(cfg.resume).is_file():
+        raise FileNotFoundError(f"resume={cfg.resume}: checkpoint not found")
+    with FolderLock(run_dir, "training") if is_first_process() else nullcontext():
+        return _fit(cfg, run_dir)
+
+
+def _fit(cfg: DictConfig, run_dir: Path) -> Path:
+    resume = start_checkpoint(cfg, run_dir)
+    checkpoint = read_checkpoint(resume) if resume else None
+    changes = check_resume_compatible(cfg, checkpoint, resume) if resume else []
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = LocalizationDataModule(cfg.data, cfg.seed)
+    datamodule.check_training_split()
     module_class = LFICAMModule if cfg.mode == "lficam" else CASMModule
     module = module_class(OmegaConf.to_container(cfg, resolve=True), datamodule.num_classes, datamodule.classes)
-    logger = TensorBoardLogger(save_dir, name=name, version=version, default_hp_metric=False)
-    run_dir = Path(logger.log_dir)
+    note = None
+    if resume:
+        check_resume_loads(module, checkpoint, resume, run_dir)
+        note = describe_resume(resume, checkpoint, changes)
+    del checkpoint  # Lightning reads it again; a large pool's names only, but the weights are not kept twice
+    logger = TensorBoardLogger(str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name,
+                               default_hp_metric=False)
     trainer = build_trainer(cfg, run_dir, logger)
     if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        if resume_note:  # config.yaml now holds this config; the log keeps what each resume changed
-            rank_zero_info(f"casm: {resume_note}")
+        write_text_atomically(run_dir / "config.yaml", to_yaml(cfg), "run config")
+        if note:  # config.yaml now holds this config; the log keeps what each resume changed
+            rank_zero_info(f"casm: {note}")
             with open(run_dir / "resumes.log", "a") as log:
-                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {resume_note}\n")
+                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {note}\n")
         for stale in stale_partials(run_dir / "checkpoints") + stale_partials(run_dir / POOL_FOLDER):
             rank_zero_info(f"casm: removing {stale}, a file whose write was interrupted")
             stale.unlink()
@@ -229,5 +299,6 @@ def train(cfg: DictConfig) -> Path:
         warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last')
         # and Lightning's own pytree helper still builds torch's deprecated LeafSpec (nothing casm can change)
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        # weights_only: a checkpoint is read as casm reads every file, without unpickling code
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     return run_dir
