@@ -269,6 +269,51 @@ def test_a_judge_from_outside_casm_scores_masked_images(trained_checkpoint, tmp_
     assert payload["clean_top1"]["resnet18"] == pytest.approx(clean, abs=1e-4)
 
 
+@pytest.mark.parametrize("shared", [0, 3])
+def test_a_judge_scores_the_classes_it_shares_with_the_data_and_refuses_none(trained_checkpoint, tmp_path, capsys,
+                                                                              shared):
+    """A judge whose class list shares no class with the data would read 0 % in every judged column (a
+    perfect score where lower is better): refused in one line naming both lists. Sharing 3 of 10: its
+    masked-out top-1 is over those 3 classes' images only (recomputed by hand), and the report says so."""
+    import torchvision
+    from omegaconf import OmegaConf
+
+    from casm.data.datamodule import LocalizationDataModule
+    from casm.data.synthetic import CLASS_NAMES
+    from casm.metrics.localization import binarize
+    from casm.trained_run import read_run
+
+    torch.manual_seed(3)
+    judge = torchvision.models.resnet18(num_classes=10).eval()
+    torch.save(judge.state_dict(), tmp_path / "judge.pth")
+    (tmp_path / "classes.txt").write_text("\n".join(list(CLASS_NAMES[:shared]) + [f"other{k}" for k in range(10 - shared)]))
+    spec = (f"{{builder: torchvision.models.resnet18, weights: {tmp_path / 'judge.pth'}, kwargs: {{num_classes: 10}}, "
+            f"classes: {tmp_path / 'classes.txt'}}}")
+    out = tmp_path / "eval"
+    code = evaluate_main(["--checkpoint", str(trained_checkpoint), f"judges=[{spec}]", "methods=[casm]",
+                          f"out_dir={out}", *FAST])
+    if shared == 0:
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "shares no class" in err[0] and "other0" in err[0], err
+        assert CLASS_NAMES[0] in err[0] and not out.exists()
+        return
+    assert code == 0
+    payload = json.loads((out / "metrics.json").read_text())
+    assert any("judge resnet18 knows 3 of the 10 evaluated classes" in n for n in payload["notes"])
+    module = read_run(trained_checkpoint)
+    data = LocalizationDataModule(OmegaConf.create(payload["eval_config"]["data"]), splits=("val",))
+    data.setup()
+    x = normalize_images(torch.stack([data.val_set[i]["image"] for i in range(16)]))
+    y = torch.tensor([data.val_set[i]["label"] for i in range(16)])
+    known = y < shared
+    with torch.no_grad():
+        logits, feats = module.classifier(x)
+        keep = binarize(module.masker(x, feats)[:, 0])[:, None].float()
+        hits = judge(x * (1 - keep)).argmax(1) == y
+    assert payload["results"]["casm"]["acc_masked_out@resnet18"] == pytest.approx(
+        hits[known].float().mean().item() * 100, abs=1e-4)
+
+
 @pytest.mark.parametrize("spec,message", [
     ("{builder: torchvision.models.resnet18, weights: WEIGHTS}", "does not fit torchvision.models.resnet18"),
     ("{builder: torchvision.models.no_such_net, weights: WEIGHTS}", "has no callable 'no_such_net'"),

@@ -235,3 +235,106 @@ def test_the_evaluation_resize_is_one_rule_for_the_data_and_the_manifest(data, e
 def test_the_manifest_records_the_resize_its_run_evaluated_with(trained_checkpoint):
     manifest = masker_from_checkpoint(trained_checkpoint).manifest
     assert manifest.resize == manifest.image_size == 32  # the built-in data (was 256/224 x size for every dataset)
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every file casm writes atomically fails with ENOSPC after ``limit`` bytes, as on a full disk."""
+    import builtins
+    import errno
+
+    import casm.checkpoints as checkpoints
+
+    def fill(limit: int = 0):
+        class Full:
+            def __init__(self, file):
+                self.file, self.written = file, 0
+
+            def write(self, data):
+                self.written += len(data)
+                if self.written > limit:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return self.file.write(data)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.file.close()
+
+            def __getattr__(self, name):
+                return getattr(self.file, name)
+
+        monkeypatch.setattr(checkpoints, "open", lambda *a, **k: Full(builtins.open(*a, **k)), raising=False)
+
+    return fill
+
+
+def test_a_full_disk_under_explain_is_one_line_with_nothing_half_written(exported, tmp_path, full_disk, capsys):
+    Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "a.png")
+    full_disk(100)
+    assert cli_main(["explain", str(exported), str(tmp_path / "a.png"), "--out", str(tmp_path / "o"),
+                     "--no-progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not write explanation" in err[0] and "free space" in err[0], err
+    assert "logging.out_dir" not in err[0] and "--out" in err[0]
+    assert [p.name for p in (tmp_path / "o").iterdir()] == []  # no 0-byte mask, no partial file
+
+
+def test_a_full_disk_under_evaluate_leaves_no_report_and_a_rerun_redoes_it(trained_checkpoint, tmp_path, full_disk,
+                                                                          capsys):
+    from casm.config import EvalConfig, load_config
+    from casm.experiments.runs import evaluation_done
+
+    out = tmp_path / "eval"
+    full_disk(0)
+    assert cli_main(["evaluate", "--checkpoint", str(trained_checkpoint), f"out_dir={out}", "methods=[casm]",
+                     "max_images=8", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not write evaluation report" in err[0] and "out_dir" in err[0], err
+    assert not (out / "metrics.json").exists() and not list(out.glob(".*.tmp"))
+    wanted = load_config(None, [f"checkpoint={trained_checkpoint}"], schema_class=EvalConfig)
+    out.mkdir(exist_ok=True)
+    for broken in ("", "{", "[1, 2]"):  # what a crash of an older casm left: made again, never a crash
+        (out / "metrics.json").write_text(broken)
+        assert not evaluation_done(out, wanted)
+
+
+def test_export_failures_leave_the_folder_as_it_was(trained_checkpoint, tmp_path, monkeypatch, full_disk, capsys):
+    import casm.export.onnx as onnx_module
+
+    out = tmp_path / "export"
+    assert cli_main(["export", str(trained_checkpoint), str(out), "--onnx"]) == 0
+    assert (out / "masker.onnx").is_file()
+    assert cli_main(["export", str(trained_checkpoint), str(out)]) == 0  # again, without the graph
+    assert sorted(p.name for p in out.iterdir()) == ["masker.json", "masker.safetensors"]  # no stale graph
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def no_onnxruntime():
+        raise ExportError("ONNX export needs onnx and onnxruntime: pip install 'casm-saliency[onnx]'")
+
+    monkeypatch.setattr(onnx_module, "require_onnx", no_onnxruntime)
+    monkeypatch.setattr("casm.export.standalone.require_onnx", no_onnxruntime)
+    assert cli_main(["export", str(trained_checkpoint), str(tmp_path / "new"), "--onnx"]) == 2
+    assert "pip install" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    monkeypatch.undo()
+    full_disk(0)
+    assert cli_main(["export", str(trained_checkpoint), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "free space" in err and "logging.out_dir" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_explain_refuses_no_images_and_counts_a_file_once(exported, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["explain", str(exported), str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
+                     "--no-progress"]) == 2
+    assert "no images in" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "empty" / "a.png")
+    image = str(tmp_path / "empty" / "a.png")
+    assert cli_main(["explain", str(exported), image, image, str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
+                     "--no-progress"]) == 0
+    assert "1 image(s) explained" in capsys.readouterr().out
+    assert cli_main(["explain", str(exported / "masker.json"), image, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"give the export's folder ({exported})" in err and "casm export" not in err

@@ -62,14 +62,22 @@ class Evaluator:
         def match(model, classes, who):
             return KnownClasses.match(model, classes, self.data_classes, who).to(device)
 
+        def judge(model, classes, who):  # a judge scores images of the classes it knows: it must know one
+            known = match(model, classes, who)
+            if known.known_count == 0:
+                raise UserError(f"{who} shares no class with the evaluated data, so every judged column would read "
+                                f"0 %: it knows {_listed(classes)}, the data has {_listed(self.data_classes)}; "
+                                f"judge with a classifier trained on these classes")
+            return known
+
         self.own = match(self.classifier, run.class_names, "the checkpoint's classifier")
         self.judges: dict[str, KnownClasses] = {"own": self.own}
         for path in cfg.classifiers:
-            name, judge, classes = load_classifier(path, set(self.judges))
-            self.judges[name] = match(judge, classes, path)
+            name, model, classes = load_classifier(path, set(self.judges))
+            self.judges[name] = judge(model, classes, path)
         for index, spec in enumerate(cfg.judges):
-            name, judge, classes = load_foreign_judge(spec, index, cfg.data.image_size, set(self.judges))
-            self.judges[name] = match(judge, classes, f"judges[{index}] ({spec.builder})")
+            name, model, classes = load_foreign_judge(spec, index, cfg.data.image_size, set(self.judges))
+            self.judges[name] = judge(model, classes, f"judges[{index}] ({spec.builder})")
         self.baseline_models: dict[str, KnownClasses] = {"": self.own}
         for path in cfg.baseline_classifiers:
             name, model, classes = load_classifier(path, {n.lstrip("@") for n in self.baseline_models})
@@ -338,6 +346,12 @@ class ScoredBatch:
     object_mask: Tensor | None = None  # (B, H, W) bool each object's pixels, where the data has them (PxAP)
 
 
+def _listed(names: list[str] | None, shown: int = 4) -> str:
+    if not names:
+        return "no class names"
+    return f"{len(names)} classes ({', '.join(names[:shown])}{', ...' if len(names) > shown else ''})"
+
+
 def figure_picks(labels: list[int], count: int) -> list[int]:
     """Dataset indices for the figure, spread over classes: the first image of each class in turn, then
     the second of each, ... (a sorted folder's first images are otherwise all of one class)."""
@@ -386,6 +400,10 @@ def evaluation_notes(evaluator: Evaluator, results: dict) -> list[str]:
     """What a reader of the report must know to read its numbers."""
     notes = ["clean top-1 of the classifiers judging masked images: " + ", ".join(
         f"{name} {value:.1f} %" for name, value in evaluator.clean_top1.items() if value == value)]
+    for name, judge in evaluator.judges.items():
+        if name != "own" and judge.known_count < len(evaluator.data_classes):
+            notes.append(f"judge {name} knows {judge.known_count} of the {len(evaluator.data_classes)} evaluated "
+                         f"classes: its @{name} columns score images of those {judge.known_count} classes only")
     unseen = len(evaluator.data_classes) - evaluator.own.known_count
     if unseen:
         notes.append(f"{unseen} of the {len(evaluator.data_classes)} evaluated classes were never seen by the "

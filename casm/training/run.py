@@ -151,7 +151,7 @@ def start_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     if cfg.resume == RESUME_LAST or (not cfg.resume and requeued):
         # the furthest-trained checkpoint: an interrupted.ckpt written later than last.ckpt but at an earlier
         # step (a crash right after a start from an older file) is never preferred
-        furthest = max(existing, key=lambda p: (_saved_step(p), p == newest), default=None)
+        furthest = max(existing, key=lambda p: (_saved_step(p), p == newest, p.name == "last.ckpt"), default=None)
         return str(furthest) if furthest else None
     if not cfg.resume and newest:
         raise ConfigError(f"{run_dir} already holds checkpoints of an earlier run "
