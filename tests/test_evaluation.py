@@ -286,7 +286,8 @@ def test_a_judge_scores_the_classes_it_shares_with_the_data_and_refuses_none(tra
     torch.manual_seed(3)
     judge = torchvision.models.resnet18(num_classes=10).eval()
     torch.save(judge.state_dict(), tmp_path / "judge.pth")
-    (tmp_path / "classes.txt").write_text("\n".join(list(CLASS_NAMES[:shared]) + [f"other{k}" for k in range(10 - shared)]))
+    names = list(CLASS_NAMES[:shared]) + [f"other{k}" for k in range(10 - shared)]
+    (tmp_path / "classes.txt").write_text("\n".join(names))
     spec = (f"{{builder: torchvision.models.resnet18, weights: {tmp_path / 'judge.pth'}, kwargs: {{num_classes: 10}}, "
             f"classes: {tmp_path / 'classes.txt'}}}")
     out = tmp_path / "eval"

@@ -27,8 +27,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _fingerprint(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (links as their targets' names) and a digest of its bytes."""
-    return {str(p.relative_to(folder)): (os.readlink(p) if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(folder.rglob("*")) if p.is_file() or p.is_symlink()}
+    def content(p: Path) -> str:
+        return os.readlink(p) if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
+
+    return {str(p.relative_to(folder)): content(p) for p in sorted(folder.rglob("*")) if p.is_file() or p.is_symlink()}
 
 
 @pytest.fixture(scope="module")
