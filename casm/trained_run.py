@@ -71,6 +71,14 @@ class TrainedRun:
     config: dict  # the config it was trained with, as saved, its pretrained-weight paths dropped
     cfg: DictConfig  # the same with today's defaults for keys an earlier casm did not have
     class_names: list[str] | None  # of the classifier's outputs (an outside classifier's own, e.g. ImageNet's)
+    masker_steps: int | None = None  # optimizer steps the masker took (0: a classifier trained alone); None: unknown
+
+    def require_trained_masker(self, purpose: str) -> None:
+        """Refuse to use a masker that never took a step (``casm.warmup_epochs`` >= ``trainer.max_epochs``)."""
+        if self.masker_steps == 0:
+            raise UserError(f"{self.checkpoint}: its masker was never trained (the run trained its classifier alone: "
+                            f"casm.warmup_epochs >= trainer.max_epochs), so it cannot {purpose}; use it as a judge "
+                            f"or a baseline classifier, or train a masker")
 
     @property
     def folder(self) -> Path:
@@ -113,4 +121,6 @@ def read_run(checkpoint: str | Path, trusted_builders: Iterable[str] = ()) -> Tr
         raise UserError(f"{checkpoint}: its weights do not fit a {cfg.model.arch} with the {cfg.masker.head} head of "
                         f"this casm version ({shorten(err)})") from err
     names = hp.get("classifier_class_names") or hp.get("class_names")  # the first: an outside classifier's outputs
-    return TrainedRun(Path(checkpoint), classifier.eval(), masker.eval(), config, cfg, list(names) if names else None)
+    steps = ckpt.get("casm_state", {}).get("casm_step")
+    return TrainedRun(Path(checkpoint), classifier.eval(), masker.eval(), config, cfg, list(names) if names else None,
+                      None if steps is None else int(steps))

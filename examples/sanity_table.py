@@ -24,7 +24,6 @@ from casm.metrics.collapse import read_collapse
 from casm.sanity.attacks import attack_grid
 from casm.sanity.report import validation_images
 from casm.sanity.under_attack import compare_to_reference, masks_of
-from casm.trained_run import read_run
 
 VARIANTS = ("original", "T1", "T2", "T3", "T4")
 IMAGES = 500  # the whole validation split of the built-in data
@@ -55,7 +54,7 @@ def under_attack(found: dict[str, dict[int, PlannedRun]], report: Path) -> str:
     if not runs["original"]:
         return "(no finished run against the original classifier)"
     first = next(iter(runs["original"].values()))
-    images, _ = validation_images(read_run(first.checkpoint).config, IMAGES)
+    images, _ = validation_images(first.read().config, IMAGES)
     masks = {v: {seed: masks_of(run.checkpoint, images) for seed, run in by_seed.items()}
              for v, by_seed in runs.items() if by_seed}
     attack_grid({"image": images, **{v: masks[v][0] for v in masks if 0 in masks[v]}},

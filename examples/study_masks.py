@@ -15,7 +15,6 @@ from casm.experiments.study import Study, load_study
 from casm.sanity.attacks import attack_grid
 from casm.sanity.report import validation_images
 from casm.sanity.under_attack import masks_of
-from casm.trained_run import read_run
 
 
 @reports_user_errors
@@ -30,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
             if run.tags.get("seed") == args.seed and run.checkpoint.is_file()}
     if not runs:
         raise UserError(f"{args.study}: no trained run of seed {args.seed} yet (run the study first)")
-    images, _ = validation_images(read_run(next(iter(runs.values())).checkpoint).config, args.rows)
+    images, _ = validation_images(next(iter(runs.values())).read().config, args.rows)
     out = study.root / "report" / f"masks_seed{args.seed}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     attack_grid({"image": images, **{variant: masks_of(run.checkpoint, images) for variant, run in runs.items()}},

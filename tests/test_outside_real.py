@@ -116,7 +116,8 @@ def test_every_cam_method_gives_a_map_on_the_real_network(network, photos, metho
 
 def test_a_masker_trains_against_the_frozen_network_and_exports_with_it(tmp_path, network):
     checkpoint = example.train_masker(tmp_path, epochs=1)
-    run = read_run(checkpoint)
+    trusted = ["efficientnet_lite_pytorch"]  # read back from a file, the network's builder must be trusted
+    run = read_run(checkpoint, trusted)
     frozen = run.classifier.model.state_dict()
     assert all(torch.equal(frozen[k], v) for k, v in network.model.state_dict().items())  # thinning F: untouched
     classes = run.class_names  # the run answers over all 1000 ImageNet classes; its 3 data classes map into them
@@ -124,8 +125,9 @@ def test_a_masker_trains_against_the_frozen_network_and_exports_with_it(tmp_path
     assert [classes[i] for i in run.classifier.labels] == list(example.PHOTOS.values())
     health = json.loads((checkpoint.parent.parent / "health.json").read_text())
     assert health  # the collapse check ran on the run's masks
-    bundle = export_masker(checkpoint, tmp_path / "explainer", onnx=True, with_classifier=True)
-    explainer = load_explainer(bundle, trusted_builders=["efficientnet_lite_pytorch"])
+    bundle = export_masker(checkpoint, tmp_path / "explainer", onnx=True, with_classifier=True,
+                           trusted_builders=trusted)
+    explainer = load_explainer(bundle, trusted_builders=trusted)
     results = explain(explainer, [getattr(skimage.data, name)() for name in example.PHOTOS])
     assert [r.prediction["class"] for r in results] == list(example.PHOTOS.values())
     assert all(np.isfinite(r.mask).all() and r.mask.shape == getattr(skimage.data, n)().shape[:2]

@@ -55,6 +55,8 @@ class Evaluator:
     """Builds the methods, runs them over the validation split, accumulates :class:`MethodScores`."""
 
     def __init__(self, cfg: DictConfig, run: TrainedRun, device: torch.device, data_classes: list[str]) -> None:
+        if "casm" in cfg.methods:
+            run.require_trained_masker("be evaluated (methods without casm evaluate its classifier's baselines)")
         self.cfg, self.trained, self.device = cfg, run.to(device), device
         self.classifier = run.classifier
         self.data_classes = list(data_classes)

@@ -233,6 +233,7 @@ def masker_from_checkpoint(checkpoint_path: str | Path, with_classifier: bool = 
     the run's classifier when asked (an outside network only from a trusted module, as :func:`read_run`)."""
     try:
         run = read_run(checkpoint_path, trusted_builders)
+        run.require_trained_masker("be exported")
     except ValueError as err:
         raise ExportError(str(err)) from err
     cfg = run.cfg

@@ -22,7 +22,7 @@ from casm.locks import FolderInUseError, FolderLock, lock_holder
 from casm.training.run import start_checkpoint
 from tests.conftest import TINY
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _fingerprint(folder: Path) -> dict[str, str]:
