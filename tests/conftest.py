@@ -40,3 +40,36 @@ def trained_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     cfg = load_config(None, TINY + [f"logging.out_dir={out}", "trainer.max_epochs=1", "masker.head=deconv"])
     return train(cfg) / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every file casm writes atomically fails with ENOSPC after ``limit`` bytes, as on a full disk."""
+    import builtins
+    import errno
+
+    import casm.checkpoints as checkpoints
+
+    def fill(limit: int = 0):
+        class Full:
+            def __init__(self, file):
+                self.file, self.written = file, 0
+
+            def write(self, data):
+                self.written += len(data)
+                if self.written > limit:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return self.file.write(data)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.file.close()
+
+            def __getattr__(self, name):
+                return getattr(self.file, name)
+
+        monkeypatch.setattr(checkpoints, "open", lambda *a, **k: Full(builtins.open(*a, **k)), raising=False)
+
+    return fill

@@ -237,39 +237,6 @@ def test_the_manifest_records_the_resize_its_run_evaluated_with(trained_checkpoi
     assert manifest.resize == manifest.image_size == 32  # the built-in data (was 256/224 x size for every dataset)
 
 
-@pytest.fixture
-def full_disk(monkeypatch):
-    """Every file casm writes atomically fails with ENOSPC after ``limit`` bytes, as on a full disk."""
-    import builtins
-    import errno
-
-    import casm.checkpoints as checkpoints
-
-    def fill(limit: int = 0):
-        class Full:
-            def __init__(self, file):
-                self.file, self.written = file, 0
-
-            def write(self, data):
-                self.written += len(data)
-                if self.written > limit:
-                    raise OSError(errno.ENOSPC, "No space left on device")
-                return self.file.write(data)
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                self.file.close()
-
-            def __getattr__(self, name):
-                return getattr(self.file, name)
-
-        monkeypatch.setattr(checkpoints, "open", lambda *a, **k: Full(builtins.open(*a, **k)), raising=False)
-
-    return fill
-
-
 def test_a_full_disk_under_explain_is_one_line_with_nothing_half_written(exported, tmp_path, full_disk, capsys):
     Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "a.png")
     full_disk(100)

@@ -1,6 +1,7 @@
 """CASM training invariants: no masker gradient in the classifier, frozen F, exact resume,
 non-finite steps, architecture checks and DDP on two CPU processes."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -273,38 +274,35 @@ def test_a_full_disk_leaves_no_half_written_checkpoint(tiny_overrides, monkeypat
     assert read_checkpoint(folder / "last.ckpt")["epoch"] == 0  # the earlier checkpoint is whole
 
 
-def test_a_disk_that_fills_inside_torchs_zip_writer_is_a_write_error(tmp_path, monkeypatch):
+def test_a_disk_that_fills_inside_torchs_zip_writer_is_a_write_error(tmp_path, full_disk):
     """torch.save to a file whose write fails raises a RuntimeError ('unexpected pos ...') over the OSError:
     it must still be reported as a full disk, with nothing left under the file's name."""
-    import builtins
-    import errno
-
     from casm import checkpoints
     from casm.errors import CheckpointWriteError
 
-    class FillsUp:
-        def __init__(self, file):
-            self.file, self.written = file, 0
-
-        def write(self, data):
-            self.written += len(data)
-            if self.written > 4096:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return self.file.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.file, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.file.close()
-
-    monkeypatch.setattr(checkpoints, "open", lambda *a: FillsUp(builtins.open(*a)), raising=False)
+    full_disk(4096)
     target = tmp_path / "epoch003.ckpt"
     with pytest.raises(CheckpointWriteError, match=r"could not write checkpoint .*epoch003.ckpt \(No space left"):
         checkpoints.write_atomically(target, lambda f: torch.save({"w": torch.zeros(100_000)}, f))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("code, hint", [
+    (errno.ENOSPC, "free space in {folder} or set logging.out_dir elsewhere"),
+    (errno.ENOENT, "{folder} does not exist any more"),
+    (errno.EACCES, "{folder} is not writable: set logging.out_dir elsewhere"),
+])
+def test_a_failed_write_gets_the_hint_of_its_cause(tmp_path, code, hint):
+    from casm import checkpoints
+    from casm.errors import CheckpointWriteError
+
+    def fails(f):
+        raise OSError(code, os.strerror(code))
+
+    with pytest.raises(CheckpointWriteError) as caught:
+        checkpoints.write_atomically(tmp_path / "x.ckpt", fails)
+    message = str(caught.value)
+    assert hint.format(folder=tmp_path) in message and message.count("free space") == (code == errno.ENOSPC)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -53,15 +53,22 @@ RESUME_STATE_KEYS = ("optim.", "casm.lambda_r", "data.batch_size")
 _VERSION_ENV = "CASM_RUN_VERSION"  # shared by DDP ranks, which Lightning starts as new processes
 
 
-class _NoCloudTips(logging.Filter):
-    """Drop Lightning's console tips for its cloud services: casm runs offline, and between the run's own
-    lines they read like a setting to act on."""
+class _DropLines(logging.Filter):
+    """Drop Lightning console lines that mislead between a run's own: tips for its cloud services (casm
+    runs offline), and, before casm's own error, that a checkpoint's ``weights_only`` "was not set" (it
+    is about what ``interrupted.ckpt`` holds -- everything, as casm wants -- not about reading files)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("💡 Tip")
+        return not record.getMessage().startswith(self.prefix)
 
 
-logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoCloudTips())
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropLines("💡 Tip"))
+logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").addFilter(
+    _DropLines("`weights_only` was not set"))
 
 
 def _all_or(limit: int | float) -> int | float | None:

@@ -139,3 +139,45 @@ def test_kill_9_of_a_study_leaves_no_training_running(tmp_path):
     except ProcessLookupError:
         alive = False
     assert not alive
+
+
+def test_a_classifier_trained_alone_says_so_and_its_masker_is_not_used(tmp_path, capsys):
+    """casm.warmup_epochs >= trainer.max_epochs trains no masker: the closing line says so, and export and
+    an evaluation of casm's masks refuse it (its baselines still evaluate)."""
+    overrides = TINY + [f"logging.out_dir={tmp_path}", "trainer.max_epochs=1", "casm.warmup_epochs=1"]
+    assert cli_main(["train", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "its classifier alone: casm.warmup_epochs=1 >= trainer.max_epochs=1, so no masker was trained" in out
+    checkpoint = tmp_path / "default" / "version_0" / "checkpoints" / "last.ckpt"
+    assert cli_main(["export", str(checkpoint), str(tmp_path / "e")]) == 2
+    assert cli_main(["evaluate", "--checkpoint", str(checkpoint), f"out_dir={tmp_path / 'ev'}", "max_images=8",
+                     "methods=[casm]", "--no-progress"]) == 2
+    assert capsys.readouterr().err.count("its masker was never trained") == 2
+    assert cli_main(["evaluate", "--checkpoint", str(checkpoint), f"out_dir={tmp_path / 'ev'}", "max_images=8",
+                     "methods=[gradcam]", "max_images_slow=0", "--no-progress"]) == 0
+
+
+def test_a_crash_writes_interrupted_ckpt_without_lightnings_weights_only_line(tmp_path, monkeypatch, caplog):
+    """After a batch has trained, a crash still writes interrupted.ckpt, and Lightning's "`weights_only` was not
+    set" line (about what that file holds) no longer comes before casm's error; a resume then reads it."""
+    import logging
+
+    from casm.training.module import CASMModule
+
+    original, calls = CASMModule.training_step, []
+
+    def crash_on_the_third_batch(self, batch, batch_idx):
+        calls.append(batch_idx)
+        if len(calls) == 3:
+            raise RuntimeError("a crash")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(CASMModule, "training_step", crash_on_the_third_batch)
+    overrides = TINY + [f"logging.out_dir={tmp_path}", "trainer.max_epochs=1", "logging.version=v"]
+    with caplog.at_level(logging.INFO):
+        assert cli_main(["train", *overrides]) == 1  # an internal error, as far as casm can tell
+    assert not [r for r in caplog.records if "weights_only" in r.getMessage()]
+    interrupted = tmp_path / "default" / "v" / "checkpoints" / "interrupted.ckpt"
+    assert torch.load(interrupted, weights_only=True)["global_step"] > 0
+    monkeypatch.undo()
+    assert cli_main(["train", *overrides, "resume=last"]) == 0
