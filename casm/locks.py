@@ -10,7 +10,9 @@ where the system has it). Where ``fcntl`` is missing (Windows) nothing is locked
 
 from __future__ import annotations
 
+import errno
 import os
+import warnings
 from pathlib import Path
 from types import TracebackType
 
@@ -74,7 +76,12 @@ class FolderLock:
         fd = os.open(self.folder, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # a file system without flock
+                os.close(fd)
+                warnings.warn(f"casm: {self.folder} cannot be locked ({err.strerror}); nothing stops a second "
+                              f"process from writing it", stacklevel=2)
+                return self
             os.close(fd)
             pid = lock_holder(self.folder)
             holder = f"process {pid} ({_command(pid) or 'command unknown'})" if pid else "another process"

@@ -181,3 +181,17 @@ def test_a_crash_writes_interrupted_ckpt_without_lightnings_weights_only_line(tm
     assert torch.load(interrupted, weights_only=True)["global_step"] > 0
     monkeypatch.undo()
     assert cli_main(["train", *overrides, "resume=last"]) == 0
+
+
+def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch):
+    import errno
+
+    import casm.locks as locks
+
+    def unsupported(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(locks.fcntl, "flock", unsupported)
+    with pytest.warns(UserWarning, match="cannot be locked"):
+        with FolderLock(tmp_path / "run", "training"):
+            pass
