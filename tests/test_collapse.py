@@ -15,7 +15,7 @@ from casm.training.run import train
 
 # the default run's last validation (README, seed 0): a healthy masker
 HEALTHY = dict(mask_mean=0.222, mask_spread=0.31, accuracy=0.976, masked_out_accuracy=0.234, le=0.208,
-               le_centre_box=0.738)
+               le_centre_box=0.738, lambda_r=3.0, target_area=0.15)
 
 
 def test_the_spread_of_identical_masks_is_zero_and_of_opposite_masks_one_half():
@@ -47,6 +47,13 @@ def test_the_spread_over_batches_equals_the_spread_of_all_images():
     ({"masked_out_accuracy": 0.97}, "masks remove no evidence"),
     ({"le": 0.75}, "no better than the centred box"),
     ({"le": None, "le_centre_box": None}, None),  # data without boxes: the LE rule cannot apply
+    # the 2-class masker of seed 0 (docs/unseen.md): mask 0.015 with lambda_R at 0, LE 0.016 below the box
+    ({"mask_mean": 0.015, "lambda_r": 0.0}, "near-empty masks (mean 0.015, under 0.25 of the target area 0.15)"),
+    ({"le": 0.938, "le_centre_box": 0.954}, "LE 0.938 within 0.04 of the centred box's 0.954"),
+    ({"le": 0.692}, None),  # the closest healthy run of the shipped studies: 0.046 below the box (docs/sanity.md)
+    ({"mask_mean": 0.069, "lambda_r": 0.007}, None),  # seed 1, which recovered: 0.46 of the target, lambda_R up
+    ({"mask_mean": 0.015, "lambda_r": 0.5}, None),  # a penalty still on: the masks are small by its choice
+    ({"mask_mean": 0.015, "lambda_r": 0.0, "target_area": None}, None),  # a fixed lambda_R has no floor to sit at
 ])
 def test_each_collapse_rule_fires_alone_and_a_healthy_masker_passes(change, reason):
     reasons = MaskHealth(**{**HEALTHY, **change}).collapse_reasons()
@@ -64,6 +71,7 @@ def test_a_run_whose_masker_collapsed_says_so_and_records_it(tiny_cfg, monkeypat
     run = train(tiny_cfg("casm.warmup_epochs=1", "trainer.max_epochs=3"))
     health = json.loads((Path(run) / HEALTH_FILE).read_text())
     assert [e["epoch"] for e in health["epochs"]] == [1, 2]  # the warm-up epoch is not judged
+    assert health["final"]["lambda_r"] > 0 and health["final"]["target_area"] is None  # a fixed lambda_R
     assert any("all-on masks (mean 0.950" in r for r in health["collapsed"])
     assert any("the same mask for every image" in r for r in health["collapsed"])
     out = capsys.readouterr()

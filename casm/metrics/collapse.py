@@ -4,8 +4,9 @@ LE or accuracy is not a result. The checks run on every validation after the war
 on the console and in ``RUN/health.json``, and reports mark it.
 
 The thresholds are deliberately loose: they catch the failures seen in practice (all-on masks at
-0.95 of the image, empty masks at 0.01, one blob in the same place for every image), not a merely
-poor masker, and each names what it saw so a reader can judge.
+0.95 of the image, empty masks at 0.01, near-empty ones that an area penalty switched off does not
+grow, one blob in the same place for every image), not a merely poor masker, and each names what it
+saw so a reader can judge.
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ ALL_OFF = 0.01  # mean mask below this: the masks keep nothing
 ALL_ON = 0.90  # mean mask above this: the masks remove (almost) the whole image
 SAME_MASK = 0.02  # spread below this (see MaskSpread): every image gets (nearly) the same mask
 NO_EVIDENCE = 0.02  # masked-out top-1 this close to the clean top-1: the masks remove nothing the classifier uses
+# target-area mode: masks below this share of the target area while lambda_R sits at its floor (the area penalty
+# is off and they still do not grow) are a near-empty masker; seen at 0.10-0.13 of the target with 2 classes,
+# while a healthy masker of the shipped studies stays above 0.9 of it and one that recovered above 0.45
+NEAR_EMPTY = 0.25
+LAMBDA_FLOOR = 1e-3
+# LE must be this far below the centred box's: the near-empty maskers seen ended 0.016-0.031 below it, the
+# closest healthy run of the shipped studies 0.046 below it (docs/training.md, "The collapse check")
+LE_MARGIN = 0.04
 
 
 class MaskSpread(Metric):
@@ -61,6 +70,8 @@ class MaskHealth:
     masked_out_accuracy: float | None = None
     le: float | None = None
     le_centre_box: float | None = None
+    lambda_r: float | None = None  # the area penalty's weight at this validation
+    target_area: float | None = None  # the mean mask it steers to (target-area mode; None: a fixed lambda_R)
 
     def collapse_reasons(self) -> list[str]:
         """Each failure seen, in words with its numbers; empty for a healthy masker."""
@@ -75,8 +86,17 @@ class MaskHealth:
                 and self.masked_out_accuracy >= self.accuracy - NO_EVIDENCE:
             reasons.append(f"masks remove no evidence (masked-out top-1 {self.masked_out_accuracy:.3f} vs clean "
                            f"{self.accuracy:.3f})")
-        if self.le is not None and self.le_centre_box is not None and self.le >= self.le_centre_box:
-            reasons.append(f"LE {self.le:.3f} no better than the centred box's {self.le_centre_box:.3f}")
+        if self.target_area is not None and self.lambda_r is not None and self.lambda_r <= LAMBDA_FLOOR \
+                and ALL_OFF <= self.mask_mean < NEAR_EMPTY * self.target_area:
+            reasons.append(f"near-empty masks (mean {self.mask_mean:.3f}, under {NEAR_EMPTY} of the target area "
+                           f"{self.target_area}) with lambda_R at its floor ({self.lambda_r:.3g}): the area penalty "
+                           f"is off and the masks still do not grow")
+        if self.le is not None and self.le_centre_box is not None:
+            if self.le >= self.le_centre_box:
+                reasons.append(f"LE {self.le:.3f} no better than the centred box's {self.le_centre_box:.3f}")
+            elif self.le > self.le_centre_box - LE_MARGIN:
+                reasons.append(f"LE {self.le:.3f} within {LE_MARGIN} of the centred box's {self.le_centre_box:.3f} "
+                               f"(a box that ignores the image)")
         return reasons
 
     def as_dict(self) -> dict:

@@ -407,7 +407,8 @@ class CASMModule(pl.LightningModule):
         spread = self.val_mask_spread.compute()
         self.log("val/mask_spread", spread)
         health = MaskHealth(float(values["val/mask_mean"]), float(spread), float(values["val/accuracy"]),
-                            float(values["val/masked_out_accuracy"]))
+                            float(values["val/masked_out_accuracy"]), lambda_r=self.lambda_r.value,
+                            target_area=self.lambda_r.target_area)
         for metric in (self.val_accuracy, self.val_masked_out_accuracy, self.val_mask_mean, self.val_mask_spread):
             metric.reset()
         if self.skipped_val_images:
