@@ -109,7 +109,7 @@ def train_main(argv: list[str] | None = None) -> int:
     if speaks():
         c = cfg.casm
         alone = cfg.mode == "casm" and c.warmup_epochs >= cfg.trainer.max_epochs and c.warmup_accuracy is None
-        print(f"run saved in {run_dir}" + (f" (its classifier alone: casm.warmup_epochs={cfg.casm.warmup_epochs} >= "
+        print(f"run saved in {run_dir}" + (f" (its classifier alone: casm.warmup_epochs={c.warmup_epochs} >= "
                                           f"trainer.max_epochs={cfg.trainer.max_epochs}, so no masker was trained; "
                                           f"it serves as a judge or a pretrained classifier)" if alone else ""))
     return 0

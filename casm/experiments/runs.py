@@ -88,7 +88,8 @@ class PlannedRun:
         return read_run(self.checkpoint, self.trusted_builders)
 
     def train_argv(self) -> list[str]:
-        """A killed run continues from its newest checkpoint (``interrupted.ckpt`` too, if it came last)."""
+        """A killed run continues from its furthest-trained checkpoint (``interrupted.ckpt`` too, if it got
+        further than the last epoch's)."""
         argv = ["train", "--config", str(self.config_file)]
         return argv + ([f"resume={RESUME_LAST}"] if self.status == "resume" else [])
 

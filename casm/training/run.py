@@ -281,7 +281,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> Path:
     if resume:
         check_resume_loads(module, checkpoint, resume, run_dir)
         note = describe_resume(resume, checkpoint, changes)
-    del checkpoint  # Lightning reads it again; a large pool's names only, but the weights are not kept twice
+    del checkpoint  # Lightning reads the file again: its weights are not held twice
     logger = TensorBoardLogger(str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name,
                                default_hp_metric=False)
     trainer = build_trainer(cfg, run_dir, logger)
