@@ -48,14 +48,14 @@ def within(name: str, root: str) -> bool:
     return name == root or name.startswith(f"{root}.")
 
 
-def untrusted_message(spec: str, what: str, trusted: Iterable[str]) -> str | None:
+def untrusted_message(spec: str, trusted: Iterable[str]) -> str | None:
     """Why ``spec``'s module may not be imported for a file, or None when it may."""
     module = split_builder(spec)[0]
     if any(within(module, t) for t in trusted):
         return None
     top = module.split(".")[0] or spec
-    return (f"its {what} is built by {spec}, and rebuilding it runs that code; if you trust it, pass "
-            f"trusted_builders=[{top!r}] (command line: --trust-builder {top}, or {TRUST_ENV}={top})")
+    return (f"built by {spec}, and rebuilding it runs that code; if you trust it, pass trusted_builders=[{top!r}] "
+            f"(command line: --trust-builder {top}, or {TRUST_ENV}={top})")
 
 
 def _is_builder(target: Any, root: str) -> bool:
@@ -89,7 +89,7 @@ def import_builder(spec: str, who: str = "model.classifier", trusted: Iterable[s
     if any(p.startswith("_") for p in parts):
         raise UserError(f"{who}: builder {spec!r} names a private attribute ({attribute}); a builder is a public "
                         f"function or model class of its module")
-    if trusted is not None and (refused := untrusted_message(spec, "network", trusted)):
+    if trusted is not None and (refused := untrusted_message(spec, trusted)):
         raise UserError(f"{who}: {refused}")
     try:
         target: Any = importlib.import_module(module_name)
