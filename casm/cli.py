@@ -192,11 +192,11 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides + [f"checkpoint={args.checkpoint}"], schema_class=EvalConfig,
                       base={"data": evaluation_data(saved["data"], args.overrides, args.config),
                             "fill": saved.get("casm", {}).get("fill", "mean")})
-    results, _, out = evaluate(cfg, progress=not args.no_progress, trained=run)
+    results, evaluator, out = evaluate(cfg, progress=not args.no_progress, trained=run)
     from casm.evaluation.report import markdown_table
 
     if speaks():
-        print(markdown_table(results))
+        print(markdown_table(results, evaluator.partial_judges))
         print(f"report written to {out} (metrics.json, metrics.md, figure.png, tensorboard/)")
     return 0
 

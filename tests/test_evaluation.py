@@ -300,7 +300,9 @@ def test_a_judge_scores_the_classes_it_shares_with_the_data_and_refuses_none(tra
         return
     assert code == 0
     payload = json.loads((out / "metrics.json").read_text())
-    assert any("judge resnet18 knows 3 of the 10 evaluated classes" in n for n in payload["notes"])
+    assert any("judge resnet18 knows 3/10 of the evaluated classes" in n for n in payload["notes"])
+    assert payload["judge_classes"] == {"resnet18": "3/10 classes"}
+    assert "| out @resnet18 (3/10 classes) |" in (out / "metrics.md").read_text()
     module = read_run(trained_checkpoint)
     data = LocalizationDataModule(OmegaConf.create(payload["eval_config"]["data"]), splits=("val",))
     data.setup()

@@ -106,6 +106,13 @@ class Evaluator:
         self.figure_boxes: list[tuple[Tensor, Tensor]] = []
         self.figure_maps: dict[str, list[Tensor | None]] = {}
 
+    @property
+    def partial_judges(self) -> dict[str, str]:
+        """Judges that know only some of the evaluated classes, and how many: "3/10 classes"."""
+        total = len(self.data_classes)
+        return {name: f"{judge.known_count}/{total} classes" for name, judge in self.judges.items()
+                if name != "own" and judge.known_count < total}
+
     def _scores(self, name: str) -> MethodScores:
         if name not in self.scores:
             self.scores[name] = MethodScores(self.cfg.binarization, self.cfg.alpha, self.cfg.sweep_thresholds,
@@ -402,10 +409,9 @@ def evaluation_notes(evaluator: Evaluator, results: dict) -> list[str]:
     """What a reader of the report must know to read its numbers."""
     notes = ["clean top-1 of the classifiers judging masked images: " + ", ".join(
         f"{name} {value:.1f} %" for name, value in evaluator.clean_top1.items() if value == value)]
-    for name, judge in evaluator.judges.items():
-        if name != "own" and judge.known_count < len(evaluator.data_classes):
-            notes.append(f"judge {name} knows {judge.known_count} of the {len(evaluator.data_classes)} evaluated "
-                         f"classes: its @{name} columns score images of those {judge.known_count} classes only")
+    for name, known in evaluator.partial_judges.items():
+        notes.append(f"judge {name} knows {known.split()[0]} of the evaluated classes: its @{name} columns score "
+                     f"images of those classes only")
     unseen = len(evaluator.data_classes) - evaluator.own.known_count
     if unseen:
         notes.append(f"{unseen} of the {len(evaluator.data_classes)} evaluated classes were never seen by the "

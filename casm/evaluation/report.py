@@ -68,13 +68,15 @@ def _table(results: dict[str, dict[str, float]], columns: list[tuple[str, str, s
     return "\n".join(lines) + "\n"
 
 
-def markdown_table(results: dict[str, dict[str, float]]) -> str:
-    """The report as Markdown: one table per group of metrics."""
+def markdown_table(results: dict[str, dict[str, float]], judge_classes: dict[str, str] | None = None) -> str:
+    """The report as Markdown: one table per group of metrics. ``judge_classes``: for each judge that knows
+    only some of the evaluated classes, how many ("3/10 classes"), shown in its columns' titles."""
     judges = sorted({k.split("@", 1)[1] for r in results.values() for k in r if k.startswith("acc_") and "@" in k})
+    known = {j: f" ({(judge_classes or {})[j]})" if j in (judge_classes or {}) else "" for j in judges}
     parts = []
     for title, columns in TABLES:
         if title.startswith("Top-1"):
-            columns = columns + [(f"{key}@{j}", f"{t.split()[0]} @{j}", fmt) for j in judges
+            columns = columns + [(f"{key}@{j}", f"{t.split()[0]} @{j}{known[j]}", fmt) for j in judges
                                  for key, t, fmt in columns]
         table = _table(results, columns)
         if table:
@@ -121,10 +123,11 @@ def write_reports(out: Path, results: dict, evaluator, eval_config: dict, train_
     out.mkdir(parents=True, exist_ok=True)
     clean_top1 = {name: value for name, value in evaluator.clean_top1.items() if value == value}  # not NaN
     ranking = rank_methods(results)
-    payload = {"results": results, "ranking": ranking, "clean_top1": clean_top1, "notes": notes,
+    payload = {"results": results, "ranking": ranking, "clean_top1": clean_top1,
+               "judge_classes": evaluator.partial_judges, "notes": notes,
                "eval_config": eval_config, "training_config": train_config, "versions": versions(),
                "conventions": CONVENTIONS}
-    table = markdown_table(results) + "\n" + ranking_markdown(ranking)
+    table = markdown_table(results, evaluator.partial_judges) + "\n" + ranking_markdown(ranking)
     _write(out / "metrics.md", (table + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")).encode())
     grid = figure(evaluator)
     if grid is not None:
