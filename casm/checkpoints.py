@@ -114,6 +114,9 @@ class _WatchedFile:
         return getattr(self.file, name)
 
 
+TRAINING_ELSEWHERE = "set logging.out_dir elsewhere"  # a training run's files; other writers name their own key
+
+
 def _write_hint(err: OSError, folder: Path, elsewhere: str) -> str:
     """What to do about a failed write, by its cause: a full disk is not a missing folder."""
     if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -126,7 +129,7 @@ def _write_hint(err: OSError, folder: Path, elsewhere: str) -> str:
 
 
 def write_atomically(path: str | Path, write: Callable[[BinaryIO], None], what: str = "checkpoint",
-                     elsewhere: str = "set logging.out_dir elsewhere") -> None:
+                     elsewhere: str = TRAINING_ELSEWHERE) -> None:
     """``write(file)`` to ``path`` so that the file appears complete or not at all; a failed write is a
     :class:`CheckpointWriteError` whose message says what to do (``elsewhere``: where else to write)."""
     path = Path(path)
@@ -150,14 +153,12 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None], what: 
         raise
 
 
-def write_bytes_atomically(path: str | Path, data: bytes, what: str,
-                           elsewhere: str = "set logging.out_dir elsewhere") -> None:
+def write_bytes_atomically(path: str | Path, data: bytes, what: str, elsewhere: str = TRAINING_ELSEWHERE) -> None:
     """A file (a report, a config, an image) that appears complete or not at all."""
     write_atomically(path, lambda f: f.write(data), what, elsewhere)
 
 
-def write_text_atomically(path: str | Path, text: str, what: str,
-                          elsewhere: str = "set logging.out_dir elsewhere") -> None:
+def write_text_atomically(path: str | Path, text: str, what: str, elsewhere: str = TRAINING_ELSEWHERE) -> None:
     write_bytes_atomically(path, text.encode(), what, elsewhere)
 
 

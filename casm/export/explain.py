@@ -155,8 +155,10 @@ def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
             out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS)
         else:
             out.append(p)
-    seen: set[Path] = set()
-    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+    first: dict[Path, Path] = {}  # the same file by any path, in the order first named
+    for p in out:
+        first.setdefault(p.resolve(), p)
+    return list(first.values())
 
 
 def output_stems(files: Sequence[Path]) -> list[str]:
