@@ -1,8 +1,8 @@
 """Time a CASM training step against a plain classifier training step, in the same run.
 
 Both go through the same Lightning loop, model, batch and resolution: the plain step is casm's
-classifier warm-up step (forward, cross-entropy, backward, SGD), the CASM step is the full SPEC 1.2
-step (classifier on clean and masked-out images, masker, evaluator from the pool).
+classifier warm-up step (forward, cross-entropy, backward, SGD), the CASM step is the full step of
+docs/training.md (classifier on clean and masked-out images, masker, evaluator from the pool).
 
     python benchmarks/train_step.py                       # ResNet-18, 64 px, batch 64, CPU
     python benchmarks/train_step.py --arch resnet50 --size 224 --batch 128 --precision bf16-mixed

@@ -96,7 +96,7 @@ class EncoderSpec(NetworkSpec):
 
 @dataclass
 class MaskerConfig:
-    head: str = "casme"  # casme | deconv | lfi | abn (heads register in casm.models.heads.HEADS)
+    head: str = "casme"  # casme | deconv | lfi | abn (heads register in casm/models/head_registry.py)
     encoder: str = "shared"  # shared (the classifier's trunk, detached) | separate
     hidden: int = 64  # decoder width (lfi: the Feature Importance Network's width; abn: its branch width)
     feature_layer: Optional[str] = None  # lfi / abn heads: the layer they read (null: layer4 / layer3)

@@ -1,4 +1,4 @@
-"""LFI-CAM and ABN heads (SPEC 3): importance sums to 1, constant maps, range, gradients reach the FIN."""
+"""LFI-CAM and ABN heads (docs/heads.md): importance sums to 1, constant maps, range, gradients reach the FIN."""
 
 import pytest
 import torch
@@ -20,7 +20,7 @@ def test_constant_feature_maps_are_handled():
     features = torch.zeros(2, 4, 3, 3)
     features[:, 1] = 5.0  # a constant, non-zero channel
     normalized = spatial_min_max(features)
-    assert torch.equal(normalized, torch.ones_like(normalized))  # SPEC 3: a constant map -> 1
+    assert torch.equal(normalized, torch.ones_like(normalized))  # a constant map -> 1 (docs/heads.md)
     a, w = LFIAttention(4, 4)(features, torch.randn(2, 3, 24, 24))
     assert torch.isfinite(a).all() and torch.isfinite(w).all()
     assert torch.equal(a, torch.zeros_like(a))  # a constant attention carries no location: all 0

@@ -1,4 +1,4 @@
-"""LE / OM and their building blocks on hand-made maps and boxes (SPEC 4.1)."""
+"""LE / OM and their building blocks on hand-made maps and boxes (docs/evaluation.md)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The masker objective against values computed by hand (SPEC 1.2 step 8)."""
+"""The masker objective against values computed by hand (docs/training.md)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The manipulation attacks T1-T4 (SPEC 5) on a tiny ResNet: outputs kept, Grad-CAM moved to the target."""
+"""The manipulation attacks T1-T4 (docs/sanity.md) on a tiny ResNet: outputs kept, Grad-CAM moved to the target."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Thinning strategies keep the right snapshots (SPEC 1.3)."""
+"""Thinning strategies keep the right snapshots (docs/training.md)."""
 
 import pytest
 import torch

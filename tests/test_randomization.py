@@ -1,4 +1,4 @@
-"""Cascading model-parameter randomization (Adebayo et al.; SPEC 5) on tiny models."""
+"""Cascading model-parameter randomization (Adebayo et al.; docs/sanity.md) on tiny models."""
 
 from __future__ import annotations
 
