@@ -25,12 +25,11 @@ ALL_ON = 0.90  # mean mask above this: the masks remove (almost) the whole image
 SAME_MASK = 0.02  # spread below this (see MaskSpread): every image gets (nearly) the same mask
 NO_EVIDENCE = 0.02  # masked-out top-1 this close to the clean top-1: the masks remove nothing the classifier uses
 # target-area mode: masks below this share of the target area while lambda_R sits at its floor (the area penalty
-# is off and they still do not grow) are a near-empty masker; seen at 0.10-0.13 of the target with 2 classes,
-# while a healthy masker of the shipped studies stays above 0.9 of it and one that recovered above 0.45
+# is off and they still do not grow) are a near-empty masker
 NEAR_EMPTY = 0.25
 LAMBDA_FLOOR = 1e-3
-# LE must be this far below the centred box's: the near-empty maskers seen ended 0.016-0.031 below it, the
-# closest healthy run of the shipped studies 0.046 below it (docs/training.md, "The collapse check")
+# LE must be at least this far below the centred box's; set between the near-empty maskers seen and the
+# closest healthy run of the shipped studies (docs/training.md, "Collapsed masks are named")
 LE_MARGIN = 0.04
 
 
