@@ -111,3 +111,12 @@ def load_rgb(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
         raise CorruptImageError(f"cannot read image {path}: {err}") from err
     finally:
         Image.MAX_IMAGE_PIXELS = previous
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """An (H, W) or BGR (H, W, 3) array, 8- or 16-bit, as the bytes of a PNG file (written atomically by the
+    caller, so a full disk leaves no half-written image)."""
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image))
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {image.dtype} image of shape {image.shape} as PNG")
+    return encoded.tobytes()

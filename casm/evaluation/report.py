@@ -15,6 +15,7 @@ import torchvision
 
 import casm
 from casm.checkpoints import write_bytes_atomically
+from casm.data.images import encode_png
 from casm.data.transforms import denormalize
 from casm.evaluation.ranking import CONVENTIONS as RANKING_CONVENTIONS
 from casm.evaluation.ranking import rank_methods, ranking_markdown
@@ -72,7 +73,8 @@ def markdown_table(results: dict[str, dict[str, float]], judge_classes: dict[str
     """The report as Markdown: one table per group of metrics. ``judge_classes``: for each judge that knows
     only some of the evaluated classes, how many ("3/10 classes"), shown in its columns' titles."""
     judges = sorted({k.split("@", 1)[1] for r in results.values() for k in r if k.startswith("acc_") and "@" in k})
-    known = {j: f" ({(judge_classes or {})[j]})" if j in (judge_classes or {}) else "" for j in judges}
+    coverage = judge_classes or {}
+    known = {j: f" ({coverage[j]})" if j in coverage else "" for j in judges}
     parts = []
     for title, columns in TABLES:
         if title.startswith("Top-1"):
@@ -131,7 +133,7 @@ def write_reports(out: Path, results: dict, evaluator, eval_config: dict, train_
     _write(out / "metrics.md", (table + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")).encode())
     grid = figure(evaluator)
     if grid is not None:
-        _write(out / "figure.png", cv2.imencode(".png", np.ascontiguousarray(grid[..., ::-1]))[1].tobytes())
+        _write(out / "figure.png", encode_png(grid[..., ::-1]))
     writer = SummaryWriter(str(out / "tensorboard"))
     for method, r in results.items():
         for key, value in r.items():

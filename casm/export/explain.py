@@ -29,6 +29,7 @@ from casm.data.images import (
     IMAGE_EXTENSIONS,
     CorruptImageError,
     ImageTooLargeError,
+    encode_png,
     load_rgb,
     rgb_image,
     three_channels,
@@ -183,13 +184,6 @@ def output_stems(files: Sequence[Path]) -> list[str]:
     return stems
 
 
-def _png(image: np.ndarray) -> bytes:
-    ok, encoded = cv2.imencode(".png", image)
-    if not ok:
-        raise RuntimeError(f"OpenCV could not encode a {image.dtype} image of shape {image.shape} as PNG")
-    return encoded.tobytes()
-
-
 def _write(path: Path, data: bytes | str) -> None:
     """Each output file appears complete or not at all (a full disk: one error line, no half-written file)."""
     write_bytes_atomically(path, data.encode() if isinstance(data, str) else data, "explanation",
@@ -231,8 +225,9 @@ def write_explanations(masker: StandaloneMasker, paths: Sequence[str | Path], ou
                 _write(out / f"{stem}_mask.npy", mask.getvalue())
             else:
                 depth = np.uint16 if mask_format == "png16" else np.uint8
-                _write(out / f"{stem}_mask.png", _png(np.round(result.mask * np.iinfo(depth).max).astype(depth)))
-            _write(out / f"{stem}_overlay.png", _png(cv2.cvtColor(overlay(array, result.mask), cv2.COLOR_RGB2BGR)))
+                _write(out / f"{stem}_mask.png", encode_png(np.round(result.mask * np.iinfo(depth).max).astype(depth)))
+            blended = cv2.cvtColor(overlay(array, result.mask), cv2.COLOR_RGB2BGR)
+            _write(out / f"{stem}_overlay.png", encode_png(blended))
             _write(out / f"{stem}_box.json", json.dumps(result.as_json(str(path), array.shape[1], array.shape[0])))
             written += 1
             bar.update(1)

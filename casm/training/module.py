@@ -487,17 +487,19 @@ class CASMModule(pl.LightningModule):
             "masker_average": self.masker_average.pack(state) if self.masker_average else {},
         }
 
-    def check_resumable(self, checkpoint: dict, run_dir: Path, source: str) -> None:
-        """What :meth:`on_load_checkpoint` would refuse, asked before a resume writes anything."""
+    @staticmethod
+    def _training_state(checkpoint: dict, source: str) -> dict:
         state = checkpoint.get("casm_state")
         if state is None:
             raise UserError(f"{source}: no CASM training state (pool, lambda_R); was it written by casm?")
-        self.pool.check_resumable(state["pool"], run_dir / POOL_FOLDER, source)
+        return state
+
+    def check_resumable(self, checkpoint: dict, run_dir: Path, source: str) -> None:
+        """What :meth:`on_load_checkpoint` would refuse, asked before a resume writes anything."""
+        self.pool.check_resumable(self._training_state(checkpoint, source)["pool"], run_dir / POOL_FOLDER, source)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("casm_state")
-        if state is None:
-            raise UserError("checkpoint has no CASM training state (pool, lambda_R); was it written by casm?")
+        state = self._training_state(checkpoint, self.trainer.ckpt_path or "the checkpoint")
         done = batches_done_mid_epoch(checkpoint)
         self.resume_position = (int(checkpoint["epoch"]), done * self.cfg.data.batch_size) if done else None
         if any(random_augmentation(self.cfg.data)):
